@@ -1,0 +1,3 @@
+"""Feature Augmented Knowledge Distillation for semantic segmentation."""
+
+__version__ = "0.1.0"

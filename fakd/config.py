@@ -1,0 +1,152 @@
+"""Typed configuration of one teacher→student run: what the trainer receives.
+
+Every model forbids unknown keys, so a typo in a spec is an error rather than a silently ignored value.
+The study-level sections (arms, search, resources, tracking) live in `fakd.spec`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+ARMS: tuple[str, ...] = ("baseline", "kd", "kd+fakd", "cwd", "cwd+fakd")
+BASE_ARM: dict[str, str] = {"kd+fakd": "kd", "cwd+fakd": "cwd", "kd": "baseline", "cwd": "baseline"}
+DATASETS: tuple[str, ...] = ("synthetic", "cityscapes", "voc", "ade20k", "camvid")
+
+Arm = Literal["baseline", "kd", "kd+fakd", "cwd", "cwd+fakd"]
+Phase = Literal["search", "final"]
+
+
+class Strict(BaseModel):
+    """Immutable, no unknown keys."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class DataConfig(Strict):
+    name: Literal["synthetic", "cityscapes", "voc", "ade20k", "camvid"] = "synthetic"
+    root: str | None = None
+    image_size: int | tuple[int, int] = Field(64, description="training crop (synthetic: also the image size)")
+    num_classes: int = Field(8, ge=2, description="synthetic only")
+    train_length: int = Field(512, ge=2, description="synthetic only: images in the training split")
+    val_length: int = Field(64, ge=1, description="synthetic only: images in the validation split")
+    holdout_fraction: float = Field(0.15, gt=0.0, lt=1.0, description="training images held out for search")
+    scale_range: tuple[float, float] = (0.5, 2.0)
+    use_sbd: bool = Field(True, description="voc only: train on SegmentationClassAug when present")
+    seed: int = 0
+    num_workers: int = Field(0, ge=0)
+
+    @property
+    def crop_size(self) -> tuple[int, int]:
+        size = self.image_size
+        return (size, size) if isinstance(size, int) else tuple(size)
+
+    @model_validator(mode="after")
+    def _check(self) -> DataConfig:
+        if min(self.crop_size) < 16:
+            raise ValueError("image_size must be at least 16 pixels")
+        low, high = self.scale_range
+        if not 0 < low <= high:
+            raise ValueError("scale_range must be [low, high] with 0 < low <= high")
+        return self
+
+
+class ModelConfig(Strict):
+    backbone: str
+    head: Literal["deeplabv3", "fcn"] = "deeplabv3"
+    output_stride: Literal[8, 16, 32] = 8
+    pretrained: bool | str = False
+    head_channels: int = Field(256, ge=8)
+
+
+class TeacherConfig(ModelConfig):
+    checkpoint: str | None = Field(None, description="an existing teacher checkpoint to use instead of training")
+    iters: int | None = Field(None, gt=0, description="teacher iterations (default: train.iters)")
+    lr: float | None = Field(None, gt=0.0, description="teacher learning rate (default: train.lr)")
+
+
+class TrainConfig(Strict):
+    iters: int = Field(300, gt=0)
+    eval_every: int = Field(100, gt=0)
+    batch_size: int = Field(8, gt=0)
+    eval_batch_size: int = Field(8, gt=0)
+    optimizer: Literal["sgd", "adamw"] = "sgd"
+    lr: float = Field(0.02, gt=0.0)
+    momentum: float = Field(0.9, ge=0.0, lt=1.0)
+    weight_decay: float = Field(1e-4, ge=0.0)
+    poly_power: float = Field(0.9, ge=0.0)
+    seed: int = 0
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    amp: bool = Field(True, description="bf16 autocast on CUDA (ignored on CPU)")
+    channels_last: bool = Field(True, description="channels_last memory format on CUDA (ignored on CPU)")
+
+
+class TermConfig(Strict):
+    weight: float = Field(1.0, ge=0.0)
+    temperature: float = Field(1.0, gt=0.0)
+
+
+class FAKDConfig(Strict):
+    enabled: bool = False
+    max_strength: float = Field(2.0, ge=0.0)
+    schedule: Literal["linear", "cosine", "constant"] = "linear"
+    covariance: Literal["diagonal", "full"] = "diagonal"
+    form: Literal["exact", "label_row"] = "exact"
+
+
+class LossConfig(Strict):
+    ce_weight: float = Field(1.0, ge=0.0)
+    kd: TermConfig = TermConfig(weight=1.0, temperature=1.0)
+    cwd: TermConfig = TermConfig(weight=3.0, temperature=4.0)
+    fakd: FAKDConfig = FAKDConfig()
+
+    def for_arm(self, arm: str) -> LossConfig:
+        """The loss settings an ablation arm runs with: the arm switches terms on and off, weights stay."""
+        use_kd, use_cwd = arm.startswith("kd"), arm.startswith("cwd")
+        kd_weight = self.kd.weight if use_kd else 0.0
+        cwd_weight = self.cwd.weight if use_cwd else 0.0
+        return self.model_copy(
+            update={
+                "kd": self.kd.model_copy(update={"weight": kd_weight}),
+                "cwd": self.cwd.model_copy(update={"weight": cwd_weight}),
+                "fakd": self.fakd.model_copy(update={"enabled": arm.endswith("+fakd")}),
+            }
+        )
+
+    @property
+    def distills(self) -> bool:
+        return self.kd.weight > 0 or self.cwd.weight > 0
+
+
+class RunConfig(Strict):
+    """Everything one teacher→student run needs, with concrete values only."""
+
+    data: DataConfig = DataConfig()
+    teacher: TeacherConfig
+    student: ModelConfig
+    train: TrainConfig = TrainConfig()
+    loss: LossConfig = LossConfig()
+    arm: Arm = "kd+fakd"
+    phase: Phase = Field("final", description="search: train minus holdout, evaluate on holdout; final: val")
+
+    @property
+    def effective_loss(self) -> LossConfig:
+        return self.loss.for_arm(self.arm)
+
+    def teacher_run(self) -> RunConfig:
+        """The run that trains this config's teacher: CE only, on the full training split."""
+        train = self.train.model_copy(
+            update={"iters": self.teacher.iters or self.train.iters, "lr": self.teacher.lr or self.train.lr}
+        )
+        model = ModelConfig(**self.teacher.model_dump(include=set(ModelConfig.model_fields)))
+        return self.model_copy(update={"student": model, "train": train, "arm": "baseline", "phase": "final"})
+
+
+def config_hash(*parts: BaseModel | dict[str, Any], length: int = 12) -> str:
+    """A short stable hash of configuration objects (used to key the teacher cache)."""
+    payload = [p.model_dump(mode="json") if isinstance(p, BaseModel) else p for p in parts]
+    text = json.dumps(payload, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()[:length]

@@ -1,0 +1,325 @@
+"""Study specs: YAML → validated `StudySpec` (fixed values, search distributions, study settings).
+
+A value anywhere under `data`, `student`, `train` or `loss` may be a search distribution:
+`{uniform: [a, b]}`, `{loguniform: [a, b]}`, `{int: [a, b]}` or `{choice: [...]}`, each with an optional
+`default:` (the value `launch.py train` uses; otherwise the midpoint, the geometric mean, or the first
+choice). Every mistake becomes one `UserError` naming the file, the dotted key and what is accepted.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, Field, ValidationError, model_validator
+
+from fakd.config import ARMS, ModelConfig, RunConfig, Strict
+from fakd.errors import UserError
+
+DISTRIBUTION_KINDS = ("uniform", "loguniform", "int", "choice")
+SEARCHABLE_SECTIONS = ("data", "student", "train", "loss")
+FIXED_KEYS = ("data.name", "data.root")
+
+
+class SearchConfig(Strict):
+    num_samples: int = Field(4, ge=1, description="trials per arm")
+    max_concurrent: int = Field(2, ge=1)
+    seed: int = 0
+    metric: str = "val_miou"
+    scheduler: Literal["asha", "none"] = "asha"
+    grace_period: int = Field(1, ge=1, description="evaluations before ASHA may stop a trial")
+    reduction_factor: int = Field(2, ge=2)
+    objectives: list[Literal["miou", "params", "latency"]] = ["miou"]
+    storage: str | None = Field(None, description="SQLAlchemy URL of the Optuna storage (default: SQLite)")
+    max_failures: int = Field(1, ge=0, description="retries of a failed trial")
+    retrain_seeds: int = Field(0, ge=0, description="seeds for select-then-retrain at the end of a sweep")
+
+    @model_validator(mode="after")
+    def _check(self) -> SearchConfig:
+        if self.objectives[0] != "miou" or len(set(self.objectives)) != len(self.objectives):
+            raise ValueError("objectives must start with 'miou' and name each objective once")
+        return self
+
+
+class ResourcesConfig(Strict):
+    cpu: float = Field(1.0, gt=0.0)
+    gpu: float = Field(0.0, ge=0.0)
+
+
+class TrackingConfig(Strict):
+    wandb: bool = True
+    project: str = "fakd"
+    entity: str | None = None
+
+
+class StudySettings(Strict):
+    """The study-level sections of a spec (never searched)."""
+
+    name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_.+-]+$")
+    arms: list[Literal["baseline", "kd", "kd+fakd", "cwd", "cwd+fakd"]] = list(ARMS)
+    search: SearchConfig = SearchConfig()
+    resources: ResourcesConfig = ResourcesConfig()
+    tracking: TrackingConfig = TrackingConfig()
+
+    @model_validator(mode="after")
+    def _check(self) -> StudySettings:
+        if not self.arms or len(set(self.arms)) != len(self.arms):
+            raise ValueError("arms must name at least one arm, each once")
+        return self
+
+
+@dataclass(frozen=True)
+class Distribution:
+    """One search dimension."""
+
+    kind: str
+    bounds: tuple[Any, ...]
+    default: Any
+
+    def candidates(self) -> list[Any]:
+        """Values that validation tries: the bounds or every choice, and the default."""
+        return [*self.bounds, self.default]
+
+    def to_json(self) -> dict[str, Any]:
+        return {self.kind: list(self.bounds), "default": self.default}
+
+
+@dataclass(frozen=True)
+class StudySpec:
+    """A validated study spec."""
+
+    path: str
+    raw: dict[str, Any]
+    settings: StudySettings
+    space: dict[str, Distribution]
+    defaults: RunConfig
+    overrides: tuple[str, ...] = field(default=())
+
+    @property
+    def name(self) -> str:
+        return self.settings.name
+
+    def run_config(self, arm: str, values: Mapping[str, Any] | None = None, **updates: Any) -> RunConfig:
+        """The concrete run for `arm` with searched `values` (dotted keys) and top-level `updates`."""
+        tree = _with_values(self.raw, {**{k: d.default for k, d in self.space.items()}, **(values or {})})
+        tree = {k: v for k, v in tree.items() if k in RunConfig.model_fields}
+        return _validate_run(self.path, {**tree, "arm": arm, **updates})
+
+
+def load_spec(path: str | Path, overrides: Iterable[str] = ()) -> StudySpec:
+    """Read, override and validate a study spec; raise `UserError` on the first problem."""
+    file = str(path)
+    if not Path(file).is_file():
+        raise UserError("spec file not found", file=file)
+    try:
+        raw = yaml.safe_load(Path(file).read_text()) or {}
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark else ""
+        raise UserError(f"not valid YAML{where}: {getattr(exc, 'problem', exc)}", file=file) from None
+    if not isinstance(raw, dict):
+        raise UserError("a spec is a YAML mapping of sections", file=file)
+    overrides = tuple(overrides)
+    for item in overrides:
+        apply_override(raw, item, file)
+    return validate_spec(raw, file, overrides)
+
+
+def apply_override(tree: dict[str, Any], item: str, file: str) -> None:
+    """Apply one `--set key=value` (dotted key, YAML-typed value) in place."""
+    key, sep, text = item.partition("=")
+    if not sep or not key.strip():
+        raise UserError(f"--set takes key=value, got {item!r}", file=file)
+    try:
+        value = yaml.safe_load(text)
+    except yaml.YAMLError:
+        value = text
+    node = tree
+    parts = key.strip().split(".")
+    for i, part in enumerate(parts[:-1]):
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict) or _distribution_kind(child):
+            raise UserError(f"cannot set a key below a value ({'.'.join(parts[: i + 1])})", file=file, key=key)
+        node = child
+    node[parts[-1]] = value
+
+
+def validate_spec(raw: dict[str, Any], file: str, overrides: tuple[str, ...] = ()) -> StudySpec:
+    """Validate a spec tree (already overridden)."""
+    known = set(StudySettings.model_fields) | set(RunConfig.model_fields) - {"arm", "phase"}
+    for key in raw:
+        if key not in known:
+            raise UserError(f"unknown section; accepted: {', '.join(sorted(known))}", file=file, key=str(key))
+    space = _extract_space(raw, file)
+    settings = _validate(StudySettings, {k: v for k, v in raw.items() if k in StudySettings.model_fields}, file)
+    run_tree = {k: v for k, v in raw.items() if k in RunConfig.model_fields}
+    for section in ("teacher", "student"):
+        if section not in run_tree:
+            raise UserError(f"missing section; it needs at least a backbone (a timm model name)", file=file,
+                            key=section)
+    spec = StudySpec(file, copy.deepcopy(raw), settings, space, _validate_run(file, run_tree), overrides)
+    _check_candidates(spec)
+    _check_names_and_paths(spec)
+    return spec
+
+
+def _distribution_kind(node: Any) -> str | None:
+    if isinstance(node, dict):
+        kinds = [k for k in node if k in DISTRIBUTION_KINDS]
+        if kinds:
+            return kinds[0]
+    return None
+
+
+def _extract_space(raw: dict[str, Any], file: str) -> dict[str, Distribution]:
+    space: dict[str, Distribution] = {}
+
+    def walk(node: Any, key: str) -> None:
+        kind = _distribution_kind(node)
+        if kind:
+            section = key.split(".")[0]
+            if section not in SEARCHABLE_SECTIONS or key in FIXED_KEYS:
+                raise UserError(
+                    f"cannot be searched; distributions are accepted under {', '.join(SEARCHABLE_SECTIONS)}"
+                    f" (except {', '.join(FIXED_KEYS)})", file=file, key=key)
+            space[key] = _parse_distribution(kind, node, file, key)
+        elif isinstance(node, dict):
+            for child, value in node.items():
+                walk(value, f"{key}.{child}" if key else str(child))
+
+    walk(raw, "")
+    return space
+
+
+def _parse_distribution(kind: str, node: dict[str, Any], file: str, key: str) -> Distribution:
+    extra = set(node) - {kind, "default"}
+    if extra:
+        raise UserError(f"a {kind} distribution takes only '{kind}' and 'default', got {sorted(extra)}",
+                        file=file, key=key)
+    args = node[kind]
+    if kind == "choice":
+        if not isinstance(args, list) or not args:
+            raise UserError("choice needs a non-empty list of values", file=file, key=key)
+        default = node.get("default", args[0])
+        if default not in args:
+            raise UserError(f"default {default!r} is not one of the choices {args}", file=file, key=key)
+        return Distribution(kind, tuple(args), default)
+    number = int if kind == "int" else (int, float)
+    if (not isinstance(args, list) or len(args) != 2
+            or not all(isinstance(a, number) and not isinstance(a, bool) for a in args)):
+        what = "integers" if kind == "int" else "numbers"
+        raise UserError(f"{kind} needs [low, high] with two {what}, got {args!r}", file=file, key=key)
+    low, high = args
+    if low > high:
+        raise UserError(f"{kind} lower bound {low} is above the upper bound {high}", file=file, key=key)
+    if kind == "loguniform" and low <= 0:
+        raise UserError(f"loguniform bounds must be positive, got {args}", file=file, key=key)
+    if "default" in node:
+        default = node["default"]
+        if not isinstance(default, number) or not low <= default <= high:
+            raise UserError(f"default {default!r} is outside [{low}, {high}]", file=file, key=key)
+    elif kind == "uniform":
+        default = (low + high) / 2
+    elif kind == "loguniform":
+        default = math.sqrt(low * high)
+    else:
+        default = (low + high) // 2
+    return Distribution(kind, (low, high), default)
+
+
+def _with_values(raw: dict[str, Any], values: Mapping[str, Any]) -> dict[str, Any]:
+    tree = copy.deepcopy(raw)
+    for key, value in values.items():
+        node = tree
+        *parents, leaf = key.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = value
+    return tree
+
+
+def _validate_run(file: str, tree: dict[str, Any]) -> RunConfig:
+    return _validate(RunConfig, tree, file)
+
+
+def _validate(model: type[BaseModel], tree: dict[str, Any], file: str) -> Any:
+    try:
+        return model.model_validate(tree)
+    except ValidationError as exc:
+        raise _user_error(model, exc, file) from None
+
+
+def _user_error(model: type[BaseModel], exc: ValidationError, file: str) -> UserError:
+    """The first validation problem as one line: file, dotted key, what is accepted."""
+    problem = exc.errors()[0]
+    location = [str(p) for p in problem["loc"] if not str(p).startswith(("function-", "union"))]
+    location = [p for p in location if p not in ("int", "str", "bool", "float", "tuple[int,int]")]
+    key = ".".join(location)
+    if problem["type"] == "extra_forbidden":
+        parent = _model_at(model, location[:-1])
+        accepted = ", ".join(parent.model_fields) if parent else "none"
+        return UserError(f"unknown key; accepted: {accepted}", file=file, key=key)
+    if problem["type"] == "missing":
+        return UserError("required key is missing", file=file, key=key)
+    message = problem["msg"].removeprefix("Value error, ")
+    return UserError(f"{message} (got {problem.get('input')!r})", file=file, key=key or None)
+
+
+def _model_at(model: type[BaseModel], path: list[str]) -> type[BaseModel] | None:
+    for part in path:
+        if part.isdigit():
+            continue
+        info = model.model_fields.get(part)
+        annotation = getattr(info, "annotation", None)
+        if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
+            return None
+        model = annotation
+    return model
+
+
+def _check_candidates(spec: StudySpec) -> None:
+    """Every bound and every choice of every distribution must make a valid run on its own."""
+    for key, dist in spec.space.items():
+        for value in dist.candidates():
+            spec.run_config(spec.settings.arms[0], {key: value})
+
+
+def _check_names_and_paths(spec: StudySpec) -> None:
+    """Names and files that exist outside the spec: timm backbones, weight files, data roots."""
+    import timm  # deferred: importing timm takes a second
+
+    student_backbones = spec.space["student.backbone"].bounds if "student.backbone" in spec.space else ()
+    named = [("teacher.backbone", spec.defaults.teacher.backbone), ("student.backbone", spec.defaults.student.backbone)]
+    named += [("student.backbone", name) for name in student_backbones]
+    for key, name in named:
+        if not isinstance(name, str) or not timm.is_model(name):
+            raise UserError(f"{name!r} is not a timm model name{_suggest(name, timm.list_models())}",
+                            file=spec.path, key=key)
+    for key, model in (("teacher", spec.defaults.teacher), ("student", spec.defaults.student)):
+        _check_weights(spec.path, f"{key}.pretrained", model)
+    checkpoint = spec.defaults.teacher.checkpoint
+    if checkpoint and not Path(checkpoint).is_file():
+        raise UserError(f"teacher checkpoint not found: {checkpoint}", file=spec.path, key="teacher.checkpoint")
+    data = spec.defaults.data
+    if data.name != "synthetic":
+        if not data.root:
+            raise UserError(f"dataset {data.name!r} needs a root directory", file=spec.path, key="data.root")
+        if not Path(data.root).is_dir():
+            raise UserError(f"data root does not exist: {data.root}", file=spec.path, key="data.root")
+
+
+def _check_weights(file: str, key: str, model: ModelConfig) -> None:
+    if isinstance(model.pretrained, str) and not Path(model.pretrained).is_file():
+        raise UserError(f"weights file not found: {model.pretrained}", file=file, key=key)
+
+
+def _suggest(name: Any, names: list[str]) -> str:
+    import difflib
+
+    close = difflib.get_close_matches(str(name), names, n=3, cutoff=0.6)
+    return f"; did you mean {', '.join(close)}?" if close else "; see timm.list_models()"
