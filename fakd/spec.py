@@ -160,9 +160,10 @@ def validate_spec(raw: dict[str, Any], file: str, overrides: tuple[str, ...] = (
     run_tree = {k: v for k, v in raw.items() if k in RunConfig.model_fields}
     for section in ("teacher", "student"):
         if section not in run_tree:
-            raise UserError(f"missing section; it needs at least a backbone (a timm model name)", file=file,
+            raise UserError("missing section; it needs at least a backbone (a timm model name)", file=file,
                             key=section)
-    spec = StudySpec(file, copy.deepcopy(raw), settings, space, _validate_run(file, run_tree), overrides)
+    defaults = _validate_run(file, _with_values(run_tree, {k: d.default for k, d in space.items()}))
+    spec = StudySpec(file, copy.deepcopy(raw), settings, space, defaults, overrides)
     _check_candidates(spec)
     _check_names_and_paths(spec)
     return spec

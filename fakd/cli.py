@@ -1,0 +1,82 @@
+"""The command line: parse arguments, call one function, turn user mistakes into one line and exit 2."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from fakd.errors import UserError
+
+EXIT_USER_ERROR = 2
+
+
+def _log(message: str) -> None:
+    print(message, flush=True)
+
+
+def check_models(cfg, file: str) -> None:  # noqa: ANN001 - RunConfig, imported lazily
+    """Build teacher and student once so unknown heads, strides or weight files fail before training."""
+    from fakd.train.teacher import build_model, model_config
+
+    num_classes = cfg.data.num_classes if cfg.data.name == "synthetic" else 2
+    for role, model in (("teacher", model_config(cfg.teacher)), ("student", cfg.student)):
+        try:
+            build_model(model, num_classes, seed=0)
+        except UserError as exc:
+            raise exc.located(file, role) from None
+
+
+def command_train(args: argparse.Namespace) -> int:
+    from fakd.spec import load_spec
+
+    spec = load_spec(args.spec, args.set)
+    from fakd.train import run_distillation  # after validation: torch and timm take seconds to import
+
+    cfg = spec.run_config(args.arm or _default_arm(spec.settings.arms), phase="final")
+    check_models(cfg, spec.path)
+    out = Path(args.out or Path("runs") / f"{spec.name}-train-{cfg.arm.replace('+', '_')}").resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    _log(f"run directory: {out}")
+    try:
+        result = run_distillation(cfg, out, log=_log)
+    except UserError as exc:
+        raise exc.located(spec.path) from None
+    teacher, student = result["teacher"], result["student"]
+    _log(f"teacher {cfg.teacher.backbone}: val mIoU {teacher.get('val_miou', float('nan')):.4f}")
+    _log(f"student {cfg.student.backbone} ({cfg.arm}): val mIoU {student['val_miou']:.4f}")
+    return 0
+
+
+def _default_arm(arms: Sequence[str]) -> str:
+    return "kd+fakd" if "kd+fakd" in arms else arms[-1]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="launch.py", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    train = commands.add_parser("train", help="one teacher→student run with the spec's default values")
+    train.add_argument("spec", help="study spec (YAML)")
+    train.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                       help="override a spec value (dotted key, YAML-typed value); repeatable")
+    train.add_argument("--out", help="run directory (default: runs/NAME-train-ARM)")
+    train.add_argument("--arm", choices=["baseline", "kd", "kd+fakd", "cwd", "cwd+fakd"],
+                       help="ablation arm (default: kd+fakd when the spec lists it)")
+    train.set_defaults(func=command_train)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    func: Callable[[argparse.Namespace], int] = args.func
+    try:
+        return func(args)
+    except UserError as exc:
+        print(f"error: {exc.format()}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130

@@ -1,0 +1,18 @@
+"""Training: the loop, checkpoints, the teacher cache and whole runs. Imports no Ray, Optuna or W&B."""
+
+from fakd.train.loop import NonFiniteLossError, Reporter, evaluate, fit
+from fakd.train.run import run_distillation, train_student
+from fakd.train.teacher import TeacherArtifact, ensure_teacher, load_teacher, teacher_key
+
+__all__ = [
+    "NonFiniteLossError",
+    "Reporter",
+    "TeacherArtifact",
+    "ensure_teacher",
+    "evaluate",
+    "fit",
+    "load_teacher",
+    "run_distillation",
+    "teacher_key",
+    "train_student",
+]

@@ -1,0 +1,221 @@
+"""The iteration-based training loop shared by teachers and students."""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import sys
+import time
+from collections import defaultdict
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import DataLoader
+
+from fakd.config import RunConfig
+from fakd.metrics import ConfusionMatrix
+from fakd.models import Segmenter
+from fakd.train.checkpoint import (
+    capture_rng,
+    latest_checkpoint,
+    load_checkpoint,
+    prune_checkpoints,
+    restore_rng,
+    write_checkpoint,
+)
+from fakd.train.data import Splits, eval_loader, train_loader
+from fakd.train.objective import SegmentationObjective
+from fakd.train.optim import build_optimizer, poly_schedule
+
+Reporter = Callable[[dict[str, Any], "str | None"], None]
+
+
+class NonFiniteLossError(RuntimeError):
+    """The training loss became NaN or infinite."""
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("train.device is 'cuda' but no CUDA device is visible")
+    return torch.device(name)
+
+
+@dataclass
+class Accelerator:
+    """Device placement, bf16 autocast and channels_last, all switched on only on CUDA."""
+
+    device: torch.device
+    amp: bool
+    channels_last: bool
+
+    @classmethod
+    def for_run(cls, cfg: RunConfig) -> Accelerator:
+        device = resolve_device(cfg.train.device)
+        cuda = device.type == "cuda"
+        return cls(device, cfg.train.amp and cuda, cfg.train.channels_last and cuda)
+
+    def model(self, module: nn.Module) -> nn.Module:
+        module = module.to(self.device)
+        return module.to(memory_format=torch.channels_last) if self.channels_last else module
+
+    def images(self, images: torch.Tensor) -> torch.Tensor:
+        images = images.to(self.device, non_blocking=True)
+        return images.contiguous(memory_format=torch.channels_last) if self.channels_last else images
+
+    def autocast(self) -> contextlib.AbstractContextManager:
+        if self.amp:
+            return torch.autocast(device_type="cuda", dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+
+@torch.no_grad()
+def evaluate(model: Segmenter, loader: DataLoader, num_classes: int, accelerator: Accelerator) -> dict[str, Any]:
+    """mIoU and per-class IoU from one confusion matrix summed over the whole split."""
+    was_training = model.training
+    model.eval()
+    matrix = ConfusionMatrix(num_classes)
+    for images, labels in loader:
+        with accelerator.autocast():
+            logits = model(accelerator.images(images)).logits
+        logits = F.interpolate(logits.float(), size=labels.shape[-2:], mode="bilinear", align_corners=False)
+        matrix.update(logits.argmax(1).cpu(), labels)
+    model.train(was_training)
+    summary = matrix.summary()
+    return {"val_miou": summary["miou"], "val_pixel_acc": summary["pixel_acc"], "val_iou": summary["per_class_iou"]}
+
+
+@dataclass
+class TrainingState:
+    """What a checkpoint holds besides the RNG streams."""
+
+    model: nn.Module
+    objective: SegmentationObjective
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+
+    def state_dict(self, iteration: int, metrics: dict[str, Any]) -> dict[str, Any]:
+        return {
+            "iteration": iteration,
+            "model": self.model.state_dict(),
+            "objective": self.objective.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "metrics": metrics,
+            "rng": capture_rng(),
+        }
+
+    def load(self, state: dict[str, Any]) -> int:
+        self.model.load_state_dict(state["model"])
+        self.objective.load_state_dict(state["objective"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        restore_rng(state["rng"])
+        return int(state["iteration"])
+
+
+def _progress(total: int, start: int, enabled: bool | None, description: str) -> Any:
+    if enabled is None:
+        enabled = sys.stderr.isatty()
+    if not enabled:
+        return None
+    from tqdm import tqdm
+
+    return tqdm(total=total, initial=start, desc=description, dynamic_ncols=True, leave=False)
+
+
+def fit(
+    cfg: RunConfig,
+    model: Segmenter,
+    splits: Splits,
+    work_dir: Path,
+    *,
+    teacher: Segmenter | None = None,
+    report: Reporter | None = None,
+    resume_from: str | Path | None = None,
+    progress: bool | None = None,
+    log: Callable[[str], None] | None = None,
+) -> dict[str, Any]:
+    """Train `model` for `cfg.train.iters` iterations on `splits` with the arm's objective.
+
+    Every `eval_every` iterations (and at the end) it evaluates, writes a full-state checkpoint under
+    `work_dir/checkpoints` and calls `report(metrics, checkpoint_dir)`. With `resume_from` (a checkpoint
+    directory, or "latest" for the newest one in `work_dir`), training continues exactly where it stopped.
+    Returns the last metrics.
+    """
+    accelerator = Accelerator.for_run(cfg)
+    total = cfg.train.iters
+    model = accelerator.model(model)
+    objective = SegmentationObjective(
+        cfg.effective_loss, splits.num_classes, model.feature_dim, total_steps=total
+    ).to(accelerator.device)
+    if objective.needs_teacher and teacher is None:
+        raise ValueError(f"arm {cfg.arm!r} distills: pass a teacher")
+    if teacher is not None:
+        teacher = accelerator.model(teacher).eval().requires_grad_(False)
+    optimizer = build_optimizer(model, cfg.train)
+    state = TrainingState(model, objective, optimizer, poly_schedule(optimizer, total, cfg.train.poly_power))
+    checkpoints = work_dir / "checkpoints"
+    if resume_from == "latest":
+        resume_from = latest_checkpoint(checkpoints)
+    start, metrics = 0, {}
+    if resume_from:
+        saved = load_checkpoint(resume_from)
+        start, metrics = state.load(saved), saved["metrics"]
+    if start >= total:
+        return metrics
+
+    evaluation = eval_loader(cfg, splits.evaluation)
+    bar = _progress(total, start, progress, f"{cfg.arm} {cfg.student.backbone}")
+    sums: dict[str, float] = defaultdict(float)
+    window_start, window_iters = time.perf_counter(), 0
+    model.train()
+    batches = train_loader(cfg, splits.train, total, start)
+    for iteration, (images, labels) in enumerate(batches, start=start + 1):
+        images, labels = accelerator.images(images), labels.to(accelerator.device, non_blocking=True)
+        with accelerator.autocast():
+            output = model(images)
+            teacher_logits = None
+            if objective.needs_teacher:
+                with torch.no_grad():
+                    teacher_logits = teacher(images).logits
+        loss, terms = objective(output, labels, iteration - 1, model.classifier_weight, teacher_logits)
+        if not math.isfinite(terms["loss"]):
+            raise NonFiniteLossError(f"non-finite loss {terms} at iteration {iteration} ({cfg.arm})")
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        state.scheduler.step()
+        for name, value in terms.items():
+            sums[name] += value
+        window_iters += 1
+        if bar is not None:
+            bar.update(1)
+            bar.set_postfix(loss=f"{terms['loss']:.3f}", refresh=False)
+        if iteration % cfg.train.eval_every and iteration != total:
+            continue
+        seconds = time.perf_counter() - window_start
+        metrics = {
+            "iteration": iteration,
+            **{name: value / window_iters for name, value in sums.items()},
+            "lr": optimizer.param_groups[0]["lr"],
+            "seconds_per_iter": seconds / window_iters,
+            **evaluate(model, evaluation, splits.num_classes, accelerator),
+        }
+        directory = write_checkpoint(state.state_dict(iteration, metrics), checkpoints, iteration)
+        if log is not None:
+            log(f"[{cfg.arm}] iter {iteration}/{total} loss {metrics['loss']:.4f} val mIoU {metrics['val_miou']:.4f}")
+        if report is not None:
+            report(metrics, str(directory))
+        prune_checkpoints(checkpoints, keep=directory)
+        sums.clear()
+        window_start, window_iters = time.perf_counter(), 0
+    if bar is not None:
+        bar.close()
+    return metrics

@@ -1,0 +1,122 @@
+"""The training objective: CE plus the distillation terms an arm switches on."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from fakd.config import LossConfig
+from fakd.losses import (
+    ClassCovariance,
+    channel_wise_kd,
+    feature_augmented_cwd,
+    feature_augmented_kd,
+    pixel_kd,
+    strength_at,
+)
+from fakd.models import SegmenterOutput
+
+
+class SegmentationObjective(nn.Module):
+    """CE against the labels, plus KD / CWD against a teacher (as FAKD bounds when FAKD is on).
+
+    The class-conditional covariance of the student's features is a buffer of this module, so it is
+    saved and restored with the rest of the training state.
+    """
+
+    def __init__(
+        self, loss: LossConfig, num_classes: int, feature_dim: int, total_steps: int, ignore_index: int = 255
+    ) -> None:
+        super().__init__()
+        self.loss = loss
+        self.total_steps = total_steps
+        self.ignore_index = ignore_index
+        self.covariance = (
+            ClassCovariance(num_classes, feature_dim, full=loss.fakd.covariance == "full")
+            if loss.fakd.enabled and loss.distills
+            else None
+        )
+
+    @property
+    def needs_teacher(self) -> bool:
+        return self.loss.distills
+
+    def strength(self, step: int) -> float:
+        fakd = self.loss.fakd
+        if self.covariance is None:
+            return 0.0
+        return strength_at(step, self.total_steps, fakd.max_strength, fakd.schedule)
+
+    def forward(
+        self,
+        student: SegmenterOutput,
+        labels: torch.Tensor,
+        step: int,
+        classifier_weight: torch.Tensor | None = None,
+        teacher_logits: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, dict[str, float]]:
+        """Total loss and its terms (detached floats) for one batch at iteration `step` (0-based)."""
+        logits = student.logits.float()
+        upsampled = F.interpolate(logits, size=labels.shape[-2:], mode="bilinear", align_corners=False)
+        ce = F.cross_entropy(upsampled, labels, ignore_index=self.ignore_index)
+        total = self.loss.ce_weight * ce
+        terms = {"loss_ce": float(ce.detach())}
+        if not self.needs_teacher:
+            terms["loss"] = float(total.detach())
+            return total, terms
+        if teacher_logits is None:
+            raise ValueError("this objective distills: pass teacher_logits")
+        teacher_logits = teacher_logits.float()
+        small_labels = _nearest(labels, logits.shape[-2:])
+        augmented = self._augmentation(student, small_labels, step, classifier_weight)
+        for name, term in (("kd", self.loss.kd), ("cwd", self.loss.cwd)):
+            if term.weight == 0:
+                continue
+            value = self._term(name, logits, teacher_logits, term.temperature, augmented)
+            total = total + term.weight * value
+            terms[f"loss_{name}"] = float(value.detach())
+        if augmented is not None:
+            terms["fakd_strength"] = augmented["strength"]
+        terms["loss"] = float(total.detach())
+        return total, terms
+
+    def _augmentation(
+        self, student: SegmenterOutput, labels: torch.Tensor, step: int, weight: torch.Tensor | None
+    ) -> dict | None:
+        if self.covariance is None:
+            return None
+        if weight is None:
+            raise ValueError("FAKD needs the student's classifier weight")
+        self.covariance.update(student.features.detach().float(), labels)
+        return {
+            "labels": labels,
+            "classifier_weight": weight.detach().float(),
+            "class_covariance": self.covariance.covariance,
+            "strength": self.strength(step),
+        }
+
+    def _term(
+        self, name: str, logits: torch.Tensor, teacher: torch.Tensor, temperature: float, augmented: dict | None
+    ) -> torch.Tensor:
+        if augmented is None:
+            plain = pixel_kd if name == "kd" else channel_wise_kd
+            return plain(logits, teacher, temperature=temperature)
+        bound = feature_augmented_kd if name == "kd" else feature_augmented_cwd
+        return bound(
+            logits,
+            teacher,
+            augmented["labels"],
+            augmented["classifier_weight"],
+            augmented["class_covariance"],
+            augmented["strength"],
+            temperature=temperature,
+            ignore_index=self.ignore_index,
+            form=self.loss.fakd.form,
+        )
+
+
+def _nearest(labels: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    if tuple(labels.shape[-2:]) == tuple(size):
+        return labels
+    return F.interpolate(labels[:, None].float(), size=size, mode="nearest")[:, 0].long()

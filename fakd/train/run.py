@@ -1,0 +1,50 @@
+"""One teacher→student run, as plain functions (the study layer calls `train_student` per trial)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from fakd.config import RunConfig
+from fakd.train.data import build_splits
+from fakd.train.loop import Reporter, fit
+from fakd.train.teacher import TeacherArtifact, build_model, ensure_teacher, load_teacher
+
+
+def train_student(
+    cfg: RunConfig,
+    teacher: TeacherArtifact | None,
+    work_dir: Path,
+    *,
+    report: Reporter | None = None,
+    resume_from: str | Path | None = None,
+    progress: bool | None = None,
+    log: Callable[[str], None] | None = None,
+) -> dict[str, Any]:
+    """Train the student of `cfg` (distilled from `teacher` when its arm distills); the last metrics."""
+    splits = build_splits(cfg)
+    frozen = None
+    if cfg.effective_loss.distills:
+        if teacher is None:
+            raise ValueError(f"arm {cfg.arm!r} distills: a teacher is needed")
+        frozen = load_teacher(teacher, cfg, splits.num_classes)
+    model = build_model(cfg.student, splits.num_classes, cfg.train.seed)
+    return fit(cfg, model, splits, work_dir, teacher=frozen, report=report, resume_from=resume_from,
+               progress=progress, log=log)
+
+
+def run_distillation(
+    cfg: RunConfig,
+    out_dir: Path,
+    *,
+    report: Reporter | None = None,
+    progress: bool | None = None,
+    log: Callable[[str], None] | None = None,
+) -> dict[str, dict[str, Any]]:
+    """Teacher (cached under `out_dir/teachers`) then student (resumed from `out_dir/student` if there)."""
+    teacher = ensure_teacher(cfg, out_dir / "teachers", progress=progress, log=log)
+    work = out_dir / "student"
+    resume = "latest" if (work / "checkpoints").is_dir() and any((work / "checkpoints").glob("iter_*")) else None
+    student = train_student(cfg, teacher, work, report=report, resume_from=resume, progress=progress, log=log)
+    return {"teacher": teacher.metrics, "student": student}
