@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -17,23 +16,11 @@ def _log(message: str) -> None:
     print(message, flush=True)
 
 
-def check_models(cfg, file: str) -> None:  # noqa: ANN001 - RunConfig, imported lazily
-    """Build teacher and student once so unknown heads, strides or weight files fail before training."""
-    from fakd.train.teacher import build_model, model_config
-
-    num_classes = cfg.data.num_classes if cfg.data.name == "synthetic" else 2
-    for role, model in (("teacher", model_config(cfg.teacher)), ("student", cfg.student)):
-        try:
-            build_model(model, num_classes, seed=0)
-        except UserError as exc:
-            raise exc.located(file, role) from None
-
-
 def command_train(args: argparse.Namespace) -> int:
     from fakd.spec import load_spec
 
     spec = load_spec(args.spec, args.set)
-    from fakd.train import run_distillation  # after validation: torch and timm take seconds to import
+    from fakd.train import check_models, run_distillation  # after validation: torch and timm load slowly
 
     cfg = spec.run_config(args.arm or _default_arm(spec.settings.arms), phase="final")
     check_models(cfg, spec.path)

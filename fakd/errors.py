@@ -4,7 +4,7 @@ from __future__ import annotations
 
 
 class UserError(Exception):
-    """A mistake the user can fix (bad spec value, missing file, unknown name); the CLI prints it as one line and exits 2."""
+    """A mistake the user can fix (bad value, missing file, unknown name): one line from the CLI, exit 2."""
 
     def __init__(self, message: str, *, file: str | None = None, key: str | None = None) -> None:
         self.file, self.key, self.message = file, key, message

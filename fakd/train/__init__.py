@@ -1,13 +1,14 @@
 """Training: the loop, checkpoints, the teacher cache and whole runs. Imports no Ray, Optuna or W&B."""
 
 from fakd.train.loop import NonFiniteLossError, Reporter, evaluate, fit
-from fakd.train.run import run_distillation, train_student
+from fakd.train.run import check_models, run_distillation, train_student
 from fakd.train.teacher import TeacherArtifact, ensure_teacher, load_teacher, teacher_key
 
 __all__ = [
     "NonFiniteLossError",
     "Reporter",
     "TeacherArtifact",
+    "check_models",
     "ensure_teacher",
     "evaluate",
     "fit",

@@ -21,7 +21,9 @@ def build_optimizer(model: nn.Module, cfg: TrainConfig, lr: float | None = None)
     return torch.optim.SGD(groups, lr=lr, momentum=cfg.momentum)
 
 
-def poly_schedule(optimizer: torch.optim.Optimizer, total_iters: int, power: float) -> torch.optim.lr_scheduler.LambdaLR:
+def poly_schedule(
+    optimizer: torch.optim.Optimizer, total_iters: int, power: float
+) -> torch.optim.lr_scheduler.LambdaLR:
     """lr · (1 − t/T)^power, stepped once per iteration."""
     return torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda step: max(0.0, 1.0 - step / total_iters) ** power

@@ -7,9 +7,10 @@ from pathlib import Path
 from typing import Any
 
 from fakd.config import RunConfig
+from fakd.errors import UserError
 from fakd.train.data import build_splits
 from fakd.train.loop import Reporter, fit
-from fakd.train.teacher import TeacherArtifact, build_model, ensure_teacher, load_teacher
+from fakd.train.teacher import TeacherArtifact, build_model, ensure_teacher, load_teacher, model_config
 
 
 def train_student(
@@ -48,3 +49,13 @@ def run_distillation(
     resume = "latest" if (work / "checkpoints").is_dir() and any((work / "checkpoints").glob("iter_*")) else None
     student = train_student(cfg, teacher, work, report=report, resume_from=resume, progress=progress, log=log)
     return {"teacher": teacher.metrics, "student": student}
+
+
+def check_models(cfg: RunConfig, file: str) -> None:
+    """Build teacher and student once so unknown heads, strides or weight files fail before any training."""
+    num_classes = cfg.data.num_classes if cfg.data.name == "synthetic" else 2
+    for role, model in (("teacher", model_config(cfg.teacher)), ("student", cfg.student)):
+        try:
+            build_model(model, num_classes, seed=0)
+        except UserError as exc:
+            raise exc.located(file, role) from None

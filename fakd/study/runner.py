@@ -1,0 +1,177 @@
+"""Sweeps: one Optuna-guided Ray Tune experiment per arm, all inside one study directory; and resume."""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import optuna
+import ray
+from ray import tune
+from ray.tune.schedulers import ASHAScheduler
+from ray.tune.search.optuna import OptunaSearch
+
+from fakd.errors import UserError
+from fakd.spec import StudySpec, load_spec
+from fakd.study.cluster import check_cluster_resources, check_local_resources, ray_runtime
+from fakd.study.layout import StudyDir, create_study_dir, open_study_dir
+from fakd.study.space import arm_space
+from fakd.study.trainable import TrialContext, make_trainable
+from fakd.train import TeacherArtifact, check_models, ensure_teacher
+
+Log = Callable[[str], None]
+OBJECTIVE_METRICS = {"miou": ("val_miou", "max"), "params": ("params", "min"), "latency": ("latency_ms", "min")}
+
+
+def _print(message: str) -> None:
+    print(message, flush=True)
+
+
+def sweep(
+    spec_path: str,
+    overrides: Sequence[str] = (),
+    *,
+    storage: str | Path = "runs",
+    name: str | None = None,
+    address: str | None = None,
+    teacher_checkpoint: str | None = None,
+    log: Log = _print,
+) -> StudyDir:
+    """Validate, create the study directory, train the teacher once, then search every arm."""
+    overrides = list(overrides)
+    if teacher_checkpoint:
+        overrides.append(f"teacher.checkpoint={teacher_checkpoint}")
+    spec = load_spec(spec_path, overrides)
+    check_models(spec.defaults, spec.path)
+    root = Path(storage).expanduser().resolve() / (name or spec.name)
+    if root.exists() and any(root.iterdir()):
+        create_study_dir(root, spec.raw, {})  # raises the "already a study" error
+    if address is None:
+        check_local_resources(spec.settings.resources.cpu, spec.settings.resources.gpu, spec.path)
+    with ray_runtime(address):
+        check_cluster_resources(spec.settings.resources.cpu, spec.settings.resources.gpu, spec.path)
+        study = create_study_dir(root, spec.raw, {"name": spec.name, "source": str(Path(spec_path).resolve()),
+                                                  "overrides": overrides})
+        log(f"study directory: {study.root}")
+        _run(study, log)
+    return study
+
+
+def resume(study_path: str | Path, *, address: str | None = None, log: Log = _print) -> StudyDir:
+    """Finish an interrupted study: finished trials stay finished, running ones continue from checkpoints."""
+    study = open_study_dir(study_path)
+    spec = load_spec(study.spec)
+    with ray_runtime(address):
+        check_cluster_resources(spec.settings.resources.cpu, spec.settings.resources.gpu, spec.path)
+        log(f"resuming study {study.root}")
+        _run(study, log)
+    return study
+
+
+def _run(study: StudyDir, log: Log) -> None:
+    spec = load_spec(study.spec)
+    teacher = _teacher(spec, study, log)
+    study.update_metadata(teacher={"key": teacher.key, "path": str(teacher.path), "metrics": teacher.metrics})
+    for arm in spec.settings.arms:
+        run_arm(spec, study, arm, teacher, log)
+    study.update_metadata(search_finished=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
+    log(f"search finished: {study.root}")
+
+
+def _teacher(spec: StudySpec, study: StudyDir, log: Log) -> TeacherArtifact:
+    """The study's teacher, trained once as a Ray task with a trial's resources and cached in the study."""
+    resources = spec.settings.resources
+    task = ray.remote(num_cpus=resources.cpu, num_gpus=resources.gpu)(ensure_teacher)
+    cfg = spec.run_config(spec.settings.arms[0])
+    started = time.perf_counter()
+    teacher = ray.get(task.remote(cfg, study.teachers, progress=False, log=_print))
+    log(f"teacher {cfg.teacher.backbone} ready ({teacher.key}, val mIoU "
+        f"{teacher.metrics.get('val_miou', float('nan')):.4f}, {time.perf_counter() - started:.0f} s)")
+    return teacher
+
+
+def _optuna_storage(spec: StudySpec, study: StudyDir) -> optuna.storages.BaseStorage:
+    url = spec.settings.search.storage or study.optuna_url()
+    try:
+        return optuna.storages.RDBStorage(url)
+    except Exception as exc:  # SQLAlchemy raises many kinds for a bad URL
+        raise UserError(f"cannot open Optuna storage {url}: {exc}", file=spec.path, key="search.storage") from None
+
+
+def _objectives(spec: StudySpec) -> tuple[str | list[str], str | list[str]]:
+    search = spec.settings.search
+    if search.objectives == ["miou"]:
+        return search.metric, "max"
+    metrics = [search.metric] + [OBJECTIVE_METRICS[o][0] for o in search.objectives[1:]]
+    return metrics, ["max"] + [OBJECTIVE_METRICS[o][1] for o in search.objectives[1:]]
+
+
+def _tuner(spec: StudySpec, study: StudyDir, arm: str, trainable: Any) -> tune.Tuner:
+    search = spec.settings.search
+    metric, mode = _objectives(spec)
+    space = arm_space(spec, arm)
+    searcher = None
+    if space:
+        searcher = OptunaSearch(
+            space=space, metric=metric, mode=mode, seed=search.seed,
+            study_name=f"{spec.name}/{arm}", storage=_optuna_storage(spec, study),
+        )
+    train = spec.defaults.train
+    scheduler = None
+    if search.scheduler == "asha":
+        evaluations = math.ceil(train.iters / train.eval_every)
+        scheduler = ASHAScheduler(
+            time_attr="training_iteration", metric=search.metric, mode="max", max_t=evaluations,
+            grace_period=min(search.grace_period, evaluations), reduction_factor=search.reduction_factor,
+        )
+    return tune.Tuner(
+        trainable,
+        tune_config=tune.TuneConfig(
+            search_alg=searcher, scheduler=scheduler, num_samples=search.num_samples,
+            max_concurrent_trials=search.max_concurrent,
+            metric=None if searcher or scheduler else search.metric, mode=None if searcher or scheduler else "max",
+        ),
+        run_config=tune.RunConfig(
+            name=study.experiment(arm).name, storage_path=str(study.tune),
+            failure_config=tune.FailureConfig(max_failures=search.max_failures),
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+            verbose=0,
+        ),
+        param_space={"arm": arm},
+    )
+
+
+def run_arm(spec: StudySpec, study: StudyDir, arm: str, teacher: TeacherArtifact, log: Log) -> None:
+    """Search one arm, or finish its interrupted search; a finished arm is left alone."""
+    if study.done_flag(arm).exists():
+        log(f"[{arm}] already searched")
+        return
+    resources = spec.settings.resources
+    context = TrialContext(str(study.spec), arm, "search", teacher)
+    trainable = make_trainable(context, resources.cpu, resources.gpu)
+    experiment = study.experiment(arm)
+    if tune.Tuner.can_restore(str(experiment)):
+        log(f"[{arm}] restoring the interrupted search")
+        tuner = tune.Tuner.restore(str(experiment), trainable, resume_unfinished=True, resume_errored=False)
+    else:
+        log(f"[{arm}] searching {spec.settings.search.num_samples} trials")
+        tuner = _tuner(spec, study, arm, trainable)
+    started = time.perf_counter()
+    results = tuner.fit()
+    errors = [r for r in results if r.error is not None]
+    for result in errors:
+        log(f"[{arm}] trial {Path(result.path).name} errored:\n{_traceback(result)}")
+    log(f"[{arm}] {len(results)} trials ({len(errors)} errored) in {time.perf_counter() - started:.0f} s")
+    study.done_flag(arm).parent.mkdir(parents=True, exist_ok=True)
+    study.done_flag(arm).write_text(json.dumps({"trials": len(results), "errors": len(errors)}))
+
+
+def _traceback(result: Any) -> str:
+    error_file = Path(result.path) / "error.txt"
+    if error_file.is_file():
+        return error_file.read_text().strip()
+    return repr(result.error)

@@ -1,0 +1,37 @@
+"""Test-wide settings: offline hubs, offline W&B, few threads, and a tiny study spec."""
+
+import os
+
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["WANDB_MODE"] = "offline"
+os.environ.setdefault("WANDB_SILENT", "true")
+
+from pathlib import Path  # noqa: E402
+from typing import Any  # noqa: E402
+
+import pytest  # noqa: E402
+import yaml  # noqa: E402
+
+TINY_SPEC: dict[str, Any] = {
+    "name": "tiny",
+    "data": {"name": "synthetic", "num_classes": 4, "image_size": 32, "train_length": 16, "val_length": 4},
+    "teacher": {"backbone": "test_resnet", "head": "fcn", "output_stride": 8, "head_channels": 16, "iters": 4},
+    "student": {"backbone": "test_efficientnet", "head": "fcn", "output_stride": 8, "head_channels": 16},
+    "train": {"iters": 4, "eval_every": 2, "batch_size": 2, "eval_batch_size": 4, "lr": 0.01},
+    "loss": {"kd": {"weight": 1.0, "temperature": 2.0}, "cwd": {"weight": 1.0, "temperature": 4.0},
+             "fakd": {"max_strength": 1.0, "schedule": "constant"}},
+    "arms": ["baseline", "kd", "kd+fakd"],
+    "search": {"num_samples": 1, "max_concurrent": 1},
+    "tracking": {"wandb": False},
+}
+
+
+def write_spec(directory: Path, spec: dict[str, Any] | None = None, name: str = "spec.yaml") -> Path:
+    path = directory / name
+    path.write_text(yaml.safe_dump(spec if spec is not None else TINY_SPEC, sort_keys=False))
+    return path
+
+
+@pytest.fixture
+def tiny_spec_path(tmp_path: Path) -> Path:
+    return write_spec(tmp_path)

@@ -1,0 +1,106 @@
+"""Spec validation: every mistake is one line naming the file and the key, exit code 2."""
+
+import copy
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import TINY_SPEC, write_spec
+
+from fakd.cli import main
+from fakd.errors import UserError
+from fakd.spec import apply_override, load_spec
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_quickstart_loads_with_its_search_space():
+    spec = load_spec(ROOT / "studies" / "quickstart.yaml")
+    assert {"train.lr", "loss.fakd.max_strength"} <= set(spec.space)
+    cfg = spec.run_config("kd+fakd")
+    assert cfg.effective_loss.fakd.enabled and cfg.effective_loss.kd.weight > 0
+    assert cfg.effective_loss.cwd.weight == 0
+    assert spec.run_config("baseline").effective_loss.distills is False
+
+
+def test_distribution_defaults_and_values():
+    raw = copy.deepcopy(TINY_SPEC)
+    raw["train"]["lr"] = {"loguniform": [0.001, 0.1]}
+    raw["loss"]["fakd"]["max_strength"] = {"uniform": [0.0, 4.0], "default": 1.5}
+    raw["train"]["batch_size"] = {"int": [2, 4]}
+    raw["student"]["backbone"] = {"choice": ["test_efficientnet", "test_resnet"]}
+    from fakd.spec import validate_spec
+
+    spec = validate_spec(raw, "mem.yaml")
+    assert spec.defaults.train.lr == pytest.approx(0.01)
+    assert spec.defaults.loss.fakd.max_strength == 1.5
+    assert spec.defaults.train.batch_size == 3
+    assert spec.defaults.student.backbone == "test_efficientnet"
+    cfg = spec.run_config("kd", {"train.lr": 0.05, "student.backbone": "test_resnet"})
+    assert (cfg.train.lr, cfg.student.backbone) == (0.05, "test_resnet")
+
+
+def test_override_is_yaml_typed_and_dotted():
+    tree = {"train": {"iters": 3}}
+    apply_override(tree, "train.iters=7", "f.yaml")
+    apply_override(tree, "loss.kd.temperature={choice: [1, 2]}", "f.yaml")
+    assert tree == {"train": {"iters": 7}, "loss": {"kd": {"temperature": {"choice": [1, 2]}}}}
+
+
+BAD = [
+    ("train.itres=5", "train.itres", "accepted: iters"),
+    ("train.iters=-3", "train.iters", "greater than 0"),
+    ("train.lr=fast", "train.lr", "valid number"),
+    ("student.backbone=resnet19", "student.backbone", "not a timm model name"),
+    ("loss.kd.temperature={choice: []}", "loss.kd.temperature", "non-empty"),
+    ("train.lr={uniform: [0.1, 0.01]}", "train.lr", "above the upper bound"),
+    ("arms=[kd, foo]", "arms.1", "'kd+fakd'"),
+    ("teacher.head=unet", "teacher.head", "'deeplabv3' or 'fcn'"),
+    ("teacher.output_stride=4", "teacher.output_stride", "8, 16 or 32"),
+    ("data.name=cityscapes", "data.root", "needs a root"),
+    ("student.pretrained=/nope.pth", "student.pretrained", "not found"),
+    ("teacher.iters={int: [1, 5]}", "teacher.iters", "cannot be searched"),
+    ("loss.fakd.schedule={choice: [linear, cos]}", "loss.fakd.schedule", "'cosine'"),
+    ("colour=red", "colour", "unknown section"),
+]
+
+
+@pytest.mark.parametrize(("override", "key", "accepted"), BAD)
+def test_bad_spec_exits_2_with_one_line(tiny_spec_path, capsys, override, key, accepted):
+    assert main(["train", str(tiny_spec_path), "--set", override]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err
+    assert err.startswith(f"error: {tiny_spec_path}: {key}:")
+    assert accepted in err
+
+
+def test_malformed_yaml(tmp_path, capsys):
+    path = tmp_path / "broken.yaml"
+    path.write_text("name: x\nteacher: [unclosed\n")
+    assert main(["train", str(path)]) == 2
+    assert "not valid YAML" in capsys.readouterr().err
+
+
+def test_unknown_backbone_that_cannot_dilate_is_caught_before_training(tmp_path, capsys):
+    spec = copy.deepcopy(TINY_SPEC)
+    spec["student"]["backbone"] = "test_vit"
+    path = write_spec(tmp_path, spec)
+    assert main(["train", str(path), "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert f"{path}: student.output_stride" in err
+    assert not (tmp_path / "out" / "student").exists()
+
+
+def test_command_line_prints_no_traceback(tiny_spec_path):
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "launch.py"), "train", str(tiny_spec_path), "--set", "train.iters=0"],
+        capture_output=True, text=True, cwd=ROOT,
+    )
+    assert result.returncode == 2
+    assert result.stderr.count("\n") == 1 and "Traceback" not in result.stderr
+
+
+def test_user_error_located_prefixes_key():
+    error = UserError("bad", key="output_stride").located("s.yaml", "teacher")
+    assert error.format() == "s.yaml: teacher.output_stride: bad"
