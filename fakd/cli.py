@@ -37,6 +37,32 @@ def command_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def command_sweep(args: argparse.Namespace) -> int:
+    from fakd.study import sweep
+
+    sweep(args.spec, args.set, storage=args.storage, name=args.name, address=args.address,
+          teacher_checkpoint=args.teacher)
+    return 0
+
+
+def command_resume(args: argparse.Namespace) -> int:
+    from fakd.study import resume
+
+    resume(args.study_dir, address=args.address)
+    return 0
+
+
+def command_status(args: argparse.Namespace) -> int:
+    import json
+
+    from fakd.study.status import format_table, status
+
+    records = status(args.study_dir)
+    print(json.dumps([r.to_json() for r in records], indent=None if args.json else 2) if args.json
+          else format_table(records))
+    return 0
+
+
 def _default_arm(arms: Sequence[str]) -> str:
     return "kd+fakd" if "kd+fakd" in arms else arms[-1]
 
@@ -53,6 +79,25 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--arm", choices=["baseline", "kd", "kd+fakd", "cwd", "cwd+fakd"],
                        help="ablation arm (default: kd+fakd when the spec lists it)")
     train.set_defaults(func=command_train)
+
+    sweep = commands.add_parser("sweep", help="search every arm of a study on Ray Tune")
+    sweep.add_argument("spec", help="study spec (YAML)")
+    sweep.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a spec value")
+    sweep.add_argument("--storage", default="runs", help="parent directory of the study (default: runs)")
+    sweep.add_argument("--name", help="study name (default: the spec's name)")
+    sweep.add_argument("--address", help="Ray cluster: auto or ray://host:port (default: start Ray locally)")
+    sweep.add_argument("--teacher", metavar="CHECKPOINT", help="use this teacher checkpoint instead of training")
+    sweep.set_defaults(func=command_sweep)
+
+    resume = commands.add_parser("resume", help="finish an interrupted study")
+    resume.add_argument("study_dir")
+    resume.add_argument("--address", help="Ray cluster: auto or ray://host:port (default: start Ray locally)")
+    resume.set_defaults(func=command_resume)
+
+    status = commands.add_parser("status", help="list a study's trials")
+    status.add_argument("study_dir")
+    status.add_argument("--json", action="store_true", help="one JSON list of trial objects")
+    status.set_defaults(func=command_status)
     return parser
 
 
