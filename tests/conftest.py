@@ -1,5 +1,6 @@
 """Test-wide settings: offline hubs, offline W&B, few threads, and a tiny study spec."""
 
+import copy
 import os
 
 os.environ["HF_HUB_OFFLINE"] = "1"
@@ -35,3 +36,24 @@ def write_spec(directory: Path, spec: dict[str, Any] | None = None, name: str = 
 @pytest.fixture
 def tiny_spec_path(tmp_path: Path) -> Path:
     return write_spec(tmp_path)
+
+
+@pytest.fixture(scope="session")
+def ray_local():
+    """One local Ray runtime (2 CPUs, loopback) shared by the in-process study tests."""
+    import ray
+
+    env = {name: os.environ[name] for name in ("HF_HUB_OFFLINE", "WANDB_MODE", "WANDB_SILENT")}
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, runtime_env={"env_vars": env})
+    yield ray
+    ray.shutdown()
+
+
+def searched_spec(**search: Any) -> dict[str, Any]:
+    """The tiny spec with a real search space (every arm has something to tune)."""
+    spec = copy.deepcopy(TINY_SPEC)
+    spec["train"]["lr"] = {"loguniform": [0.002, 0.05]}
+    spec["loss"]["kd"]["temperature"] = {"choice": [1.0, 2.0]}
+    spec["loss"]["fakd"]["max_strength"] = {"uniform": [0.5, 2.0]}
+    spec["search"] = {"num_samples": 2, "max_concurrent": 2, "seed": 0, **search}
+    return spec
