@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -40,10 +41,12 @@ def _report(metrics: dict[str, Any], checkpoint_dir: str | None) -> None:
 def run_trial(config: dict[str, Any], context: TrialContext) -> None:
     """Train one trial, continuing from Tune's checkpoint when the trial was restored or retried."""
     cfg = trial_config(context, config)
-    work_dir = Path(tune.get_context().get_trial_dir()) / "work"
     checkpoint = tune.get_checkpoint()
-    with checkpoint.as_directory() if checkpoint else contextlib.nullcontext() as resume_from:
-        train_student(cfg, context.teacher, work_dir, report=_report, resume_from=resume_from, progress=False)
+    # Scratch space outside the trial directory, which Ray uploads while the trainer writes into it.
+    with tempfile.TemporaryDirectory(prefix="fakd-trial-") as scratch, (
+        checkpoint.as_directory() if checkpoint else contextlib.nullcontext()
+    ) as resume_from:
+        train_student(cfg, context.teacher, Path(scratch), report=_report, resume_from=resume_from, progress=False)
 
 
 def make_trainable(context: TrialContext, cpu: float, gpu: float) -> Any:
