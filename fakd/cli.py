@@ -63,6 +63,45 @@ def command_status(args: argparse.Namespace) -> int:
     return 0
 
 
+def command_retrain(args: argparse.Namespace) -> int:
+    from fakd.study import retrain
+
+    retrain(args.study_dir, args.seeds, address=args.address)
+    return 0
+
+
+def command_export(args: argparse.Namespace) -> int:
+    from fakd.export import export_study
+
+    result = export_study(args.study_dir, args.format, args.out)
+    if args.out is None:
+        print(result.text)
+    else:
+        _log(f"wrote {args.out}")
+    print(result.note, file=sys.stderr)
+    return 0
+
+
+def command_demo(args: argparse.Namespace) -> int:
+    """Sweep the quickstart (or finish it when it was interrupted), then print its ablation table."""
+    from fakd.export import export_study
+    from fakd.spec import load_spec
+    from fakd.study import resume, sweep
+
+    spec = load_spec(args.spec)
+    study_dir = Path(args.storage).resolve() / spec.name
+    if (study_dir / "study.json").is_file():
+        resume(study_dir)
+    else:
+        sweep(args.spec, storage=args.storage)
+    result = export_study(study_dir, "md", study_dir / "exports" / "ablation.md")
+    export_study(study_dir, "csv", study_dir / "exports" / "ablation.csv")
+    _log(f"\nAblation table of {study_dir} (validation split; mean and 95% CI over retrain seeds):\n")
+    _log(result.text)
+    _log(f"\n{result.note}\ntables: {study_dir / 'exports'}")
+    return 0
+
+
 def _default_arm(arms: Sequence[str]) -> str:
     return "kd+fakd" if "kd+fakd" in arms else arms[-1]
 
@@ -98,6 +137,22 @@ def build_parser() -> argparse.ArgumentParser:
     status.add_argument("study_dir")
     status.add_argument("--json", action="store_true", help="one JSON list of trial objects")
     status.set_defaults(func=command_status)
+    retrain = commands.add_parser("retrain", help="retrain each arm's best configuration with fresh seeds")
+    retrain.add_argument("study_dir")
+    retrain.add_argument("--seeds", type=int, required=True, help="number of fresh seeds")
+    retrain.add_argument("--address", help="Ray cluster: auto or ray://host:port (default: start Ray locally)")
+    retrain.set_defaults(func=command_retrain)
+
+    export = commands.add_parser("export", help="write a study's ablation table (reads, never changes, the study)")
+    export.add_argument("study_dir")
+    export.add_argument("--format", default="md", choices=["md", "csv", "latex", "html"])
+    export.add_argument("--out", help="output file (default: print)")
+    export.set_defaults(func=command_export)
+
+    demo = commands.add_parser("demo", help="run (or finish) a study and print its ablation table")
+    demo.add_argument("spec", nargs="?", default="studies/quickstart.yaml")
+    demo.add_argument("--storage", default="runs")
+    demo.set_defaults(func=command_demo)
     return parser
 
 

@@ -44,7 +44,7 @@ def ray_local():
     import ray
 
     env = {name: os.environ[name] for name in ("HF_HUB_OFFLINE", "WANDB_MODE", "WANDB_SILENT")}
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, runtime_env={"env_vars": env})
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False, runtime_env={"env_vars": env})
     yield ray
     ray.shutdown()
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 from collections.abc import Iterator
 
@@ -42,15 +43,28 @@ def check_cluster_resources(cpu: float, gpu: float, file: str) -> None:
                         f"{most_cpu} CPU, {most_gpu} GPU)", file=file, key=key)
 
 
+# Tune's own console output is replaced by the study's one-line progress messages.
+QUIET_TUNE = {
+    "RAY_AIR_NEW_OUTPUT": "0",
+    "TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S": "0",
+    "TUNE_DISABLE_AUTO_CALLBACK_LOGGERS": "0",
+    "RAY_DEDUP_LOGS": "1",
+}
+
+
 @contextlib.contextmanager
 def ray_runtime(address: str | None) -> Iterator[None]:
-    """Use a running Ray (tests, notebooks), connect to `address`, or start a local one; stop what we start."""
+    """Use a running Ray (tests, notebooks), connect to `address`, or start a new local one ("local": never a
+    cluster left behind by an earlier `ray start`); stop what we start."""
+    for name, value in QUIET_TUNE.items():
+        os.environ.setdefault(name, value)
+    logging.getLogger("ray.tune").setLevel(logging.WARNING)
     if ray.is_initialized():
         yield
         return
     env = {name: os.environ[name] for name in FORWARDED_ENV if name in os.environ}
     try:
-        ray.init(address=address, include_dashboard=False, log_to_driver=True,
+        ray.init(address=address or "local", include_dashboard=False, log_to_driver=True,
                  runtime_env={"env_vars": env} if env else None)
     except (ConnectionError, RuntimeError, ValueError) as exc:
         raise UserError(f"cannot connect to Ray at {address}: {exc}", key="--address") from None

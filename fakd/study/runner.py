@@ -19,6 +19,7 @@ from fakd.errors import UserError
 from fakd.spec import StudySpec, load_spec
 from fakd.study.cluster import check_cluster_resources, check_local_resources, ray_runtime
 from fakd.study.layout import StudyDir, create_study_dir, open_study_dir
+from fakd.study.retrain import check_seed_count, retrain_candidates, retrain_seeds, retrain_tuner
 from fakd.study.space import arm_space
 from fakd.study.trainable import TrialContext, make_trainable
 from fakd.train import TeacherArtifact, check_models, ensure_teacher
@@ -80,6 +81,31 @@ def _run(study: StudyDir, log: Log) -> None:
         run_arm(spec, study, arm, teacher, log)
     study.update_metadata(search_finished=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
     log(f"search finished: {study.root}")
+    seeds = study.metadata().get("retrain_seeds") or spec.settings.search.retrain_seeds
+    if seeds:
+        _retrain_all(spec, study, teacher, seeds, log)
+
+
+def _retrain_all(spec: StudySpec, study: StudyDir, teacher: TeacherArtifact, seeds: int, log: Log) -> None:
+    study.update_metadata(retrain_seeds=seeds)
+    for arm in spec.settings.arms:
+        retrain_arm(spec, study, arm, teacher, seeds, log)
+    study.update_metadata(retrain_finished=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
+    log(f"retrain finished: {study.root}")
+
+
+def retrain(study_path: str | Path, seeds: int, *, address: str | None = None, log: Log = _print) -> StudyDir:
+    """Select-then-retrain on a searched study (finishing its search first if it was interrupted)."""
+    if seeds < 1:
+        raise UserError(f"--seeds must be at least 1, got {seeds}", key="--seeds")
+    study = open_study_dir(study_path)
+    spec = load_spec(study.spec)
+    for arm in spec.settings.arms:
+        check_seed_count(study, arm, seeds)
+    with ray_runtime(address):
+        study.update_metadata(retrain_seeds=seeds)
+        _run(study, log)
+    return study
 
 
 def _teacher(spec: StudySpec, study: StudyDir, log: Log) -> TeacherArtifact:
@@ -150,24 +176,44 @@ def run_arm(spec: StudySpec, study: StudyDir, arm: str, teacher: TeacherArtifact
     if study.done_flag(arm).exists():
         log(f"[{arm}] already searched")
         return
+    log(f"[{arm}] searching {spec.settings.search.num_samples} trials")
+    _run_experiment(spec, study, arm, "search", teacher, lambda trainable: _tuner(spec, study, arm, trainable), log)
+
+
+def retrain_arm(spec: StudySpec, study: StudyDir, arm: str, teacher: TeacherArtifact, seeds: int, log: Log) -> None:
+    """Retrain the arm's best configuration(s) with `seeds` fresh seeds; resumable like a search."""
+    if check_seed_count(study, arm, seeds):
+        log(f"[{arm}] already retrained")
+        return
+    search = spec.settings.search
+    candidates = retrain_candidates(spec, study, arm, retrain_seeds(spec, seeds))
+    log(f"[{arm}] retraining {len(candidates)} runs (best configuration × {seeds} seeds)")
+    _run_experiment(spec, study, arm, "final", teacher, lambda trainable: retrain_tuner(
+        study, arm, trainable, candidates, search.max_concurrent, search.max_failures), log, extra={"seeds": seeds})
+
+
+def _run_experiment(
+    spec: StudySpec, study: StudyDir, arm: str, phase: str, teacher: TeacherArtifact,
+    new_tuner: Callable[[Any], tune.Tuner], log: Log, extra: dict[str, Any] | None = None,
+) -> None:
+    label = "search" if phase == "search" else "retrain"
     resources = spec.settings.resources
-    context = TrialContext(str(study.spec), arm, "search", teacher)
-    trainable = make_trainable(context, resources.cpu, resources.gpu)
-    experiment = study.experiment(arm)
+    trainable = make_trainable(TrialContext(str(study.spec), arm, phase, teacher), resources.cpu, resources.gpu)
+    experiment = study.experiment(arm, label)
     if tune.Tuner.can_restore(str(experiment)):
-        log(f"[{arm}] restoring the interrupted search")
+        log(f"[{arm}] continuing the interrupted {label}")
         tuner = tune.Tuner.restore(str(experiment), trainable, resume_unfinished=True, resume_errored=False)
     else:
-        log(f"[{arm}] searching {spec.settings.search.num_samples} trials")
-        tuner = _tuner(spec, study, arm, trainable)
+        tuner = new_tuner(trainable)
     started = time.perf_counter()
     results = tuner.fit()
     errors = [r for r in results if r.error is not None]
     for result in errors:
         log(f"[{arm}] trial {Path(result.path).name} errored:\n{_traceback(result)}")
-    log(f"[{arm}] {len(results)} trials ({len(errors)} errored) in {time.perf_counter() - started:.0f} s")
-    study.done_flag(arm).parent.mkdir(parents=True, exist_ok=True)
-    study.done_flag(arm).write_text(json.dumps({"trials": len(results), "errors": len(errors)}))
+    log(f"[{arm}] {label}: {len(results)} trials ({len(errors)} errored) in {time.perf_counter() - started:.0f} s")
+    flag = study.done_flag(arm, label)
+    flag.parent.mkdir(parents=True, exist_ok=True)
+    flag.write_text(json.dumps({"trials": len(results), "errors": len(errors), **(extra or {})}))
 
 
 def _traceback(result: Any) -> str:

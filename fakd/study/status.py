@@ -23,9 +23,17 @@ class TrialRecord:
     metric: float | None
     iterations: int
     path: str
+    final: dict[str, Any]
+    history: list[tuple[int, float]]
 
     def to_json(self) -> dict[str, Any]:
-        return asdict(self)
+        """The public fields (`status --json`)."""
+        return {k: v for k, v in asdict(self).items() if k not in ("final", "history")}
+
+    @property
+    def final_metric(self) -> float | None:
+        value = self.final.get("val_miou")
+        return float(value) if isinstance(value, (int, float)) and math.isfinite(value) else None
 
 
 def _best(values: list[float]) -> float | None:
@@ -42,13 +50,18 @@ def read_experiment(experiment: Path, arm: str, phase: str, metric: str) -> list
     analysis = ExperimentAnalysis(str(experiment))
     records = []
     for trial in analysis.trials:
-        history = analysis.trial_dataframes.get(trial.trial_id)
-        values = history[metric].tolist() if history is not None and metric in history else []
+        frame = analysis.trial_dataframes.get(trial.trial_id)
+        values = frame[metric].tolist() if frame is not None and metric in frame else []
+        history = list(zip(frame["iteration"].tolist(), frame["val_miou"].tolist(), strict=True)) if (
+            frame is not None and {"iteration", "val_miou"} <= set(frame)) else []
         last = trial.last_result or {}
         config = {k: v for k, v in trial.config.items() if k != "arm"}
+        config = {**config.pop("values", {}), **config}
+        final = {k: last[k] for k in ("val_miou", "val_iou", "time_total_s", "iteration", "params") if k in last}
         records.append(TrialRecord(
             trial_id=trial.trial_id, arm=arm, phase=phase, status=trial.status, config=config,
             metric=_best(values), iterations=int(last.get("iteration", 0) or 0), path=str(trial.path),
+            final=final, history=history,
         ))
     return records
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,9 +28,10 @@ class TrialContext:
 def trial_config(context: TrialContext, config: dict[str, Any]):  # noqa: ANN201 - RunConfig
     """The run config of one trial: the spec's defaults overlaid with the trial's searched values."""
     spec = load_spec(context.spec_path)
-    values = {key: value for key, value in config.items() if key in spec.space}
-    if "seed" in config:
-        values["train.seed"] = int(config["seed"])
+    flat = {**config.get("values", {}), **{k: v for k, v in config.items() if k != "values"}}
+    values = {key: value for key, value in flat.items() if key in spec.space}
+    if "seed" in flat:
+        values["train.seed"] = int(flat["seed"])
     return spec.run_config(context.arm, values, phase=context.phase)
 
 
@@ -40,6 +42,7 @@ def _report(metrics: dict[str, Any], checkpoint_dir: str | None) -> None:
 
 def run_trial(config: dict[str, Any], context: TrialContext) -> None:
     """Train one trial, continuing from Tune's checkpoint when the trial was restored or retried."""
+    logging.getLogger("ray.train").setLevel(logging.WARNING)  # one "checkpoint created" line per report
     cfg = trial_config(context, config)
     checkpoint = tune.get_checkpoint()
     # Scratch space outside the trial directory, which Ray uploads while the trainer writes into it.

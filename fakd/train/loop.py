@@ -141,13 +141,14 @@ def fit(
     resume_from: str | Path | None = None,
     progress: bool | None = None,
     log: Callable[[str], None] | None = None,
+    label: str | None = None,
 ) -> dict[str, Any]:
     """Train `model` for `cfg.train.iters` iterations on `splits` with the arm's objective.
 
     Every `eval_every` iterations (and at the end) it evaluates, writes a full-state checkpoint under
     `work_dir/checkpoints` and calls `report(metrics, checkpoint_dir)`. With `resume_from` (a checkpoint
     directory, or "latest" for the newest one in `work_dir`), training continues exactly where it stopped.
-    Returns the last metrics.
+    `label` names the run in logs (default: the arm). Returns the last metrics.
     """
     accelerator = Accelerator.for_run(cfg)
     total = cfg.train.iters
@@ -172,7 +173,8 @@ def fit(
         return metrics
 
     evaluation = eval_loader(cfg, splits.evaluation)
-    bar = _progress(total, start, progress, f"{cfg.arm} {cfg.student.backbone}")
+    label = label or cfg.arm
+    bar = _progress(total, start, progress, f"{label} {cfg.student.backbone}")
     sums: dict[str, float] = defaultdict(float)
     window_start, window_iters = time.perf_counter(), 0
     model.train()
@@ -210,7 +212,7 @@ def fit(
         }
         directory = write_checkpoint(state.state_dict(iteration, metrics), checkpoints, iteration)
         if log is not None:
-            log(f"[{cfg.arm}] iter {iteration}/{total} loss {metrics['loss']:.4f} val mIoU {metrics['val_miou']:.4f}")
+            log(f"[{label}] iter {iteration}/{total} loss {metrics['loss']:.4f} val mIoU {metrics['val_miou']:.4f}")
         if report is not None:
             report(metrics, str(directory))
         prune_checkpoints(checkpoints, keep=directory)

@@ -98,7 +98,8 @@ def _train(
     if log is not None:
         log(f"training teacher {run.student.backbone} ({key}) for {run.train.iters} iterations")
     resume = "latest" if latest_checkpoint(work / "checkpoints") else None
-    metrics = fit(run, model, splits, work, report=report, resume_from=resume, progress=progress, log=log)
+    metrics = fit(run, model, splits, work, report=report, resume_from=resume, progress=progress, log=log,
+                  label="teacher")
     payload = {
         "key": key,
         "model": {k: v.cpu() for k, v in model.state_dict().items()},
