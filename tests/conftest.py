@@ -57,3 +57,13 @@ def searched_spec(**search: Any) -> dict[str, Any]:
     spec["loss"]["fakd"]["max_strength"] = {"uniform": [0.5, 2.0]}
     spec["search"] = {"num_samples": 2, "max_concurrent": 2, "seed": 0, **search}
     return spec
+
+
+@pytest.fixture(scope="session")
+def searched_study(tmp_path_factory, ray_local):
+    """A real tiny study: 3 arms × 2 search trials, then the best of each retrained with 2 seeds."""
+    from fakd.study import sweep
+
+    tmp_path = tmp_path_factory.mktemp("study")
+    spec = write_spec(tmp_path, searched_spec(retrain_seeds=2))
+    return spec, sweep(str(spec), storage=tmp_path / "studies")

@@ -13,11 +13,11 @@ from fakd.study import status, sweep
 pytestmark = pytest.mark.ray
 
 
-def test_sweep_searches_every_arm_with_equal_budget(tmp_path, ray_local, capsys):
-    spec = write_spec(tmp_path, searched_spec())
-    study = sweep(str(spec), storage=tmp_path / "studies")
+def test_sweep_searches_every_arm_with_equal_budget(searched_study, capsys):
+    spec, study = searched_study
+    tmp_path = spec.parent
     assert study.root == (tmp_path / "studies" / "tiny").resolve()
-    records = status(study.root)
+    records = [r for r in status(study.root) if r.phase == "search"]
     by_arm = {arm: [r for r in records if r.arm == arm] for arm in ("baseline", "kd", "kd+fakd")}
     assert {arm: len(rs) for arm, rs in by_arm.items()} == {"baseline": 2, "kd": 2, "kd+fakd": 2}
     assert all(r.status == "TERMINATED" and r.metric is not None for r in records)
@@ -33,7 +33,7 @@ def test_sweep_searches_every_arm_with_equal_budget(tmp_path, ray_local, capsys)
 
     capsys.readouterr()
     assert main(["status", str(study.root), "--json"]) == 0
-    listed = json.loads(capsys.readouterr().out)
+    listed = [item for item in json.loads(capsys.readouterr().out) if item["phase"] == "search"]
     assert len(listed) == 6
     assert {"trial_id", "arm", "status", "config", "metric", "iterations"} <= set(listed[0])
     assert all(item["iterations"] == 4 for item in listed)
