@@ -41,14 +41,14 @@ def command_sweep(args: argparse.Namespace) -> int:
     from fakd.study import sweep
 
     sweep(args.spec, args.set, storage=args.storage, name=args.name, address=args.address,
-          teacher_checkpoint=args.teacher)
+          teacher_checkpoint=args.teacher, no_wandb=args.no_wandb)
     return 0
 
 
 def command_resume(args: argparse.Namespace) -> int:
     from fakd.study import resume
 
-    resume(args.study_dir, address=args.address)
+    resume(args.study_dir, address=args.address, no_wandb=args.no_wandb)
     return 0
 
 
@@ -66,7 +66,7 @@ def command_status(args: argparse.Namespace) -> int:
 def command_retrain(args: argparse.Namespace) -> int:
     from fakd.study import retrain
 
-    retrain(args.study_dir, args.seeds, address=args.address)
+    retrain(args.study_dir, args.seeds, address=args.address, no_wandb=args.no_wandb)
     return 0
 
 
@@ -126,11 +126,13 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.add_argument("--name", help="study name (default: the spec's name)")
     sweep.add_argument("--address", help="Ray cluster: auto or ray://host:port (default: start Ray locally)")
     sweep.add_argument("--teacher", metavar="CHECKPOINT", help="use this teacher checkpoint instead of training")
+    sweep.add_argument("--no-wandb", action="store_true", help="do not stream to Weights & Biases")
     sweep.set_defaults(func=command_sweep)
 
     resume = commands.add_parser("resume", help="finish an interrupted study")
     resume.add_argument("study_dir")
     resume.add_argument("--address", help="Ray cluster: auto or ray://host:port (default: start Ray locally)")
+    resume.add_argument("--no-wandb", action="store_true", help="do not stream to Weights & Biases")
     resume.set_defaults(func=command_resume)
 
     status = commands.add_parser("status", help="list a study's trials")
@@ -141,6 +143,7 @@ def build_parser() -> argparse.ArgumentParser:
     retrain.add_argument("study_dir")
     retrain.add_argument("--seeds", type=int, required=True, help="number of fresh seeds")
     retrain.add_argument("--address", help="Ray cluster: auto or ray://host:port (default: start Ray locally)")
+    retrain.add_argument("--no-wandb", action="store_true", help="do not stream to Weights & Biases")
     retrain.set_defaults(func=command_retrain)
 
     export = commands.add_parser("export", help="write a study's ablation table (reads, never changes, the study)")

@@ -39,6 +39,7 @@ def wait_for(condition, timeout: float, what: str) -> None:
 def test_sigkill_driver_then_resume_finishes_without_rerunning(tmp_path, ray_local):
     raw = searched_spec(num_samples=3, max_concurrent=1, scheduler="none")
     raw["arms"] = ["baseline", "kd"]
+    raw["tracking"] = {"wandb": True, "project": "fakd-test"}
     raw["train"].update(iters=ITERS, eval_every=2)
     spec = write_spec(tmp_path, raw)
     study_dir = tmp_path / "studies" / "tiny"
@@ -79,6 +80,21 @@ def test_sigkill_driver_then_resume_finishes_without_rerunning(tmp_path, ray_loc
         iterations = [r["iteration"] for r in after[name]]
         assert iterations == sorted(set(iterations)), f"{name} restarted from scratch: {iterations}"
         assert iterations[0] == 2 and iterations[-1] == ITERS
+    # W&B (offline): one run per trial, never a second one for a trial that had finished before the kill,
+    # and each run file holds the trial's metrics
+    runs: dict[str, list[Path]] = {}
+    for run_dir in (study_dir / "wandb").glob("offline-run-*"):
+        runs.setdefault(run_dir.name.split("-tiny-")[-1], []).append(run_dir)
+    trial_ids = {r.trial_id for r in records}
+    assert trial_ids <= set(runs)
+    for name in finished:
+        trial_id = next(t for t in trial_ids if t in name)
+        assert len(runs[trial_id]) == 1, f"finished trial {trial_id} has {len(runs[trial_id])} W&B runs"
+    for name, rows in after.items():
+        trial_id = next(t for t in trial_ids if t in name)
+        data = b"".join(p.read_bytes() for d in runs[trial_id] for p in d.glob("*.wandb"))
+        assert b"val_miou" in data and repr(rows[-1]["val_miou"]).encode() in data
+        assert b"teacher_id" in data and b"git_commit" in data
     with sqlite3.connect(study_dir / "optuna.db") as db:
         counts = dict(db.execute("select s.study_name, count(*) from trials t join studies s using (study_id) "
                                  "where t.state = 'COMPLETE' group by s.study_name").fetchall())

@@ -43,14 +43,14 @@ def retrain_candidates(spec: StudySpec, study: StudyDir, arm: str, seeds: list[i
 
 
 def retrain_tuner(study: StudyDir, arm: str, trainable: Any, candidates: list[dict[str, Any]],
-                  max_concurrent: int, max_failures: int) -> tune.Tuner:
+                  max_concurrent: int, max_failures: int, callbacks: list[tune.Callback]) -> tune.Tuner:
     return tune.Tuner(
         trainable,
         tune_config=tune.TuneConfig(num_samples=1, max_concurrent_trials=max_concurrent),
         run_config=tune.RunConfig(
             name=study.experiment(arm, "retrain").name, storage_path=str(study.tune),
             failure_config=tune.FailureConfig(max_failures=max_failures),
-            checkpoint_config=tune.CheckpointConfig(num_to_keep=1), verbose=0,
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=1), callbacks=callbacks, verbose=0,
         ),
         param_space={"arm": arm, "values": tune.grid_search(candidates)},
     )

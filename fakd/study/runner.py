@@ -16,11 +16,12 @@ from ray.tune.schedulers import ASHAScheduler
 from ray.tune.search.optuna import OptunaSearch
 
 from fakd.errors import UserError
-from fakd.spec import StudySpec, load_spec
+from fakd.spec import StudySpec, TrackingConfig, load_spec
 from fakd.study.cluster import check_cluster_resources, check_local_resources, ray_runtime
 from fakd.study.layout import StudyDir, create_study_dir, open_study_dir
 from fakd.study.retrain import check_seed_count, retrain_candidates, retrain_seeds, retrain_tuner
 from fakd.study.space import arm_space
+from fakd.study.tracking import WandbStreamer, git_commit, log_table, sync_hint
 from fakd.study.trainable import TrialContext, make_trainable
 from fakd.train import TeacherArtifact, check_models, ensure_teacher
 
@@ -40,6 +41,7 @@ def sweep(
     name: str | None = None,
     address: str | None = None,
     teacher_checkpoint: str | None = None,
+    no_wandb: bool = False,
     log: Log = _print,
 ) -> StudyDir:
     """Validate, create the study directory, train the teacher once, then search every arm."""
@@ -56,15 +58,19 @@ def sweep(
     with ray_runtime(address):
         check_cluster_resources(spec.settings.resources.cpu, spec.settings.resources.gpu, spec.path)
         study = create_study_dir(root, spec.raw, {"name": spec.name, "source": str(Path(spec_path).resolve()),
-                                                  "overrides": overrides})
+                                                  "overrides": overrides, "no_wandb": no_wandb})
         log(f"study directory: {study.root}")
         _run(study, log)
     return study
 
 
-def resume(study_path: str | Path, *, address: str | None = None, log: Log = _print) -> StudyDir:
+def resume(
+    study_path: str | Path, *, address: str | None = None, no_wandb: bool = False, log: Log = _print
+) -> StudyDir:
     """Finish an interrupted study: finished trials stay finished, running ones continue from checkpoints."""
     study = open_study_dir(study_path)
+    if no_wandb:
+        study.update_metadata(no_wandb=True)
     spec = load_spec(study.spec)
     with ray_runtime(address):
         check_cluster_resources(spec.settings.resources.cpu, spec.settings.resources.gpu, spec.path)
@@ -81,6 +87,9 @@ def _run(study: StudyDir, log: Log) -> None:
         run_arm(spec, study, arm, teacher, log)
     study.update_metadata(search_finished=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
     log(f"search finished: {study.root}")
+    hint = sync_hint(study.root) if _tracking(spec, study).wandb else None
+    if hint:
+        log(hint)
     seeds = study.metadata().get("retrain_seeds") or spec.settings.search.retrain_seeds
     if seeds:
         _retrain_all(spec, study, teacher, seeds, log)
@@ -92,13 +101,21 @@ def _retrain_all(spec: StudySpec, study: StudyDir, teacher: TeacherArtifact, see
         retrain_arm(spec, study, arm, teacher, seeds, log)
     study.update_metadata(retrain_finished=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
     log(f"retrain finished: {study.root}")
+    from fakd.export import export_study
+
+    table = export_study(study.root, "md").table.frame
+    log_table(_tracking(spec, study), spec.name, str(study.root), table)
 
 
-def retrain(study_path: str | Path, seeds: int, *, address: str | None = None, log: Log = _print) -> StudyDir:
+def retrain(
+    study_path: str | Path, seeds: int, *, address: str | None = None, no_wandb: bool = False, log: Log = _print
+) -> StudyDir:
     """Select-then-retrain on a searched study (finishing its search first if it was interrupted)."""
     if seeds < 1:
         raise UserError(f"--seeds must be at least 1, got {seeds}", key="--seeds")
     study = open_study_dir(study_path)
+    if no_wandb:
+        study.update_metadata(no_wandb=True)
     spec = load_spec(study.spec)
     for arm in spec.settings.arms:
         check_seed_count(study, arm, seeds)
@@ -106,6 +123,23 @@ def retrain(study_path: str | Path, seeds: int, *, address: str | None = None, l
         study.update_metadata(retrain_seeds=seeds)
         _run(study, log)
     return study
+
+
+def _tracking(spec: StudySpec, study: StudyDir) -> TrackingConfig:
+    """The spec's tracking settings, switched off when the study was run with --no-wandb."""
+    if study.metadata().get("no_wandb"):
+        return spec.settings.tracking.model_copy(update={"wandb": False})
+    return spec.settings.tracking
+
+
+def callbacks(spec: StudySpec, study: StudyDir, job_type: str, teacher_key: str) -> list[tune.Callback]:
+    """The driver-side callbacks of an experiment: W&B streaming when the spec asks for it."""
+    tracking = _tracking(spec, study)
+    if not tracking.wandb:
+        return []
+    shared = {"student": spec.defaults.student.backbone, "teacher_id": teacher_key, "git_commit": git_commit(),
+              "study": spec.name}
+    return [WandbStreamer(tracking, spec.name, str(study.root), job_type, shared)]
 
 
 def _teacher(spec: StudySpec, study: StudyDir, log: Log) -> TeacherArtifact:
@@ -136,7 +170,7 @@ def _objectives(spec: StudySpec) -> tuple[str | list[str], str | list[str]]:
     return metrics, ["max"] + [OBJECTIVE_METRICS[o][1] for o in search.objectives[1:]]
 
 
-def _tuner(spec: StudySpec, study: StudyDir, arm: str, trainable: Any) -> tune.Tuner:
+def _tuner(spec: StudySpec, study: StudyDir, arm: str, trainable: Any, teacher_key: str) -> tune.Tuner:
     search = spec.settings.search
     metric, mode = _objectives(spec)
     space = arm_space(spec, arm)
@@ -165,6 +199,7 @@ def _tuner(spec: StudySpec, study: StudyDir, arm: str, trainable: Any) -> tune.T
             name=study.experiment(arm).name, storage_path=str(study.tune),
             failure_config=tune.FailureConfig(max_failures=search.max_failures),
             checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+            callbacks=callbacks(spec, study, "search", teacher_key),
             verbose=0,
         ),
         param_space={"arm": arm},
@@ -177,7 +212,8 @@ def run_arm(spec: StudySpec, study: StudyDir, arm: str, teacher: TeacherArtifact
         log(f"[{arm}] already searched")
         return
     log(f"[{arm}] searching {spec.settings.search.num_samples} trials")
-    _run_experiment(spec, study, arm, "search", teacher, lambda trainable: _tuner(spec, study, arm, trainable), log)
+    new_tuner = lambda trainable: _tuner(spec, study, arm, trainable, teacher.key)  # noqa: E731
+    _run_experiment(spec, study, arm, "search", teacher, new_tuner, log)
 
 
 def retrain_arm(spec: StudySpec, study: StudyDir, arm: str, teacher: TeacherArtifact, seeds: int, log: Log) -> None:
@@ -189,7 +225,8 @@ def retrain_arm(spec: StudySpec, study: StudyDir, arm: str, teacher: TeacherArti
     candidates = retrain_candidates(spec, study, arm, retrain_seeds(spec, seeds))
     log(f"[{arm}] retraining {len(candidates)} runs (best configuration × {seeds} seeds)")
     _run_experiment(spec, study, arm, "final", teacher, lambda trainable: retrain_tuner(
-        study, arm, trainable, candidates, search.max_concurrent, search.max_failures), log, extra={"seeds": seeds})
+        study, arm, trainable, candidates, search.max_concurrent, search.max_failures,
+        callbacks(spec, study, "retrain", teacher.key)), log, extra={"seeds": seeds})
 
 
 def _run_experiment(

@@ -1,0 +1,116 @@
+"""Weights & Biases streaming: one W&B run per trial, grouped by study, offline unless a key is configured."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+from pathlib import Path
+from typing import Any
+
+from ray.tune import Callback
+
+from fakd.spec import TrackingConfig
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def git_commit() -> str:
+    try:
+        return subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True,
+                              timeout=5).stdout.strip() or "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def has_api_key() -> bool:
+    if os.environ.get("WANDB_API_KEY"):
+        return True
+    netrc = Path.home() / ".netrc"
+    return netrc.is_file() and "api.wandb.ai" in netrc.read_text(errors="ignore")
+
+
+def wandb_mode() -> str:
+    """The user's WANDB_MODE, else online with a configured key and offline without one."""
+    return os.environ.get("WANDB_MODE") or ("online" if has_api_key() else "offline")
+
+
+class WandbStreamer(Callback):
+    """A Tune callback in the driver: one W&B run per trial, whose id is derived from the trial id.
+
+    Runs live in the driver, so a trial stopped by ASHA or lost with its node still has every reported
+    metric; a resumed study re-opens (never duplicates) the runs of trials that continue, and finished trials
+    report nothing more.
+    """
+
+    def __init__(self, tracking: TrackingConfig, study_name: str, directory: str, job_type: str,
+                 shared_config: dict[str, Any]) -> None:
+        self.tracking, self.study_name, self.directory = tracking, study_name, directory
+        self.job_type, self.shared_config = job_type, shared_config
+        self.runs: dict[str, Any] = {}
+        self.enabled = tracking.wandb
+
+    def setup(self, **info: Any) -> None:
+        """Also called when a study is resumed: `resume --no-wandb` switches streaming off from then on."""
+        marker = Path(self.directory) / "study.json"
+        if marker.is_file() and json.loads(marker.read_text()).get("no_wandb"):
+            self.enabled = False
+
+    def _run(self, trial: Any) -> Any:
+        if trial.trial_id not in self.runs:
+            import wandb
+
+            config = dict(trial.config)
+            config = {**config.pop("values", {}), **config, **self.shared_config}
+            run_id = re.sub(r"[^A-Za-z0-9_-]", "_", f"{self.study_name}-{trial.trial_id}")
+            self.runs[trial.trial_id] = wandb.init(
+                project=self.tracking.project, entity=self.tracking.entity, group=self.study_name,
+                job_type=self.job_type, id=run_id, name=f"{config.get('arm')}-{trial.trial_id}", config=config,
+                dir=self.directory, resume="allow", mode=wandb_mode(), reinit="create_new",
+                settings=wandb.Settings(console="off", silent=True),
+            )
+        return self.runs[trial.trial_id]
+
+    def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
+        if not self.enabled:
+            return
+        scalars = {k: v for k, v in result.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+        scalars.update({f"val_iou/{i}": v for i, v in enumerate(result.get("val_iou", []))})
+        self._run(trial).log(scalars, step=int(result.get("iteration", iteration)))
+
+    def _finish(self, trial: Any, exit_code: int) -> None:
+        run = self.runs.pop(trial.trial_id, None)
+        if run is not None:
+            run.finish(exit_code=exit_code)
+
+    def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self._finish(trial, 0)
+
+    def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self._finish(trial, 1)
+
+    def on_experiment_end(self, trials: list, **info: Any) -> None:
+        for run in self.runs.values():
+            run.finish()
+        self.runs.clear()
+
+
+def log_table(tracking: TrackingConfig, study_name: str, directory: str, frame: Any) -> None:
+    """Log a pandas table (the ablation table) as a W&B table in a run of its own."""
+    if not tracking.wandb:
+        return
+    import wandb
+
+    run_id = re.sub(r"[^A-Za-z0-9_-]", "_", f"{study_name}-ablation")
+    run = wandb.init(project=tracking.project, entity=tracking.entity, group=study_name, job_type="summary",
+                     id=run_id, name=f"{study_name}-ablation", dir=directory, resume="allow", mode=wandb_mode(),
+                     reinit="create_new", settings=wandb.Settings(console="off", silent=True))
+    run.log({"ablation": wandb.Table(dataframe=frame.astype(str))})
+    run.finish()
+
+
+def sync_hint(directory: Path) -> str | None:
+    if wandb_mode() != "offline" or not directory.is_dir():
+        return None
+    return f"W&B ran offline; upload later with: wandb sync {directory}/wandb/offline-run-*"
