@@ -78,6 +78,8 @@ def command_export(args: argparse.Namespace) -> int:
         print(result.text)
     else:
         _log(f"wrote {args.out}")
+        for plot in result.plots:
+            _log(f"wrote {plot}")
     print(result.note, file=sys.stderr)
     return 0
 
@@ -99,6 +101,8 @@ def command_demo(args: argparse.Namespace) -> int:
     _log(f"\nAblation table of {study_dir} (validation split; mean and 95% CI over retrain seeds):\n")
     _log(result.text)
     _log(f"\n{result.note}\ntables: {study_dir / 'exports'}")
+    for plot in result.plots:
+        _log(f"plot: {plot}")
     return 0
 
 

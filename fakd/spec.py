@@ -34,7 +34,7 @@ class SearchConfig(Strict):
     scheduler: Literal["asha", "none"] = "asha"
     grace_period: int = Field(1, ge=1, description="evaluations before ASHA may stop a trial")
     reduction_factor: int = Field(2, ge=2)
-    objectives: list[Literal["miou", "params", "latency"]] = ["miou"]
+    objectives: list[Literal["miou", "params"]] = Field(["miou"], description="miou, or miou and params (Pareto)")
     storage: str | None = Field(None, description="SQLAlchemy URL of the Optuna storage (default: SQLite)")
     max_failures: int = Field(1, ge=0, description="retries of a failed trial")
     retrain_seeds: int = Field(0, ge=0, description="seeds for select-then-retrain at the end of a sweep")

@@ -74,4 +74,6 @@ def test_export_of_a_real_study(searched_study, capsys, tmp_path):
         out = tmp_path / f"table.{fmt}"
         assert main(["export", str(study.root), "--format", fmt, "--out", str(out)]) == 0
         assert marker in out.read_text()
+    plots = {p.name for p in tmp_path.glob("*.png")}
+    assert {"miou_vs_strength.png", "importances.png", "retrain_curves.png"} <= plots
     assert tree_digest(study.root) == before, "export changed the study directory"

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from fakd.export.render import FORMATS, render
@@ -17,6 +17,7 @@ class Export:
     text: str
     table: AblationTable
     note: str
+    plots: list[Path] = field(default_factory=list)
 
 
 def class_names(spec) -> list[str]:  # noqa: ANN001 - StudySpec
@@ -31,13 +32,15 @@ def class_names(spec) -> list[str]:  # noqa: ANN001 - StudySpec
 
 
 def export_study(study_path: str | Path, fmt: str = "md", out: str | Path | None = None) -> Export:
+    """The ablation table of a study in `fmt`; with `out`, written there with the plots beside it."""
     from fakd.errors import UserError
 
     if fmt not in FORMATS:
         raise UserError(f"unknown format {fmt!r}; accepted: {', '.join(FORMATS)}", key="--format")
     study = open_study_dir(study_path)
     spec = load_spec(study.spec)
-    table = build_table(spec, study, study_trials(study), class_names(spec))
+    records = study_trials(study)
+    table = build_table(spec, study, records, class_names(spec))
     text = render(table.frame, fmt)
     if table.expected == 0:
         note = "no retrained runs yet: run `launch.py retrain STUDY_DIR --seeds N` for the table's statistics"
@@ -45,7 +48,12 @@ def export_study(study_path: str | Path, fmt: str = "md", out: str | Path | None
         note = f"{table.missing} of {table.expected} retrained runs are missing (not finished yet)"
     else:
         note = f"all {table.expected} retrained runs finished"
+    plots: list[Path] = []
     if out is not None:
+        from fakd.export.plots import write_plots
+
         Path(out).parent.mkdir(parents=True, exist_ok=True)
         Path(out).write_text(text)
-    return Export(text, table, note)
+        plots, skipped = write_plots(spec, study, records, Path(out).parent)
+        note = "\n".join([note, *skipped])
+    return Export(text, table, note, plots)

@@ -16,17 +16,19 @@ from ray.tune.schedulers import ASHAScheduler
 from ray.tune.search.optuna import OptunaSearch
 
 from fakd.errors import UserError
+from fakd.export.pareto import front_json, pareto_front
 from fakd.spec import StudySpec, TrackingConfig, load_spec
 from fakd.study.cluster import check_cluster_resources, check_local_resources, ray_runtime
 from fakd.study.layout import StudyDir, create_study_dir, open_study_dir
 from fakd.study.retrain import check_seed_count, retrain_candidates, retrain_seeds, retrain_tuner
 from fakd.study.space import arm_space
+from fakd.study.status import study_trials
 from fakd.study.tracking import WandbStreamer, git_commit, log_table, sync_hint
 from fakd.study.trainable import TrialContext, make_trainable
 from fakd.train import TeacherArtifact, check_models, ensure_teacher
 
 Log = Callable[[str], None]
-OBJECTIVE_METRICS = {"miou": ("val_miou", "max"), "params": ("params", "min"), "latency": ("latency_ms", "min")}
+OBJECTIVE_METRICS = {"miou": ("val_miou", "max"), "params": ("params", "min")}
 
 
 def _print(message: str) -> None:
@@ -86,6 +88,10 @@ def _run(study: StudyDir, log: Log) -> None:
     for arm in spec.settings.arms:
         run_arm(spec, study, arm, teacher, log)
     study.update_metadata(search_finished=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
+    if "params" in spec.settings.search.objectives:
+        front = pareto_front([r for r in study_trials(study) if r.phase == "search"])
+        (study.root / "pareto.json").write_text(json.dumps(front_json(front), indent=2, default=str))
+        log(f"Pareto front of mIoU vs parameters ({len(front)} trials): {study.root / 'pareto.json'}")
     log(f"search finished: {study.root}")
     hint = sync_hint(study.root) if _tracking(spec, study).wandb else None
     if hint:

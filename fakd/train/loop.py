@@ -19,7 +19,7 @@ from torch.utils.data import DataLoader
 
 from fakd.config import RunConfig
 from fakd.metrics import ConfusionMatrix
-from fakd.models import Segmenter
+from fakd.models import Segmenter, count_parameters
 from fakd.train.checkpoint import (
     capture_rng,
     latest_checkpoint,
@@ -174,6 +174,7 @@ def fit(
 
     evaluation = eval_loader(cfg, splits.evaluation)
     label = label or cfg.arm
+    parameters = count_parameters(model)
     bar = _progress(total, start, progress, f"{label} {cfg.student.backbone}")
     sums: dict[str, float] = defaultdict(float)
     window_start, window_iters = time.perf_counter(), 0
@@ -208,6 +209,7 @@ def fit(
             **{name: value / window_iters for name, value in sums.items()},
             "lr": optimizer.param_groups[0]["lr"],
             "seconds_per_iter": seconds / window_iters,
+            "params": parameters,
             **evaluate(model, evaluation, splits.num_classes, accelerator),
         }
         directory = write_checkpoint(state.state_dict(iteration, metrics), checkpoints, iteration)
