@@ -10,7 +10,7 @@ import hashlib
 import json
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 ARMS: tuple[str, ...] = ("baseline", "kd", "kd+fakd", "cwd", "cwd+fakd")
 BASE_ARM: dict[str, str] = {"kd+fakd": "kd", "cwd+fakd": "cwd", "kd": "baseline", "cwd": "baseline"}
@@ -44,14 +44,19 @@ class DataConfig(Strict):
         size = self.image_size
         return (size, size) if isinstance(size, int) else tuple(size)
 
-    @model_validator(mode="after")
-    def _check(self) -> DataConfig:
-        if min(self.crop_size) < 16:
-            raise ValueError("image_size must be at least 16 pixels")
-        low, high = self.scale_range
-        if not 0 < low <= high:
+    @field_validator("image_size")
+    @classmethod
+    def _image_size(cls, value: int | tuple[int, int]) -> int | tuple[int, int]:
+        if min((value, value) if isinstance(value, int) else value) < 16:
+            raise ValueError("image_size must be at least 16 pixels (an int or [height, width])")
+        return value
+
+    @field_validator("scale_range")
+    @classmethod
+    def _scale_range(cls, value: tuple[float, float]) -> tuple[float, float]:
+        if not 0 < value[0] <= value[1]:
             raise ValueError("scale_range must be [low, high] with 0 < low <= high")
-        return self
+        return value
 
 
 class ModelConfig(Strict):

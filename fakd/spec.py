@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, Field, ValidationError, model_validator
+from pydantic import BaseModel, Field, ValidationError, field_validator
 
 from fakd.config import ARMS, ModelConfig, RunConfig, Strict
 from fakd.errors import UserError
@@ -39,11 +39,12 @@ class SearchConfig(Strict):
     max_failures: int = Field(1, ge=0, description="retries of a failed trial")
     retrain_seeds: int = Field(0, ge=0, description="seeds for select-then-retrain at the end of a sweep")
 
-    @model_validator(mode="after")
-    def _check(self) -> SearchConfig:
-        if self.objectives[0] != "miou" or len(set(self.objectives)) != len(self.objectives):
-            raise ValueError("objectives must start with 'miou' and name each objective once")
-        return self
+    @field_validator("objectives")
+    @classmethod
+    def _objectives(cls, value: list[str]) -> list[str]:
+        if not value or value[0] != "miou" or len(set(value)) != len(value):
+            raise ValueError("objectives must be [miou] or [miou, params]")
+        return value
 
 
 class ResourcesConfig(Strict):
@@ -66,11 +67,12 @@ class StudySettings(Strict):
     resources: ResourcesConfig = ResourcesConfig()
     tracking: TrackingConfig = TrackingConfig()
 
-    @model_validator(mode="after")
-    def _check(self) -> StudySettings:
-        if not self.arms or len(set(self.arms)) != len(self.arms):
-            raise ValueError("arms must name at least one arm, each once")
-        return self
+    @field_validator("arms")
+    @classmethod
+    def _arms(cls, value: list[str]) -> list[str]:
+        if not value or len(set(value)) != len(value):
+            raise ValueError(f"arms must name at least one of {', '.join(ARMS)}, each once")
+        return value
 
 
 @dataclass(frozen=True)
@@ -268,7 +270,9 @@ def _user_error(model: type[BaseModel], exc: ValidationError, file: str) -> User
     if problem["type"] == "missing":
         return UserError("required key is missing", file=file, key=key)
     message = problem["msg"].removeprefix("Value error, ")
-    return UserError(f"{message} (got {problem.get('input')!r})", file=file, key=key or None)
+    value = problem.get("input")
+    got = "" if isinstance(value, dict) else f" (got {value!r})"
+    return UserError(f"{message}{got}", file=file, key=key or None)
 
 
 def _model_at(model: type[BaseModel], path: list[str]) -> type[BaseModel] | None:

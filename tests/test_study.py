@@ -59,16 +59,31 @@ def test_non_finite_loss_errors_the_trial_and_the_study_completes(tmp_path, ray_
 def test_bad_input_creates_no_study_directory(tmp_path, capsys):
     spec = write_spec(tmp_path, searched_spec())
     storage = tmp_path / "studies"
-    cases = [
-        ["--set", "resources.gpu=1"],
-        ["--set", "search.num_samples=0"],
-        ["--set", "arms=[]"],
-        ["--set", "student.backbone={choice: [test_resnet, nope_net]}"],
-        ["--set", "search.objectives=[params]"],
-    ]
-    for extra in cases:
-        assert main(["sweep", str(spec), "--storage", str(storage), *extra]) == 2, extra
-        assert capsys.readouterr().err.count("\n") == 1
+    cases = {
+        "train.epochs=3": "train.epochs",  # unknown key
+        "train.batch_size=big": "train.batch_size",  # wrong type
+        "loss.kd.temperature={choice: []}": "loss.kd.temperature",  # empty choice
+        "train.lr={loguniform: [0.1, 0.001]}": "train.lr",  # lower > upper
+        "student.backbone={choice: [test_resnet, nope_net]}": "student.backbone",  # unknown timm name
+        "arms=[kd, kd+dkd]": "arms.1",  # unknown arm
+        "train.iters=-5": "train.iters",  # negative iterations
+        "resources.gpu=1": "resources.gpu",  # a GPU this machine does not have
+        "resources.cpu=4096": "resources.cpu",  # more CPUs than the machine
+        "data.name=voc": "data.root",  # a dataset without a root
+        "search.num_samples=0": "search.num_samples",
+        "arms=[]": "arms",
+        "search.objectives=[params]": "search.objectives",
+        "search.scheduler=pbt": "search.scheduler",
+        "teacher.pretrained=/no/such/weights.pth": "teacher.pretrained",
+        "loss.fakd.covariance=lowrank": "loss.fakd.covariance",
+    }
+    for override, key in cases.items():
+        assert main(["sweep", str(spec), "--storage", str(storage), "--set", override]) == 2, override
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and f"{spec}: {key}:" in err, (override, err)
+    assert main(["sweep", str(spec), "--storage", str(storage), "--set", "data.name=camvid",
+                 "--set", f"data.root={tmp_path / 'missing'}"]) == 2
+    assert "data root does not exist" in capsys.readouterr().err
     assert not storage.exists()
 
 
