@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import searched_spec, write_spec
+from conftest import searched_spec, wait_for, write_spec
 
 from fakd.study import resume, status
 
@@ -26,14 +26,6 @@ def is_finished(rows: list[dict]) -> bool:
 def results(trial_dir: Path) -> list[dict]:
     path = trial_dir / "result.json"
     return [json.loads(line) for line in path.read_text().splitlines()] if path.is_file() else []
-
-
-def wait_for(condition, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.2)
 
 
 def test_sigkill_driver_then_resume_finishes_without_rerunning(tmp_path, ray_local):

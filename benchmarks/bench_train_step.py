@@ -1,0 +1,62 @@
+"""Seconds per training step (teacher forward + student forward/backward + update) per arm, on the
+quickstart models; and the FAKD overhead ratio KD+FAKD / KD at 19 classes."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from benchmarks.common import markdown, median_seconds
+from fakd.config import ARMS
+from fakd.spec import load_spec
+from fakd.train.objective import SegmentationObjective
+from fakd.train.optim import build_optimizer
+from fakd.train.teacher import build_model, model_config
+
+SPEC = Path(__file__).resolve().parents[1] / "studies" / "quickstart.yaml"
+
+
+def step_time(arm: str, num_classes: int, repeats: int) -> float:
+    spec = load_spec(SPEC, [f"data.num_classes={num_classes}"])
+    cfg = spec.run_config(arm)
+    teacher = build_model(model_config(cfg.teacher), num_classes, seed=1).eval().requires_grad_(False)
+    student = build_model(cfg.student, num_classes, seed=0).train()
+    objective = SegmentationObjective(cfg.effective_loss, num_classes, student.feature_dim, total_steps=100)
+    optimizer = build_optimizer(student, cfg.train)
+    size = cfg.data.crop_size
+    generator = torch.Generator().manual_seed(0)
+    images = torch.randn(cfg.train.batch_size, 3, *size, generator=generator)
+    labels = torch.randint(0, num_classes, (cfg.train.batch_size, *size), generator=generator)
+
+    def step() -> None:
+        output = student(images)
+        teacher_logits = None
+        if objective.needs_teacher:
+            with torch.no_grad():
+                teacher_logits = teacher(images).logits
+        loss, _ = objective(output, labels, 50, student.classifier_weight, teacher_logits)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+
+    return median_seconds(step, repeats)
+
+
+def main(repeats: int = 15) -> list[dict]:
+    spec = load_spec(SPEC)
+    rows = []
+    for num_classes in (spec.defaults.data.num_classes, 19):
+        times = {arm: step_time(arm, num_classes, repeats) for arm in ARMS}
+        for arm, seconds in times.items():
+            base = {"kd+fakd": "kd", "cwd+fakd": "cwd"}.get(arm)
+            rows.append({"classes": num_classes, "arm": arm, "s/step": seconds,
+                         "vs base arm": seconds / times[base] if base else float("nan")})
+    print(f"teacher {spec.defaults.teacher.backbone}, student {spec.defaults.student.backbone}, "
+          f"batch {spec.defaults.train.batch_size}, {spec.defaults.data.crop_size} px, median of {repeats} steps\n")
+    print(markdown(rows, ["classes", "arm", "s/step", "vs base arm"]))
+    return rows
+
+
+if __name__ == "__main__":
+    main()
