@@ -97,3 +97,23 @@ def test_resume_refuses_a_directory_that_is_not_a_study(tmp_path, capsys):
 def test_status_of_a_missing_directory(tmp_path, capsys):
     assert main(["status", str(Path(tmp_path, "nope"))]) == 2
     assert "no such directory" in capsys.readouterr().err
+
+
+def test_multi_objective_study_stores_its_pareto_front_and_retrains_each_student(tmp_path, ray_local, capsys):
+    raw = searched_spec(num_samples=3, objectives=["miou", "params"], retrain_seeds=1, scheduler="none")
+    raw["arms"] = ["kd"]
+    raw["student"]["backbone"] = {"choice": ["test_efficientnet", "test_resnet"]}
+    study = sweep(str(write_spec(tmp_path, raw)), storage=tmp_path)
+    records = status(study.root)
+    searched = {r.config["student.backbone"] for r in records if r.phase == "search"}
+    retrained = {r.config["student.backbone"] for r in records if r.phase == "retrain"}
+    assert retrained == searched
+    front = json.loads((study.root / "pareto.json").read_text())
+    assert front and all({"trial_id", "val_miou", "params", "config"} <= set(p) for p in front)
+    params = [p["params"] for p in front]
+    mious = [p["val_miou"] for p in front]
+    assert params == sorted(params) and mious == sorted(mious), "a front sorted by size must gain mIoU"
+    capsys.readouterr()
+    assert main(["export", str(study.root), "--format", "csv"]) == 0
+    students = {line.split(",")[0] for line in capsys.readouterr().out.splitlines()[2:] if line}
+    assert students == searched
