@@ -120,3 +120,6 @@ def test_launch_train_end_to_end(tmp_path, capsys):
     assert latest_checkpoint(tmp_path / "out" / "student" / "checkpoints").name == "iter_0000004"
     # running it again resumes from the finished checkpoint instead of training again
     assert main(["train", str(spec), "--out", str(tmp_path / "out"), "--arm", "kd+fakd"]) == 0
+    # another configuration never resumes from (or overwrites) these checkpoints
+    assert main(["train", str(spec), "--out", str(tmp_path / "out"), "--arm", "kd"]) == 2
+    assert "holds a run with another configuration" in capsys.readouterr().err

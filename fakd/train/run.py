@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from fakd.config import RunConfig
 from fakd.errors import UserError
+from fakd.train.checkpoint import latest_checkpoint
 from fakd.train.data import build_splits
 from fakd.train.loop import Reporter, fit
 from fakd.train.teacher import TeacherArtifact, build_model, ensure_teacher, load_teacher, model_config
@@ -44,11 +46,23 @@ def run_distillation(
     log: Callable[[str], None] | None = None,
 ) -> dict[str, dict[str, Any]]:
     """Teacher (cached under `out_dir/teachers`) then student (resumed from `out_dir/student` if there)."""
-    teacher = ensure_teacher(cfg, out_dir / "teachers", progress=progress, log=log)
     work = out_dir / "student"
-    resume = "latest" if (work / "checkpoints").is_dir() and any((work / "checkpoints").glob("iter_*")) else None
+    _claim(work, cfg)
+    teacher = ensure_teacher(cfg, out_dir / "teachers", progress=progress, log=log)
+    resume = "latest" if latest_checkpoint(work / "checkpoints") else None
     student = train_student(cfg, teacher, work, report=report, resume_from=resume, progress=progress, log=log)
     return {"teacher": teacher.metrics, "student": student}
+
+
+def _claim(work: Path, cfg: RunConfig) -> None:
+    """Record the run's config in `work`; a directory that holds another run's checkpoints is refused."""
+    record = work / "run.json"
+    config = cfg.model_dump(mode="json")
+    if record.is_file() and json.loads(record.read_text()) != config:
+        raise UserError(f"{work.parent} holds a run with another configuration; choose another --out",
+                        key="--out")
+    work.mkdir(parents=True, exist_ok=True)
+    record.write_text(json.dumps(config, indent=2))
 
 
 def check_models(cfg: RunConfig, file: str) -> None:
