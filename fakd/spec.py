@@ -316,6 +316,14 @@ def _check_names_and_paths(spec: StudySpec) -> None:
             raise UserError(f"dataset {data.name!r} needs a root directory", file=spec.path, key="data.root")
         if not Path(data.root).is_dir():
             raise UserError(f"data root does not exist: {data.root}", file=spec.path, key="data.root")
+        from fakd.data import get_dataset  # the layout, checked before any work starts
+
+        options = {"use_sbd": data.use_sbd} if data.name == "voc" else {}
+        for split in ("train", "val"):
+            try:
+                get_dataset(data.name, data.root, split, **options)
+            except UserError as exc:
+                raise exc.located(spec.path) from None
 
 
 def _check_weights(file: str, key: str, model: ModelConfig) -> None:

@@ -5,13 +5,23 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from fakd.data.ade20k import ADE20K
 from fakd.data.base import IGNORE_INDEX, SegmentationDataset, TransformedDataset
+from fakd.data.camvid import CamVid
+from fakd.data.cityscapes import Cityscapes
 from fakd.data.synthetic import SyntheticSegmentation
+from fakd.data.voc import VOC
 from fakd.errors import UserError
 
 DATASETS = ("synthetic", "cityscapes", "voc", "ade20k", "camvid")
-IMPLEMENTED = ("synthetic",)
 SYNTHETIC_OPTIONS = ("num_classes", "image_size", "length", "seed")
+# dataset on disk -> (class, the options it accepts besides root and split)
+ON_DISK: dict[str, tuple[Callable[..., SegmentationDataset], tuple[str, ...]]] = {
+    "cityscapes": (Cityscapes, ()),
+    "voc": (VOC, ("use_sbd",)),
+    "ade20k": (ADE20K, ()),
+    "camvid": (CamVid, ()),
+}
 
 
 def get_dataset(
@@ -19,28 +29,32 @@ def get_dataset(
 ) -> SegmentationDataset:
     """The dataset `name` (split `split`), with items `transform(image, label)` when a transform is given."""
     if name == "synthetic":
-        unknown = sorted(set(options) - set(SYNTHETIC_OPTIONS))
-        if unknown:
-            raise UserError(
-                f"unknown option {unknown[0]!r} for the synthetic dataset; accepted: {', '.join(SYNTHETIC_OPTIONS)}",
-                key=f"data.{unknown[0]}",
-            )
+        _check_options(name, options, SYNTHETIC_OPTIONS)
         dataset: SegmentationDataset = SyntheticSegmentation(split=split, **options)
-    elif name in DATASETS:
-        raise UserError(
-            f"dataset {name!r} is not implemented yet; implemented now: {', '.join(IMPLEMENTED)}",
-            key="data.name",
-        )
+    elif name in ON_DISK:
+        factory, accepted = ON_DISK[name]
+        _check_options(name, options, accepted)
+        dataset = factory(root, split, **options)
     else:
-        raise UserError(
-            f"unknown dataset {name!r}; accepted: {', '.join(DATASETS)} (implemented now: {', '.join(IMPLEMENTED)})",
-            key="data.name",
-        )
+        raise UserError(f"unknown dataset {name!r}; accepted: {', '.join(DATASETS)}", key="data.name")
     return TransformedDataset(dataset, transform) if transform is not None else dataset
 
 
+def _check_options(name: str, options: dict[str, Any], accepted: tuple[str, ...]) -> None:
+    unknown = sorted(set(options) - set(accepted))
+    if unknown:
+        raise UserError(
+            f"unknown option {unknown[0]!r} for the {name} dataset; accepted: {', '.join(accepted) or 'none'}",
+            key=f"data.{unknown[0]}",
+        )
+
+
 __all__ = [
+    "ADE20K",
     "DATASETS",
+    "VOC",
+    "CamVid",
+    "Cityscapes",
     "IGNORE_INDEX",
     "SegmentationDataset",
     "SyntheticSegmentation",

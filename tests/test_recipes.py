@@ -1,0 +1,96 @@
+"""The ready-to-run recipes in studies/ validate, and local pretrained weights reach the model."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import pytest
+import timm
+import torch
+import yaml
+from conftest import TINY_SPEC, write_spec
+from test_datasets import make_ade20k, make_camvid, make_cityscapes, make_voc
+
+from fakd.config import ARMS
+from fakd.spec import load_spec
+from fakd.train.teacher import build_model
+
+STUDIES = Path(__file__).resolve().parent.parent / "studies"
+SPECS = sorted(STUDIES.glob("*.yaml"))
+# dataset -> (training crop, iterations, batch size)
+RECIPES = {
+    "cityscapes": ((512, 1024), 40000, 16),
+    "voc": ((512, 512), 20000, 16),
+    "ade20k": ((512, 512), 40000, 16),
+    "camvid": ((360, 480), 10000, 8),
+}
+
+
+MAKERS = {"cityscapes": make_cityscapes, "voc": lambda root: make_voc(root, sbd=True), "ade20k": make_ade20k,
+          "camvid": make_camvid}
+
+
+def dataset_root(path: Path, tmp_path: Path) -> Path:
+    """A tiny tree in the recipe's dataset layout (spec validation checks the layout)."""
+    name = yaml.safe_load(path.read_text())["data"]["name"]
+    if name in MAKERS:
+        MAKERS[name](tmp_path)
+    return tmp_path
+
+
+@pytest.mark.parametrize("path", SPECS, ids=[p.stem for p in SPECS])
+def test_every_spec_in_studies_validates(path: Path, tmp_path: Path) -> None:
+    root = dataset_root(path, tmp_path)
+    spec = load_spec(path, [f"data.root={root}"])
+    assert spec.defaults.data.root == str(root)
+
+
+def test_a_root_in_the_wrong_layout_is_rejected_by_validation(tmp_path: Path) -> None:
+    from fakd.errors import UserError
+
+    make_camvid(tmp_path)
+    with pytest.raises(UserError, match="data.root") as caught:
+        load_spec(STUDIES / "cityscapes.yaml", [f"data.root={tmp_path}"])
+    assert "leftImg8bit" in str(caught.value)
+
+
+@pytest.mark.parametrize("dataset", RECIPES)
+def test_dataset_recipes_search_every_arm_at_the_usual_settings(dataset: str, tmp_path: Path) -> None:
+    path = STUDIES / f"{dataset}.yaml"
+    assert path in SPECS
+    spec = load_spec(path, [f"data.root={dataset_root(path, tmp_path)}"])
+    crop, iters, batch = RECIPES[dataset]
+    run = spec.defaults
+    assert yaml.safe_load(path.read_text())["data"]["root"] == f"/data/{dataset}" and run.data.name == dataset
+    assert tuple(spec.settings.arms) == ARMS
+    assert spec.space["loss.fakd.max_strength"].bounds == (0.0, 10.0)
+    assert {"loss.kd.weight", "loss.kd.temperature", "loss.cwd.weight", "loss.cwd.temperature"} <= set(spec.space)
+    assert spec.space["student.backbone"].bounds == ("resnet18", "mobilenetv2_100")
+    assert spec.space["train.lr"].kind == "loguniform" and spec.space["train.lr"].bounds == (0.01, 0.02)
+    assert (run.data.crop_size, run.train.iters, run.train.batch_size) == (crop, iters, batch)
+    assert run.train.eval_every == iters // 10 and run.train.optimizer == "sgd"
+    assert run.teacher.backbone == "resnet101" and run.teacher.head == run.student.head == "deeplabv3"
+    assert run.teacher.output_stride == run.student.output_stride == 8
+    assert run.teacher.pretrained is False and run.student.pretrained is False and run.teacher.checkpoint is None
+    assert spec.settings.search.retrain_seeds == 3 and spec.settings.search.num_samples == 8
+    assert (spec.settings.resources.cpu, spec.settings.resources.gpu) == (8, 1)
+
+
+def test_student_loads_pretrained_backbone_from_a_local_file(tmp_path: Path) -> None:
+    torch.manual_seed(1234)
+    saved = timm.create_model("test_resnet").state_dict()
+    weights = tmp_path / "weights.pth"
+    torch.save(saved, weights)
+    raw = copy.deepcopy(TINY_SPEC)
+    raw["student"] = {**raw["student"], "backbone": "test_resnet", "pretrained": str(weights)}
+    spec = load_spec(write_spec(tmp_path, raw))
+    assert spec.defaults.student.pretrained == str(weights)
+
+    loaded = build_model(spec.defaults.student, num_classes=4, seed=0).backbone.state_dict()
+    random = build_model(spec.defaults.student, num_classes=4, seed=0, pretrained=False).backbone.state_dict()
+    assert set(loaded) <= set(saved) and "layer1.0.conv1.weight" in loaded
+    for key, tensor in loaded.items():
+        assert torch.equal(tensor, saved[key]), key
+    for key in ("conv1.0.weight", "layer1.0.conv1.weight", "layer2.0.conv2.weight"):
+        assert not torch.equal(random[key], saved[key]), key
