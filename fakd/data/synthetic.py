@@ -18,7 +18,7 @@ import torch
 from fakd.data.base import IGNORE_INDEX, Sample, SegmentationDataset
 from fakd.errors import UserError
 
-SHAPES = ("disc", "ring", "triangle", "cross", "square", "ellipse")
+SHAPES = ("disc", "ring", "cross", "triangle", "square", "ellipse")
 BASE_TEXTURES = ("grating-h", "checker", "dots", "grating-v", "noise", "grating-d")
 SPLITS = {"train": 0, "val": 1, "test": 2}
 MAX_CLASSES = IGNORE_INDEX  # ids 0..254; 255 is the ignore label

@@ -145,7 +145,7 @@ def _stride_kwargs(name: str, output_stride: int) -> dict[str, int]:
     try:
         if _last_reduction(_meta_features(name, output_stride=output_stride)) == output_stride:
             return {"output_stride": output_stride}
-    except Exception:  # noqa: BLE001 - many timm models reject or mishandle the output_stride kwarg
+    except Exception:  # many timm models reject or mishandle output_stride
         pass
     try:
         natural = _last_reduction(_meta_features(name))
@@ -171,7 +171,7 @@ def _supported_strides(name: str, natural: int) -> list[int]:
             try:
                 if _last_reduction(_meta_features(name, output_stride=stride)) == stride:
                     strides.add(stride)
-            except Exception:  # noqa: BLE001
+            except Exception:
                 continue
     return sorted(strides)
 
