@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from collections import defaultdict
 from pathlib import Path
 
@@ -56,7 +57,9 @@ def importance_plot(spec: StudySpec, study: StudyDir, out: Path) -> tuple[Path |
         try:
             trials_study = optuna.load_study(study_name=f"{spec.name}/{arm}", storage=storage)
             # the evaluators rank what drives a *low* target: negate the mIoU we maximise
-            found[arm] = optuna.importance.get_param_importances(trials_study, target=lambda t: -t.values[0])
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", UserWarning)  # "importances are for low targets": we negated
+                found[arm] = optuna.importance.get_param_importances(trials_study, target=lambda t: -t.values[0])
         except (KeyError, ValueError, RuntimeError) as exc:
             notes.append(f"no importances for {arm}: {exc}")
     if not found:

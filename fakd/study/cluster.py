@@ -49,6 +49,7 @@ QUIET_TUNE = {
     "TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S": "0",
     "TUNE_DISABLE_AUTO_CALLBACK_LOGGERS": "0",
     "RAY_DEDUP_LOGS": "1",
+    "TUNE_WARN_THRESHOLD_S": "10",  # W&B opens a run on a trial's first result: a second, not a bottleneck
 }
 
 
@@ -59,6 +60,7 @@ def ray_runtime(address: str | None) -> Iterator[None]:
     for name, value in QUIET_TUNE.items():
         os.environ.setdefault(name, value)
     logging.getLogger("ray.tune").setLevel(logging.WARNING)
+    logging.getLogger("optuna").setLevel(logging.WARNING)
     if ray.is_initialized():
         yield
         return
