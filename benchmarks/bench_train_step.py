@@ -3,6 +3,8 @@ quickstart models; and the FAKD overhead ratio KD+FAKD / KD at 19 classes."""
 
 from __future__ import annotations
 
+import statistics
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -17,7 +19,7 @@ from fakd.train.teacher import build_model, model_config
 SPEC = Path(__file__).resolve().parents[1] / "studies" / "quickstart.yaml"
 
 
-def step_time(arm: str, num_classes: int, repeats: int) -> float:
+def make_step(arm: str, num_classes: int) -> Callable[[], None]:
     spec = load_spec(SPEC, [f"data.num_classes={num_classes}"])
     cfg = spec.run_config(arm)
     teacher = build_model(model_config(cfg.teacher), num_classes, seed=1).eval().requires_grad_(False)
@@ -40,20 +42,32 @@ def step_time(arm: str, num_classes: int, repeats: int) -> float:
         loss.backward()
         optimizer.step()
 
-    return median_seconds(step, repeats)
+    return step
 
 
-def main(repeats: int = 15) -> list[dict]:
+def interleaved_medians(steps: dict[str, Callable[[], None]], repeats: int) -> dict[str, float]:
+    """Median step time per arm, the arms taking turns so that machine noise hits all of them alike."""
+    for step in steps.values():
+        median_seconds(step, repeats=1, warmup=3)
+    times: dict[str, list[float]] = {arm: [] for arm in steps}
+    for _ in range(repeats):
+        for arm, step in steps.items():
+            times[arm].append(median_seconds(step, repeats=1, warmup=0))
+    return {arm: statistics.median(values) for arm, values in times.items()}
+
+
+def main(repeats: int = 40) -> list[dict]:
     spec = load_spec(SPEC)
     rows = []
     for num_classes in (spec.defaults.data.num_classes, 19):
-        times = {arm: step_time(arm, num_classes, repeats) for arm in ARMS}
+        times = interleaved_medians({arm: make_step(arm, num_classes) for arm in ARMS}, repeats)
         for arm, seconds in times.items():
             base = {"kd+fakd": "kd", "cwd+fakd": "cwd"}.get(arm)
             rows.append({"classes": num_classes, "arm": arm, "s/step": seconds,
                          "vs base arm": seconds / times[base] if base else float("nan")})
     print(f"teacher {spec.defaults.teacher.backbone}, student {spec.defaults.student.backbone}, "
-          f"batch {spec.defaults.train.batch_size}, {spec.defaults.data.crop_size} px, median of {repeats} steps\n")
+          f"batch {spec.defaults.train.batch_size}, {spec.defaults.data.crop_size} px, "
+          f"median of {repeats} interleaved steps\n")
     print(markdown(rows, ["classes", "arm", "s/step", "vs base arm"]))
     return rows
 
