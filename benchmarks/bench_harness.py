@@ -50,9 +50,11 @@ def main() -> list[dict]:
     from fakd.train import ensure_teacher
 
     with tempfile.TemporaryDirectory() as root:
-        probe = _write_spec(Path(root) / "probe.yaml", 10)
-        teacher = ensure_teacher(load_spec(probe).run_config(ARM), Path(root) / "teachers", progress=False)
-        iters = max(10, math.ceil(10 * TARGET_SECONDS / _bare_trial((probe, teacher))))
+        short, long = _write_spec(Path(root) / "short.yaml", 10), _write_spec(Path(root) / "long.yaml", 40)
+        teacher = ensure_teacher(load_spec(short).run_config(ARM), Path(root) / "teachers", progress=False)
+        fixed_and_10, fixed_and_40 = _bare_trial((short, teacher)), _bare_trial((long, teacher))
+        per_iter = (fixed_and_40 - fixed_and_10) / 30  # the fixed start-up cost cancels
+        iters = max(10, math.ceil((TARGET_SECONDS - (fixed_and_10 - 10 * per_iter)) / per_iter))
         spec_path = _write_spec(Path(root) / "spec.yaml", iters)
 
         start = time.perf_counter()
