@@ -86,7 +86,7 @@ def test_sigkill_driver_then_resume_finishes_without_rerunning(tmp_path, ray_loc
         trial_id = next(t for t in trial_ids if t in name)
         data = b"".join(p.read_bytes() for d in runs[trial_id] for p in d.glob("*.wandb"))
         assert b"val_miou" in data and repr(rows[-1]["val_miou"]).encode() in data
-        assert b"teacher_id" in data and b"git_commit" in data
+        assert all(key in data for key in (b"teacher_id", b"git_commit", b"seed", b"student", b"arm"))
     with sqlite3.connect(study_dir / "optuna.db") as db:
         counts = dict(db.execute("select s.study_name, count(*) from trials t join studies s using (study_id) "
                                  "where t.state = 'COMPLETE' group by s.study_name").fetchall())

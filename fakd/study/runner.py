@@ -143,8 +143,8 @@ def callbacks(spec: StudySpec, study: StudyDir, job_type: str, teacher_key: str)
     tracking = _tracking(spec, study)
     if not tracking.wandb:
         return []
-    shared = {"student": spec.defaults.student.backbone, "teacher_id": teacher_key, "git_commit": git_commit(),
-              "study": spec.name}
+    shared = {"student": spec.defaults.student.backbone, "seed": spec.defaults.train.seed, "teacher_id": teacher_key,
+              "git_commit": git_commit(), "study": spec.name}
     return [WandbStreamer(tracking, spec.name, str(study.root), job_type, shared)]
 
 

@@ -46,6 +46,8 @@ class WandbStreamer(Callback):
 
     def __init__(self, tracking: TrackingConfig, study_name: str, directory: str, job_type: str,
                  shared_config: dict[str, Any]) -> None:
+        """`shared_config` holds what every trial shares (student, seed, teacher id, git commit); a trial's
+        own values (searched keys, a retrain seed) take precedence."""
         self.tracking, self.study_name, self.directory = tracking, study_name, directory
         self.job_type, self.shared_config = job_type, shared_config
         self.runs: dict[str, Any] = {}
@@ -62,7 +64,8 @@ class WandbStreamer(Callback):
             import wandb
 
             config = dict(trial.config)
-            config = {**config.pop("values", {}), **config, **self.shared_config}
+            config = {**self.shared_config, **config.pop("values", {}), **config}
+            config["student"] = config.get("student.backbone", config["student"])  # when students are searched
             run_id = re.sub(r"[^A-Za-z0-9_-]", "_", f"{self.study_name}-{trial.trial_id}")
             self.runs[trial.trial_id] = wandb.init(
                 project=self.tracking.project, entity=self.tracking.entity, group=self.study_name,
