@@ -176,7 +176,7 @@ def fit(
     label = label or cfg.arm
     parameters = count_parameters(model)
     bar = _progress(total, start, progress, f"{label} {cfg.student.backbone}")
-    sums: dict[str, float] = defaultdict(float)
+    sums: dict[str, torch.Tensor | float] = defaultdict(float)
     window_start, window_iters = time.perf_counter(), 0
     model.train()
     batches = train_loader(cfg, splits.train, total, start)
@@ -189,24 +189,27 @@ def fit(
                 with torch.no_grad():
                     teacher_logits = teacher(images).logits
         loss, terms = objective(output, labels, iteration - 1, model.classifier_weight, teacher_logits)
-        if not math.isfinite(terms["loss"]):
-            raise NonFiniteLossError(f"non-finite loss {terms} at iteration {iteration} ({cfg.arm})")
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
         state.scheduler.step()
         for name, value in terms.items():
-            sums[name] += value
+            sums[name] = sums[name] + value  # tensors stay on the device: no sync per step
         window_iters += 1
         if bar is not None:
             bar.update(1)
-            bar.set_postfix(loss=f"{terms['loss']:.3f}", refresh=False)
         if iteration % cfg.train.eval_every and iteration != total:
             continue
+        averages = {name: float(value) / window_iters for name, value in sums.items()}
+        if not math.isfinite(averages["loss"]):
+            raise NonFiniteLossError(f"non-finite loss in iterations {iteration - window_iters + 1}-{iteration} "
+                                     f"({cfg.arm}): {averages}")
+        if bar is not None:
+            bar.set_postfix(loss=f"{averages['loss']:.3f}")
         seconds = time.perf_counter() - window_start
         metrics = {
             "iteration": iteration,
-            **{name: value / window_iters for name, value in sums.items()},
+            **averages,
             "lr": optimizer.param_groups[0]["lr"],
             "seconds_per_iter": seconds / window_iters,
             "params": parameters,

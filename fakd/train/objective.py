@@ -55,15 +55,18 @@ class SegmentationObjective(nn.Module):
         step: int,
         classifier_weight: torch.Tensor | None = None,
         teacher_logits: torch.Tensor | None = None,
-    ) -> tuple[torch.Tensor, dict[str, float]]:
-        """Total loss and its terms (detached floats) for one batch at iteration `step` (0-based)."""
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor | float]]:
+        """Total loss and its terms for one batch at iteration `step` (0-based).
+
+        The terms are detached tensors (no device sync in the training step) and the FAKD strength a float.
+        """
         logits = student.logits.float()
         upsampled = F.interpolate(logits, size=labels.shape[-2:], mode="bilinear", align_corners=False)
         ce = F.cross_entropy(upsampled, labels, ignore_index=self.ignore_index)
         total = self.loss.ce_weight * ce
-        terms = {"loss_ce": float(ce.detach())}
+        terms: dict[str, torch.Tensor | float] = {"loss_ce": ce.detach()}
         if not self.needs_teacher:
-            terms["loss"] = float(total.detach())
+            terms["loss"] = total.detach()
             return total, terms
         if teacher_logits is None:
             raise ValueError("this objective distills: pass teacher_logits")
@@ -75,10 +78,10 @@ class SegmentationObjective(nn.Module):
                 continue
             value = self._term(name, logits, teacher_logits, term.temperature, augmented)
             total = total + term.weight * value
-            terms[f"loss_{name}"] = float(value.detach())
+            terms[f"loss_{name}"] = value.detach()
         if augmented is not None:
             terms["fakd_strength"] = augmented["strength"]
-        terms["loss"] = float(total.detach())
+        terms["loss"] = total.detach()
         return total, terms
 
     def _augmentation(
