@@ -89,6 +89,7 @@ def command_demo(args: argparse.Namespace) -> int:
     from fakd.export import export_study
     from fakd.spec import load_spec
     from fakd.study import resume, sweep
+    from fakd.study.layout import StudyDir
 
     spec = load_spec(args.spec)
     study_dir = Path(args.storage).resolve() / spec.name
@@ -96,11 +97,12 @@ def command_demo(args: argparse.Namespace) -> int:
         resume(study_dir)
     else:
         sweep(args.spec, storage=args.storage)
-    result = export_study(study_dir, "md", study_dir / "exports" / "ablation.md")
-    export_study(study_dir, "csv", study_dir / "exports" / "ablation.csv")
+    exports = StudyDir(study_dir).exports
+    result = export_study(study_dir, "md", exports / "ablation.md")
+    export_study(study_dir, "csv", exports / "ablation.csv")
     _log(f"\nAblation table of {study_dir} (validation split; mean and 95% CI over retrain seeds):\n")
     _log(result.text)
-    _log(f"\n{result.note}\ntables: {study_dir / 'exports'}")
+    _log(f"\n{result.note}\ntables: {exports}")
     for plot in result.plots:
         _log(f"plot: {plot}")
     return 0

@@ -64,13 +64,19 @@ class StudyDir:
         os.replace(tmp, self.marker)
 
 
+def check_new_study_dir(root: Path) -> None:
+    """A new study needs an absent or empty directory: an existing study is resumed, never overwritten."""
+    if root.exists() and any(root.iterdir()):
+        is_study = StudyDir(root).marker.exists()
+        what = "a study" if is_study else "a non-empty directory"
+        hint = f"; resume it with: python launch.py resume {root}" if is_study else ""
+        raise UserError(f"{root} is already {what}{hint}", key="--name")
+
+
 def create_study_dir(root: Path, raw_spec: dict[str, Any], metadata: dict[str, Any]) -> StudyDir:
     """Create a new study directory; refuse to touch an existing one."""
+    check_new_study_dir(root)
     study = StudyDir(root)
-    if root.exists() and any(root.iterdir()):
-        what = "a study" if study.marker.exists() else "a non-empty directory"
-        hint = f"; resume it with: python launch.py resume {root}" if study.marker.exists() else ""
-        raise UserError(f"{root} is already {what}{hint}", key="--name")
     root.mkdir(parents=True, exist_ok=True)
     study.spec.write_text(yaml.safe_dump(raw_spec, sort_keys=False))
     study.marker.write_text(json.dumps({"created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), **metadata}, indent=2))

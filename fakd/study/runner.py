@@ -19,7 +19,7 @@ from fakd.errors import UserError
 from fakd.export.pareto import front_json, pareto_front
 from fakd.spec import StudySpec, TrackingConfig, load_spec
 from fakd.study.cluster import check_cluster_resources, check_local_resources, ray_runtime
-from fakd.study.layout import StudyDir, create_study_dir, open_study_dir
+from fakd.study.layout import StudyDir, check_new_study_dir, create_study_dir, open_study_dir
 from fakd.study.retrain import check_seed_count, retrain_candidates, retrain_seeds, retrain_tuner
 from fakd.study.space import arm_space
 from fakd.study.status import study_trials
@@ -53,8 +53,7 @@ def sweep(
     spec = load_spec(spec_path, overrides)
     check_models(spec.defaults, spec.path)
     root = Path(storage).expanduser().resolve() / (name or spec.name)
-    if root.exists() and any(root.iterdir()):
-        create_study_dir(root, spec.raw, {})  # raises the "already a study" error
+    check_new_study_dir(root)
     if address is None:
         check_local_resources(spec.settings.resources.cpu, spec.settings.resources.gpu, spec.path)
     with ray_runtime(address):
