@@ -12,6 +12,7 @@ import torch
 from benchmarks.common import markdown, median_seconds
 from fakd.config import ARMS
 from fakd.spec import load_spec
+from fakd.train.loop import training_step
 from fakd.train.objective import SegmentationObjective
 from fakd.train.optim import build_optimizer
 from fakd.train.teacher import build_model, model_config
@@ -31,18 +32,7 @@ def make_step(arm: str, num_classes: int) -> Callable[[], None]:
     images = torch.randn(cfg.train.batch_size, 3, *size, generator=generator)
     labels = torch.randint(0, num_classes, (cfg.train.batch_size, *size), generator=generator)
 
-    def step() -> None:
-        output = student(images)
-        teacher_logits = None
-        if objective.needs_teacher:
-            with torch.no_grad():
-                teacher_logits = teacher(images).logits
-        loss, _ = objective(output, labels, 50, student.classifier_weight, teacher_logits)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-
-    return step
+    return lambda: training_step(student, objective, optimizer, images, labels, 50, teacher)
 
 
 def interleaved_medians(steps: dict[str, Callable[[], None]], repeats: int) -> dict[str, float]:

@@ -69,15 +69,20 @@ def resume(
     study_path: str | Path, *, address: str | None = None, no_wandb: bool = False, log: Log = _print
 ) -> StudyDir:
     """Finish an interrupted study: finished trials stay finished, running ones continue from checkpoints."""
-    study = open_study_dir(study_path)
-    if no_wandb:
-        study.update_metadata(no_wandb=True)
-    spec = load_spec(study.spec)
+    study, spec = _open(study_path, no_wandb)
     with ray_runtime(address):
         check_cluster_resources(spec.settings.resources.cpu, spec.settings.resources.gpu, spec.path)
         log(f"resuming study {study.root}")
         _run(study, log)
     return study
+
+
+def _open(study_path: str | Path, no_wandb: bool) -> tuple[StudyDir, StudySpec]:
+    """An existing study and its spec; `no_wandb` switches W&B off for the rest of the study."""
+    study = open_study_dir(study_path)
+    if no_wandb:
+        study.update_metadata(no_wandb=True)
+    return study, load_spec(study.spec)
 
 
 def _run(study: StudyDir, log: Log) -> None:
@@ -118,10 +123,7 @@ def retrain(
     """Select-then-retrain on a searched study (finishing its search first if it was interrupted)."""
     if seeds < 1:
         raise UserError(f"--seeds must be at least 1, got {seeds}", key="--seeds")
-    study = open_study_dir(study_path)
-    if no_wandb:
-        study.update_metadata(no_wandb=True)
-    spec = load_spec(study.spec)
+    study, spec = _open(study_path, no_wandb)
     for arm in spec.settings.arms:
         check_seed_count(study, arm, seeds)
     with ray_runtime(address):

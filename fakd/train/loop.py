@@ -120,6 +120,32 @@ class TrainingState:
         return int(state["iteration"])
 
 
+def training_step(
+    model: Segmenter,
+    objective: SegmentationObjective,
+    optimizer: torch.optim.Optimizer,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    step: int,
+    teacher: Segmenter | None = None,
+    accelerator: Accelerator | None = None,
+) -> dict[str, torch.Tensor | float]:
+    """One update: student forward (and the frozen teacher's, when the objective distills), loss, backward,
+    optimizer step. Returns the loss terms, left on the device."""
+    autocast = accelerator.autocast() if accelerator is not None else contextlib.nullcontext()
+    with autocast:
+        output = model(images)
+        teacher_logits = None
+        if objective.needs_teacher:
+            with torch.no_grad():
+                teacher_logits = teacher(images).logits
+    loss, terms = objective(output, labels, step, model.classifier_weight, teacher_logits)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    return terms
+
+
 def _progress(total: int, start: int, enabled: bool | None, description: str) -> Any:
     if enabled is None:
         enabled = sys.stderr.isatty()
@@ -182,16 +208,7 @@ def fit(
     batches = train_loader(cfg, splits.train, total, start)
     for iteration, (images, labels) in enumerate(batches, start=start + 1):
         images, labels = accelerator.images(images), labels.to(accelerator.device, non_blocking=True)
-        with accelerator.autocast():
-            output = model(images)
-            teacher_logits = None
-            if objective.needs_teacher:
-                with torch.no_grad():
-                    teacher_logits = teacher(images).logits
-        loss, terms = objective(output, labels, iteration - 1, model.classifier_weight, teacher_logits)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+        terms = training_step(model, objective, optimizer, images, labels, iteration - 1, teacher, accelerator)
         state.scheduler.step()
         for name, value in terms.items():
             sums[name] = sums[name] + value  # tensors stay on the device: no sync per step
