@@ -52,6 +52,7 @@ def main() -> list[dict]:
     with tempfile.TemporaryDirectory() as root:
         short, long = _write_spec(Path(root) / "short.yaml", 10), _write_spec(Path(root) / "long.yaml", 40)
         teacher = ensure_teacher(load_spec(short).run_config(ARM), Path(root) / "teachers", progress=False)
+        relative_teacher = str(teacher.path.relative_to(root))
         fixed_and_10, fixed_and_40 = _bare_trial((short, teacher)), _bare_trial((long, teacher))
         per_iter = (fixed_and_40 - fixed_and_10) / 30  # the fixed start-up cost cancels
         iters = max(10, math.ceil((TARGET_SECONDS - (fixed_and_10 - 10 * per_iter)) / per_iter))
@@ -65,11 +66,12 @@ def main() -> list[dict]:
         start = time.perf_counter()
         ray.init(address="local", num_cpus=CONCURRENCY, include_dashboard=False, log_to_driver=False)
         started = time.perf_counter()
-        tuner = tune.Tuner(
-            make_trainable(TrialContext(str(spec_path), ARM, "search", teacher), cpu=1, gpu=0),
-            tune_config=tune.TuneConfig(num_samples=TRIALS, max_concurrent_trials=CONCURRENCY),
+        run = load_spec(spec_path).run_config(ARM, phase="search").model_dump(mode="json")
+        tuner = tune.Tuner(  # the study's trainable, each trial with a directory of its own as in a study
+            make_trainable(TrialContext(root, relative_teacher), cpu=1, gpu=0),
+            tune_config=tune.TuneConfig(num_samples=1, max_concurrent_trials=CONCURRENCY, reuse_actors=True),
             run_config=tune.RunConfig(storage_path=str(Path(root) / "tune"), name="bench", verbose=0),
-            param_space={"arm": ARM},
+            param_space={"trial": tune.grid_search([f"bench/{i}" for i in range(TRIALS)]), "run": run},
         )
         tuner.fit()
         tuned = time.perf_counter() - started

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from fakd.errors import UserError
+from fakd.vocab import ARMS
 
 EXIT_USER_ERROR = 2
 
@@ -17,13 +19,14 @@ def _log(message: str) -> None:
 
 
 def command_train(args: argparse.Namespace) -> int:
+    from fakd.preflight import preflight
     from fakd.spec import load_spec
 
     spec = load_spec(args.spec, args.set)
-    from fakd.train import check_models, run_distillation  # after validation: torch and timm load slowly
+    preflight(spec)
+    from fakd.train import run_distillation  # after validation: torch and timm load slowly
 
     cfg = spec.run_config(args.arm or _default_arm(spec.settings.arms), phase="final")
-    check_models(cfg, spec.path)
     out = Path(args.out or Path("runs") / f"{spec.name}-train-{cfg.arm.replace('+', '_')}").resolve()
     out.mkdir(parents=True, exist_ok=True)
     _log(f"run directory: {out}")
@@ -31,6 +34,8 @@ def command_train(args: argparse.Namespace) -> int:
         result = run_distillation(cfg, out, log=_log)
     except UserError as exc:
         raise exc.located(spec.path) from None
+    if result["reused"]:
+        _log(f"{out} already holds this finished run: its results are shown, nothing was trained")
     teacher, student = result["teacher"], result["student"]
     _log(f"teacher {cfg.teacher.backbone}: val mIoU {teacher.get('val_miou', float('nan')):.4f}")
     _log(f"student {cfg.student.backbone} ({cfg.arm}): val mIoU {student['val_miou']:.4f}")
@@ -55,11 +60,10 @@ def command_resume(args: argparse.Namespace) -> int:
 def command_status(args: argparse.Namespace) -> int:
     import json
 
-    from fakd.study.status import format_table, status
+    from fakd.results.status import format_status, status, status_json
 
-    records = status(args.study_dir)
-    print(json.dumps([r.to_json() for r in records], indent=None if args.json else 2) if args.json
-          else format_table(records))
+    records, driver = status(args.study_dir)
+    print(json.dumps(status_json(records)) if args.json else format_status(records, driver))
     return 0
 
 
@@ -87,12 +91,12 @@ def command_export(args: argparse.Namespace) -> int:
 def command_demo(args: argparse.Namespace) -> int:
     """Sweep the quickstart (or finish it when it was interrupted), then print its ablation table."""
     from fakd.export import export_study
+    from fakd.results import StudyDir
     from fakd.spec import load_spec
     from fakd.study import resume, sweep
-    from fakd.study.layout import StudyDir
 
     spec = load_spec(args.spec)
-    study_dir = Path(args.storage).resolve() / spec.name
+    study_dir = Path(args.storage).expanduser().resolve() / spec.name
     if (study_dir / "study.json").is_file():
         resume(study_dir)
     else:
@@ -121,7 +125,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                        help="override a spec value (dotted key, YAML-typed value); repeatable")
     train.add_argument("--out", help="run directory (default: runs/NAME-train-ARM)")
-    train.add_argument("--arm", choices=["baseline", "kd", "kd+fakd", "cwd", "cwd+fakd"],
+    train.add_argument("--arm", choices=ARMS,
                        help="ablation arm (default: kd+fakd when the spec lists it)")
     train.set_defaults(func=command_train)
 
@@ -173,6 +177,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     except UserError as exc:
         print(f"error: {exc.format()}", file=sys.stderr)
         return EXIT_USER_ERROR
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as exc:
+        signum = getattr(exc, "signum", signal.SIGINT)
+        study = getattr(args, "study_dir", None) or _study_of(args)
+        hint = f"; resume with: python launch.py resume {study}" if study else ""
+        print(f"stopped by {signal.Signals(signum).name}{hint}", file=sys.stderr)
+        return 128 + signum
+
+
+def _study_of(args: argparse.Namespace) -> str | None:
+    """The study directory a sweep or demo writes (for the resume hint), when it already exists."""
+    if args.command not in ("sweep", "demo"):
+        return None
+    try:
+        from fakd.spec import load_spec
+
+        name = getattr(args, "name", None) or load_spec(args.spec, getattr(args, "set", ())).name
+    except UserError:
+        return None
+    path = Path(args.storage).expanduser().resolve() / name
+    return str(path) if (path / "study.json").is_file() else None

@@ -12,11 +12,11 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-ARMS: tuple[str, ...] = ("baseline", "kd", "kd+fakd", "cwd", "cwd+fakd")
-BASE_ARM: dict[str, str] = {"kd+fakd": "kd", "cwd+fakd": "cwd", "kd": "baseline", "cwd": "baseline"}
-DATASETS: tuple[str, ...] = ("synthetic", "cityscapes", "voc", "ade20k", "camvid")
+from fakd.vocab import ARM_TABLE, ARMS, DATASETS, HEADS
 
-Arm = Literal["baseline", "kd", "kd+fakd", "cwd", "cwd+fakd"]
+ArmName = Literal[ARMS]  # type: ignore[valid-type]
+HeadName = Literal[HEADS]  # type: ignore[valid-type]
+DatasetName = Literal[DATASETS]  # type: ignore[valid-type]
 Phase = Literal["search", "final"]
 
 
@@ -27,7 +27,7 @@ class Strict(BaseModel):
 
 
 class DataConfig(Strict):
-    name: Literal["synthetic", "cityscapes", "voc", "ade20k", "camvid"] = "synthetic"
+    name: DatasetName = "synthetic"
     root: str | None = None
     image_size: int | tuple[int, int] = Field(64, description="training crop (synthetic: also the image size)")
     num_classes: int = Field(8, ge=2, description="synthetic only")
@@ -36,6 +36,9 @@ class DataConfig(Strict):
     holdout_fraction: float = Field(0.15, gt=0.0, lt=1.0, description="training images held out for search")
     scale_range: tuple[float, float] = (0.5, 2.0)
     use_sbd: bool = Field(True, description="voc only: train on SegmentationClassAug when present")
+    unknown_labels: Literal["error", "ignore"] = Field(
+        "error", description="a label value outside the dataset's label table: an error naming the file, or ignored"
+    )
     seed: int = 0
     num_workers: int = Field(0, ge=0)
 
@@ -61,7 +64,7 @@ class DataConfig(Strict):
 
 class ModelConfig(Strict):
     backbone: str
-    head: Literal["deeplabv3", "fcn"] = "deeplabv3"
+    head: HeadName = "deeplabv3"
     output_stride: Literal[8, 16, 32] = 8
     pretrained: bool | str = False
     head_channels: int = Field(256, ge=8)
@@ -110,14 +113,14 @@ class LossConfig(Strict):
 
     def for_arm(self, arm: str) -> LossConfig:
         """The loss settings an ablation arm runs with: the arm switches terms on and off, weights stay."""
-        use_kd, use_cwd = arm.startswith("kd"), arm.startswith("cwd")
-        kd_weight = self.kd.weight if use_kd else 0.0
-        cwd_weight = self.cwd.weight if use_cwd else 0.0
+        spec = ARM_TABLE[arm]
+        kd_weight = self.kd.weight if spec.distill == "kd" else 0.0
+        cwd_weight = self.cwd.weight if spec.distill == "cwd" else 0.0
         return self.model_copy(
             update={
                 "kd": self.kd.model_copy(update={"weight": kd_weight}),
                 "cwd": self.cwd.model_copy(update={"weight": cwd_weight}),
-                "fakd": self.fakd.model_copy(update={"enabled": arm.endswith("+fakd")}),
+                "fakd": self.fakd.model_copy(update={"enabled": spec.fakd}),
             }
         )
 
@@ -134,7 +137,7 @@ class RunConfig(Strict):
     student: ModelConfig
     train: TrainConfig = TrainConfig()
     loss: LossConfig = LossConfig()
-    arm: Arm = "kd+fakd"
+    arm: ArmName = "kd+fakd"
     phase: Phase = Field("final", description="search: train minus holdout, evaluate on holdout; final: val")
 
     @property

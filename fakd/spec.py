@@ -1,5 +1,9 @@
 """Study specs: YAML → validated `StudySpec` (fixed values, search distributions, study settings).
 
+Loading a spec is pure: it parses and validates the file and touches nothing else. What lives outside the
+spec (timm names, weight files, data roots, cluster resources) is checked by `fakd.preflight` before a
+command trains anything.
+
 A value anywhere under `data`, `student`, `train` or `loss` may be a search distribution:
 `{uniform: [a, b]}`, `{loguniform: [a, b]}`, `{int: [a, b]}` or `{choice: [...]}`, each with an optional
 `default:` (the value `launch.py train` uses; otherwise the midpoint, the geometric mean, or the first
@@ -18,26 +22,38 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, Field, ValidationError, field_validator
 
-from fakd.config import ARMS, ModelConfig, RunConfig, Strict
+from fakd.config import ArmName, RunConfig, Strict
 from fakd.errors import UserError
+from fakd.vocab import ARM_TABLE, ARMS
 
 DISTRIBUTION_KINDS = ("uniform", "loguniform", "int", "choice")
 SEARCHABLE_SECTIONS = ("data", "student", "train", "loss")
 FIXED_KEYS = ("data.name", "data.root")
+STORAGE_FILES = {"sqlite": "optuna.db", "journal": "optuna.journal"}  # kept inside the study directory
+NAME_PATTERN = r"^[A-Za-z0-9_+-][A-Za-z0-9_.+-]*$"  # a study name is one directory: no separators, no ..
+REMOVED_KEYS = {
+    "search.metric": "search.metric was removed: studies select, stop early and rank by validation mIoU "
+    "(search.objectives: [miou] or [miou, params])",
+}
 
 
 class SearchConfig(Strict):
-    num_samples: int = Field(4, ge=1, description="trials per arm")
-    max_concurrent: int = Field(2, ge=1)
+    num_samples: int = Field(4, ge=1, description="trials per arm (per selection repeat)")
+    max_concurrent: int = Field(2, ge=1, description="trials running at once, all arms together")
     seed: int = 0
-    metric: str = "val_miou"
     scheduler: Literal["asha", "none"] = "asha"
-    grace_period: int = Field(1, ge=1, description="evaluations before ASHA may stop a trial")
+    grace_period: int = Field(1, ge=1, description="evaluations before successive halving may stop a trial")
     reduction_factor: int = Field(2, ge=2)
     objectives: list[Literal["miou", "params"]] = Field(["miou"], description="miou, or miou and params (Pareto)")
-    storage: str | None = Field(None, description="SQLAlchemy URL of the Optuna storage (default: SQLite)")
-    max_failures: int = Field(1, ge=0, description="retries of a failed trial")
+    storage: str = Field("sqlite", description="sqlite (STUDY/optuna.db), journal (STUDY/optuna.journal, "
+                         "safe on shared file systems) or an SQLAlchemy URL")
+    max_failures: int = Field(1, ge=0, description="retries of a trial after an infrastructure fault")
     retrain_seeds: int = Field(0, ge=0, description="seeds for select-then-retrain at the end of a sweep")
+    reproducible: bool = Field(False, description="decisions that depend on the spec alone, not on trial timing")
+    generation_size: int | None = Field(
+        None, ge=1, description="reproducible mode: trials of an arm suggested together from the finished ones "
+        "(default: 4, at most num_samples)")
+    selection_repeats: int = Field(1, ge=1, description="independent searches per arm (selection stability)")
 
     @field_validator("objectives")
     @classmethod
@@ -45,6 +61,25 @@ class SearchConfig(Strict):
         if not value or value[0] != "miou" or len(set(value)) != len(value):
             raise ValueError("objectives must be [miou] or [miou, params]")
         return value
+
+    @field_validator("storage")
+    @classmethod
+    def _storage(cls, value: str) -> str:
+        if value in STORAGE_FILES:
+            return value
+        from sqlalchemy.engine import make_url
+        from sqlalchemy.exc import ArgumentError, NoSuchModuleError
+
+        try:
+            make_url(value).get_dialect()
+        except (ArgumentError, NoSuchModuleError, ValueError) as exc:
+            raise ValueError(f"storage must be sqlite, journal or an SQLAlchemy URL ({exc})") from None
+        return value
+
+    @property
+    def generation(self) -> int:
+        """Trials per generation in reproducible mode."""
+        return min(self.generation_size or 4, self.num_samples)
 
 
 class ResourcesConfig(Strict):
@@ -61,8 +96,8 @@ class TrackingConfig(Strict):
 class StudySettings(Strict):
     """The study-level sections of a spec (never searched)."""
 
-    name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_.+-]+$")
-    arms: list[Literal["baseline", "kd", "kd+fakd", "cwd", "cwd+fakd"]] = list(ARMS)
+    name: str = Field(min_length=1, pattern=NAME_PATTERN, description="letters, digits, _ . + -, not starting with .")
+    arms: list[ArmName] = list(ARMS)
     search: SearchConfig = SearchConfig()
     resources: ResourcesConfig = ResourcesConfig()
     tracking: TrackingConfig = TrackingConfig()
@@ -154,6 +189,7 @@ def apply_override(tree: dict[str, Any], item: str, file: str) -> None:
 def validate_spec(raw: dict[str, Any], file: str, overrides: tuple[str, ...] = ()) -> StudySpec:
     """Validate a spec tree (already overridden)."""
     known = set(StudySettings.model_fields) | set(RunConfig.model_fields) - {"arm", "phase"}
+    _check_removed(raw, file)
     for key in raw:
         if key not in known:
             raise UserError(f"unknown section; accepted: {', '.join(sorted(known))}", file=file, key=str(key))
@@ -167,8 +203,37 @@ def validate_spec(raw: dict[str, Any], file: str, overrides: tuple[str, ...] = (
     defaults = _validate_run(file, _with_values(run_tree, {k: d.default for k, d in space.items()}))
     spec = StudySpec(file, copy.deepcopy(raw), settings, space, defaults, overrides)
     _check_candidates(spec)
-    _check_names_and_paths(spec)
+    _check_effects(spec)
     return spec
+
+
+def _check_removed(raw: dict[str, Any], file: str) -> None:
+    for key, message in REMOVED_KEYS.items():
+        section, name = key.split(".")
+        if isinstance(raw.get(section), dict) and name in raw[section]:
+            raise UserError(message, file=file, key=key)
+
+
+def _check_effects(spec: StudySpec) -> None:
+    """Options that would change nothing in this study are mistakes, not silently ignored values."""
+    arms = [ARM_TABLE[name] for name in spec.settings.arms]
+    for key in spec.space:
+        if not any(arm.uses(key) for arm in arms):
+            raise UserError(f"is searched but no arm of this study uses it (arms: {', '.join(spec.settings.arms)})",
+                            file=spec.path, key=key)
+    forms = spec.space["loss.fakd.form"].bounds if "loss.fakd.form" in spec.space else (
+        spec.defaults.loss.fakd.form,)
+    if "label_row" in forms and "cwd+fakd" in spec.settings.arms:
+        raise UserError("label_row has no effect on the cwd+fakd arm (the CWD bound has one form); use form: exact, "
+                        "or study label_row with kd+fakd only", file=spec.path, key="loss.fakd.form")
+    search = spec.raw.get("search") or {}
+    if spec.settings.search.scheduler == "none":
+        for option in ("grace_period", "reduction_factor"):
+            if option in search:
+                raise UserError("has no effect with search.scheduler: none", file=spec.path, key=f"search.{option}")
+    if "generation_size" in search and not spec.settings.search.reproducible:
+        raise UserError("has no effect unless search.reproducible is true", file=spec.path,
+                        key="search.generation_size")
 
 
 def _distribution_kind(node: Any) -> str | None:
@@ -292,47 +357,3 @@ def _check_candidates(spec: StudySpec) -> None:
     for key, dist in spec.space.items():
         for value in dist.candidates():
             spec.run_config(spec.settings.arms[0], {key: value})
-
-
-def _check_names_and_paths(spec: StudySpec) -> None:
-    """Names and files that exist outside the spec: timm backbones, weight files, data roots."""
-    import timm  # deferred: importing timm takes a second
-
-    student_backbones = spec.space["student.backbone"].bounds if "student.backbone" in spec.space else ()
-    named = [("teacher.backbone", spec.defaults.teacher.backbone), ("student.backbone", spec.defaults.student.backbone)]
-    named += [("student.backbone", name) for name in student_backbones]
-    for key, name in named:
-        if not isinstance(name, str) or not timm.is_model(name):
-            raise UserError(f"{name!r} is not a timm model name{_suggest(name, timm.list_models())}",
-                            file=spec.path, key=key)
-    for key, model in (("teacher", spec.defaults.teacher), ("student", spec.defaults.student)):
-        _check_weights(spec.path, f"{key}.pretrained", model)
-    checkpoint = spec.defaults.teacher.checkpoint
-    if checkpoint and not Path(checkpoint).is_file():
-        raise UserError(f"teacher checkpoint not found: {checkpoint}", file=spec.path, key="teacher.checkpoint")
-    data = spec.defaults.data
-    if data.name != "synthetic":
-        if not data.root:
-            raise UserError(f"dataset {data.name!r} needs a root directory", file=spec.path, key="data.root")
-        if not Path(data.root).is_dir():
-            raise UserError(f"data root does not exist: {data.root}", file=spec.path, key="data.root")
-        from fakd.data import get_dataset  # the layout, checked before any work starts
-
-        options = {"use_sbd": data.use_sbd} if data.name == "voc" else {}
-        for split in ("train", "val"):
-            try:
-                get_dataset(data.name, data.root, split, **options)
-            except UserError as exc:
-                raise exc.located(spec.path) from None
-
-
-def _check_weights(file: str, key: str, model: ModelConfig) -> None:
-    if isinstance(model.pretrained, str) and not Path(model.pretrained).is_file():
-        raise UserError(f"weights file not found: {model.pretrained}", file=file, key=key)
-
-
-def _suggest(name: Any, names: list[str]) -> str:
-    import difflib
-
-    close = difflib.get_close_matches(str(name), names, n=3, cutoff=0.6)
-    return f"; did you mean {', '.join(close)}?" if close else "; see timm.list_models()"

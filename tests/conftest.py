@@ -60,12 +60,17 @@ def ray_local():
     ray.shutdown()
 
 
-def searched_spec(**search: Any) -> dict[str, Any]:
-    """The tiny spec with a real search space (every arm has something to tune)."""
+def searched_spec(arms: list[str] | None = None, **search: Any) -> dict[str, Any]:
+    """The tiny spec with a real search space (every arm has something to tune); with `arms`, only those
+    arms and the searched keys they use."""
     spec = copy.deepcopy(TINY_SPEC)
     spec["train"]["lr"] = {"loguniform": [0.002, 0.05]}
-    spec["loss"]["kd"]["temperature"] = {"choice": [1.0, 2.0]}
-    spec["loss"]["fakd"]["max_strength"] = {"uniform": [0.5, 2.0]}
+    arms = arms or spec["arms"]
+    if any(arm.startswith("kd") for arm in arms):
+        spec["loss"]["kd"]["temperature"] = {"choice": [1.0, 2.0]}
+    if any(arm.endswith("+fakd") for arm in arms):
+        spec["loss"]["fakd"]["max_strength"] = {"uniform": [0.5, 2.0]}
+    spec["arms"] = list(arms)
     spec["search"] = {"num_samples": 2, "max_concurrent": 2, "seed": 0, **search}
     return spec
 
@@ -78,3 +83,15 @@ def searched_study(tmp_path_factory, ray_local):
     tmp_path = tmp_path_factory.mktemp("study")
     spec = write_spec(tmp_path, searched_spec(retrain_seeds=2))
     return spec, sweep(str(spec), storage=tmp_path / "studies")
+
+
+@pytest.fixture(scope="session")
+def postgres_url():
+    """A SQLAlchemy URL of a fresh database on a throwaway PostgreSQL server (see tests/postgres.py)."""
+    from postgres import MISSING, find_bindir, postgres_server
+
+    bindir = find_bindir()
+    if bindir is None:
+        pytest.skip(MISSING)
+    with postgres_server(bindir) as url:
+        yield url

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from conftest import searched_spec, wait_for, write_spec
 
-from fakd.study import status
+from fakd.results import open_study_dir, read_trials
 
 pytestmark = pytest.mark.ray
 ROOT = Path(__file__).resolve().parents[1]
@@ -80,16 +80,16 @@ def two_node_cluster(tmp_path):
 
 
 def trial_results(study_dir: Path) -> dict[str, list[dict]]:
+    """Each search trial's recorded evaluations (the study's own records, written by the driver)."""
     found = {}
-    for path in study_dir.glob("tune/search-*/run_trial_*/result.json"):
+    for path in study_dir.glob("trials/search/*/results.jsonl"):
         found[path.parent.name] = [json.loads(line) for line in path.read_text().splitlines()]
     return found
 
 
 def test_study_on_two_nodes_survives_losing_one(tmp_path, two_node_cluster):
     address, env, worker = two_node_cluster
-    raw = searched_spec(num_samples=3, max_concurrent=2, scheduler="none", max_failures=3)
-    raw["arms"] = ["kd"]
+    raw = searched_spec(["kd"], num_samples=3, max_concurrent=2, scheduler="none", max_failures=3)
     raw["train"].update(iters=ITERS, eval_every=2)
     spec = write_spec(tmp_path, raw)
     study_dir = tmp_path / "studies" / "tiny"
@@ -101,24 +101,24 @@ def test_study_on_two_nodes_survives_losing_one(tmp_path, two_node_cluster):
     )
 
     def running_on_worker_node() -> bool:
-        return any(rows and rows[-1].get("node_ip") == WORKER_IP and rows[-1]["iteration"] < ITERS
+        return any(rows and rows[-1].get("node") == WORKER_IP and rows[-1]["iteration"] < ITERS
                    for rows in trial_results(study_dir).values())
 
     try:
         wait_for(running_on_worker_node, 240, "a trial running on the worker node")
         on_worker = {name for name, rows in trial_results(study_dir).items()
-                     if rows and rows[-1].get("node_ip") == WORKER_IP and rows[-1]["iteration"] < ITERS}
+                     if rows and rows[-1].get("node") == WORKER_IP and rows[-1]["iteration"] < ITERS}
         kill_node(worker)
         assert driver.wait(timeout=400) == 0, (tmp_path / "driver.log").read_text()[-3000:]
     finally:
         if driver.poll() is None:
             driver.kill()
 
-    records = status(study_dir)
-    assert [r.status for r in records] == ["TERMINATED"] * 3
+    records = read_trials(open_study_dir(study_dir))
+    assert [r.state for r in records] == ["COMPLETE"] * 3
     results = trial_results(study_dir)
     for name in on_worker:
-        nodes = [row["node_ip"] for row in results[name]]
+        nodes = [row["node"] for row in results[name]]
         iterations = [row["iteration"] for row in results[name]]
         assert nodes[-1] == HEAD_IP and iterations[-1] == ITERS, nodes
         assert iterations == sorted(set(iterations)), f"retried from scratch, not from its checkpoint: {iterations}"

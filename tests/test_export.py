@@ -39,10 +39,12 @@ def tree_digest(root) -> str:
 
 
 def retrain_scores(study_root, arm_slug):
+    """seed → final validation mIoU, read straight from the retrain trials' files."""
     scores = {}
-    for result in study_root.glob(f"tune/retrain-{arm_slug}/*/result.json"):
-        rows = [json.loads(line) for line in result.read_text().splitlines()]
-        scores[rows[-1]["config"]["values"]["seed"]] = rows[-1]["val_miou"]
+    for trial in study_root.glob(f"trials/retrain/{arm_slug}-*"):
+        record = json.loads((trial / "trial.json").read_text())
+        rows = [json.loads(line) for line in (trial / "results.jsonl").read_text().splitlines()]
+        scores[record["seed"]] = rows[-1]["val_miou"]
     return scores
 
 
@@ -56,7 +58,7 @@ def test_export_of_a_real_study(searched_study, capsys, tmp_path):
     assert [r["arm"] for r in rows] == ["teacher", "baseline", "kd", "kd+fakd"]
     header = list(rows[0])
     assert header[:6] == ["student", "arm", "n", "miou_mean", "miou_ci_low", "miou_ci_high"]
-    assert "cpu_hours" in header and {"delta_vs_base", "p_value"} <= set(header)
+    assert "cpu_hours" in header and {"delta_vs_base", "p_value", "diverged"} <= set(header)
     assert sum(h.startswith("iou_") for h in header) == 4
 
     by_arm = {r["arm"]: r for r in rows}
@@ -77,3 +79,15 @@ def test_export_of_a_real_study(searched_study, capsys, tmp_path):
     plots = {p.name for p in tmp_path.glob("*.png")}
     assert {"miou_vs_strength.png", "importances.png", "retrain_curves.png"} <= plots
     assert tree_digest(study.root) == before, "export changed the study directory"
+
+
+def test_export_refuses_to_write_into_the_study(searched_study, capsys, tmp_path):
+    _, study = searched_study
+    before = tree_digest(study.root)
+    for out in (study.root / "study.json", study.root / "trials" / "t.md", study.root, tmp_path):
+        assert main(["export", str(study.root), "--out", str(out)]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "--out:" in err, err
+    assert tree_digest(study.root) == before
+    assert main(["export", str(study.root), "--out", str(study.exports / "ablation.md")]) == 0
+    assert (study.exports / "ablation.md").is_file()

@@ -89,7 +89,7 @@ def test_unknown_backbone_suggests_close_names() -> None:
 
 def test_unknown_head_lists_accepted() -> None:
     with pytest.raises(UserError) as info:
-        build_segmenter("resnet18", 3, head="pspnet")
+        build_segmenter("resnet18", 3, head="unet")
     assert info.value.key == "head"
     assert "deeplabv3" in info.value.message and "fcn" in info.value.message
 

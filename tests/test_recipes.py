@@ -1,4 +1,5 @@
-"""The ready-to-run recipes in studies/ validate, and local pretrained weights reach the model."""
+"""The ready-to-run recipes in studies/ validate and pass preflight, and local pretrained weights reach the
+model."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from conftest import TINY_SPEC, write_spec
 from test_datasets import make_ade20k, make_camvid, make_cityscapes, make_voc
 
 from fakd.config import ARMS
+from fakd.preflight import preflight
 from fakd.spec import load_spec
 from fakd.train.teacher import build_model
 
@@ -44,15 +46,18 @@ def test_every_spec_in_studies_validates(path: Path, tmp_path: Path) -> None:
     root = dataset_root(path, tmp_path)
     spec = load_spec(path, [f"data.root={root}"])
     assert spec.defaults.data.root == str(root)
+    facts = preflight(spec)
+    assert facts.num_classes == len(facts.class_names) >= 2
 
 
-def test_a_root_in_the_wrong_layout_is_rejected_by_validation(tmp_path: Path) -> None:
+def test_a_root_in_the_wrong_layout_is_rejected_by_preflight_not_by_loading(tmp_path: Path) -> None:
     from fakd.errors import UserError
 
     make_camvid(tmp_path)
+    spec = load_spec(STUDIES / "cityscapes.yaml", [f"data.root={tmp_path}"])  # loading a spec is pure
     with pytest.raises(UserError, match="data.root") as caught:
-        load_spec(STUDIES / "cityscapes.yaml", [f"data.root={tmp_path}"])
-    assert "leftImg8bit" in str(caught.value)
+        preflight(spec)
+    assert "leftImg8bit" in str(caught.value) and str(STUDIES / "cityscapes.yaml") in str(caught.value)
 
 
 @pytest.mark.parametrize("dataset", RECIPES)

@@ -1,62 +1,131 @@
-"""Studies on a local Ray runtime: every arm searched with Optuna, status, faults, bad input."""
+"""Studies on a local Ray runtime: every arm searched in one Tune experiment with equal budgets, status,
+diverging trials, storages, moved studies, bad input."""
 
+import csv
+import io
 import json
+import os
+import shutil
 import sqlite3
+import subprocess
+import sys
 from pathlib import Path
 
+import optuna
 import pytest
 from conftest import searched_spec, write_spec
 
 from fakd.cli import main
-from fakd.study import status, sweep
+from fakd.results import open_study_dir, read_trials
+from fakd.study import sweep
 
 pytestmark = pytest.mark.ray
+ROOT = Path(__file__).resolve().parents[1]
 
 
-def test_sweep_searches_every_arm_with_equal_budget(searched_study, capsys):
+def optuna_counts(db: Path) -> dict[tuple[str, str], int]:
+    with sqlite3.connect(db) as connection:
+        rows = connection.execute("select s.study_name, t.state, count(*) from trials t join studies s "
+                                  "using (study_id) group by s.study_name, t.state").fetchall()
+    return {(name, state): count for name, state, count in rows}
+
+
+def test_sweep_searches_every_arm_in_one_experiment_with_equal_budget(searched_study, capsys):
     spec, study = searched_study
-    tmp_path = spec.parent
-    assert study.root == (tmp_path / "studies" / "tiny").resolve()
-    records = [r for r in status(study.root) if r.phase == "search"]
-    by_arm = {arm: [r for r in records if r.arm == arm] for arm in ("baseline", "kd", "kd+fakd")}
-    assert {arm: len(rs) for arm, rs in by_arm.items()} == {"baseline": 2, "kd": 2, "kd+fakd": 2}
-    assert all(r.status == "TERMINATED" and r.metric is not None for r in records)
-    assert set(by_arm["baseline"][0].config) == {"train.lr"}
-    assert set(by_arm["kd"][0].config) == {"train.lr", "loss.kd.temperature"}
-    assert set(by_arm["kd+fakd"][0].config) == {"train.lr", "loss.kd.temperature", "loss.fakd.max_strength"}
+    assert study.root == (spec.parent / "studies" / "tiny").resolve()
+    records = read_trials(study, "search")
+    assert sorted(r.arm for r in records) == ["baseline"] * 2 + ["kd"] * 2 + ["kd+fakd"] * 2
+    assert all(r.state in ("COMPLETE", "PRUNED") for r in records)
+    by_arm = {r.arm: r for r in records}
+    assert set(by_arm["baseline"].values) == {"train.lr"}
+    assert set(by_arm["kd"].values) == {"train.lr", "loss.kd.temperature"}
+    assert set(by_arm["kd+fakd"].values) == {"train.lr", "loss.kd.temperature", "loss.fakd.max_strength"}
     assert len(list((study.root / "teachers").glob("*/teacher.pt"))) == 1
 
-    with sqlite3.connect(study.root / "optuna.db") as db:
-        rows = db.execute("select s.study_name, count(*) from trials t join studies s using (study_id) "
-                          "where t.state = 'COMPLETE' group by s.study_name").fetchall()
-    assert dict(rows) == {"tiny/baseline": 2, "tiny/kd": 2, "tiny/kd+fakd": 2}
+    # one Tune experiment held the whole search, and it ran each study trial (no more, no fewer)
+    experiments = sorted(p.name for p in (study.root / "tune").iterdir())
+    assert experiments == ["retrain-1", "search-1"]
+    tune_trials = {p.name.rsplit("-", 1)[0] for p in (study.root / "tune" / "search-1").iterdir() if p.is_dir()}
+    assert tune_trials == {r.key.split("/")[-1] for r in records}
+
+    counts = optuna_counts(study.root / "optuna.db")
+    for arm in ("baseline", "kd", "kd+fakd"):
+        mine = [r for r in records if r.arm == arm]
+        assert sum(n for (name, _), n in counts.items() if name == f"tiny/{arm}") == 2
+        assert counts.get((f"tiny/{arm}", "COMPLETE"), 0) == sum(r.state == "COMPLETE" for r in mine)
+        assert counts.get((f"tiny/{arm}", "PRUNED"), 0) == sum(r.state == "PRUNED" for r in mine)
 
     capsys.readouterr()
     assert main(["status", str(study.root), "--json"]) == 0
     listed = [item for item in json.loads(capsys.readouterr().out) if item["phase"] == "search"]
     assert len(listed) == 6
-    assert {"trial_id", "arm", "status", "config", "metric", "iterations"} <= set(listed[0])
-    assert all(item["iterations"] == 4 for item in listed)
+    assert {"trial", "arm", "status", "config", "metric", "iterations"} <= set(listed[0])
+    assert all(item["iterations"] == 4 for item in listed if item["status"] == "COMPLETE")
 
-    assert main(["sweep", str(spec), "--storage", str(tmp_path / "studies")]) == 2
+    assert main(["sweep", str(spec), "--storage", str(spec.parent / "studies")]) == 2
     assert "resume it with" in capsys.readouterr().err
 
 
-def test_non_finite_loss_errors_the_trial_and_the_study_completes(tmp_path, ray_local, capsys):
-    raw = searched_spec(num_samples=1, max_failures=0)
+def test_a_moved_study_is_read_without_its_data_its_spec_or_ray(searched_study, tmp_path):
+    """status, status --json and export (all formats) from a copy at another path, the original spec gone,
+    in a fresh process that never imports Ray; the copy is unchanged."""
+    _, study = searched_study
+    moved = tmp_path / "elsewhere" / "renamed"
+    shutil.copytree(study.root, moved)
+    meta = json.loads((moved / "study.json").read_text())
+    (moved / "study.json").write_text(json.dumps({**meta, "spec_source": "/gone/spec.yaml"}))  # never read
+    before = tree_digest(moved)
+    out = tmp_path / "exports"
+    script = (
+        "import sys\n"
+        "from fakd.cli import main\n"
+        f"codes = [main(['status', {str(moved)!r}]), main(['status', {str(moved)!r}, '--json'])]\n"
+        f"codes += [main(['export', {str(moved)!r}, '--format', f, '--out', {str(out)!r} + '/t.' + f])"
+        " for f in ('md', 'csv', 'latex', 'html')]\n"
+        "assert codes == [0] * 6, codes\n"
+        "assert 'ray' not in sys.modules, 'status/export imported Ray'\n"
+        "assert 'torch' not in sys.modules, 'status/export imported torch'\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    result = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "kd+fakd" in (out / "t.md").read_text()
+    assert tree_digest(moved) == before, "reading a study changed it"
+
+
+def tree_digest(root: Path) -> str:
+    import hashlib
+
+    digest = hashlib.sha256()
+    for path in sorted(p for p in root.rglob("*") if p.is_file()):
+        digest.update(str(path.relative_to(root)).encode() + path.read_bytes())
+    return digest.hexdigest()
+
+
+def test_a_diverging_trial_fails_once_and_its_arm_is_named(tmp_path, ray_local, capsys):
+    raw = searched_spec(["baseline"], num_samples=1, max_failures=2, retrain_seeds=1)
     raw["train"]["lr"] = 1.0e12
     raw["teacher"]["lr"] = 0.01
-    raw["arms"] = ["baseline"]
-    study = sweep(str(write_spec(tmp_path, raw)), storage=tmp_path)
-    (record,) = status(study.root)
-    assert record.status == "ERROR"
-    out = capsys.readouterr().out
-    assert "errored" in out and "NonFiniteLossError" in out
-    assert (study.root / "study.json").is_file() and "search_finished" in json.loads(
-        (study.root / "study.json").read_text())
+    spec = write_spec(tmp_path, raw)
+    assert main(["sweep", str(spec), "--storage", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "arms.baseline: no search trial of baseline finished" in err
+    assert "1 diverged" in err
+    (record,) = read_trials(open_study_dir(tmp_path / "tiny"))
+    assert (record.state, record.reason) == ("FAILED", "diverged") and "non-finite loss" in record.error
+    # the same seed would diverge again: it was not retried (one Tune trial, one start)
+    runs = [p for p in (tmp_path / "tiny" / "tune" / "search-1").iterdir() if p.is_dir()]
+    rows = [json.loads(line) for line in (runs[0] / "result.json").read_text().splitlines()]
+    assert len(runs) == 1 and [row["iteration"] for row in rows] == [r["iteration"] for r in record.results]
+    assert rows[-1]["diverged"] is True and [row.get("diverged") for row in rows[:-1]] == [None] * (len(rows) - 1)
+    assert optuna_counts(tmp_path / "tiny" / "optuna.db") == {("tiny/baseline", "FAIL"): 1}
+    assert main(["export", str(tmp_path / "tiny"), "--format", "csv"]) == 0
+    rows = list(csv.DictReader(io.StringIO(capsys.readouterr().out)))
+    baseline = next(row for row in rows if row["arm"] == "baseline")
+    assert baseline["n"] == "0" and float(baseline["diverged"]) == 1
 
 
-def test_bad_input_creates_no_study_directory(tmp_path, capsys):
+def test_bad_input_creates_nothing(tmp_path, capsys):
     spec = write_spec(tmp_path, searched_spec())
     storage = tmp_path / "studies"
     cases = {
@@ -74,17 +143,43 @@ def test_bad_input_creates_no_study_directory(tmp_path, capsys):
         "arms=[]": "arms",
         "search.objectives=[params]": "search.objectives",
         "search.scheduler=pbt": "search.scheduler",
+        "search.metric=not_a_metric": "search.metric",
+        "search.storage=nosuchdb://x/y": "search.storage",
+        "search.storage=postgresql+psycopg://nobody@127.0.0.1:9/none": "search.storage",  # unreachable server
+        "search.generation_size=2": "search.generation_size",  # no effect without reproducible
+        "search.reproducible=maybe": "search.reproducible",
+        "search.selection_repeats=0": "search.selection_repeats",
         "teacher.pretrained=/no/such/weights.pth": "teacher.pretrained",
+        "teacher.checkpoint=/no/such/teacher.pt": "teacher.checkpoint",
         "loss.fakd.covariance=lowrank": "loss.fakd.covariance",
+        "student.head=unet": "student.head",
+        "arms=[baseline]": "loss.kd.temperature",  # searched, but no arm uses it
     }
     for override, key in cases.items():
         assert main(["sweep", str(spec), "--storage", str(storage), "--set", override]) == 2, override
         err = capsys.readouterr().err
         assert err.count("\n") == 1 and f"{spec}: {key}:" in err, (override, err)
+    label_row = ["--set", "arms=[kd+fakd, cwd+fakd]", "--set", "loss.fakd.form=label_row"]
+    assert main(["sweep", str(spec), "--storage", str(storage), *label_row]) == 2
+    assert "loss.fakd.form: label_row has no effect on the cwd+fakd arm" in capsys.readouterr().err
     assert main(["sweep", str(spec), "--storage", str(storage), "--set", "data.name=camvid",
                  "--set", f"data.root={tmp_path / 'missing'}"]) == 2
     assert "data root does not exist" in capsys.readouterr().err
-    assert not storage.exists()
+    for name in ("../escape", str(tmp_path / "abs"), ".hidden", "a/b"):
+        assert main(["sweep", str(spec), "--storage", str(storage), "--name", name]) == 2
+        assert "--name:" in capsys.readouterr().err
+    afile = tmp_path / "afile"
+    afile.write_text("keep")
+    for bad in (afile, afile / "below"):
+        assert main(["sweep", str(spec), "--storage", str(bad)]) == 2
+        assert "--storage:" in capsys.readouterr().err
+    garbage = tmp_path / "garbage.pt"
+    garbage.write_bytes(b"not a checkpoint at all")
+    assert main(["sweep", str(spec), "--storage", str(storage), "--teacher", str(garbage)]) == 2
+    err = capsys.readouterr().err
+    assert str(garbage) in err and err.count("\n") == 1
+    assert not storage.exists() and not (tmp_path / "escape").exists() and not (tmp_path / "abs").exists()
+    assert afile.read_text() == "keep"
 
 
 def test_resume_refuses_a_directory_that_is_not_a_study(tmp_path, capsys):
@@ -100,20 +195,38 @@ def test_status_of_a_missing_directory(tmp_path, capsys):
 
 
 def test_multi_objective_study_stores_its_pareto_front_and_retrains_each_student(tmp_path, ray_local, capsys):
-    raw = searched_spec(num_samples=3, objectives=["miou", "params"], retrain_seeds=1, scheduler="none")
-    raw["arms"] = ["kd"]
+    raw = searched_spec(["kd"], num_samples=3, objectives=["miou", "params"], retrain_seeds=1, scheduler="none",
+                        storage="journal")
     raw["student"]["backbone"] = {"choice": ["test_efficientnet", "test_resnet"]}
     study = sweep(str(write_spec(tmp_path, raw)), storage=tmp_path)
-    records = status(study.root)
-    searched = {r.config["student.backbone"] for r in records if r.phase == "search"}
-    retrained = {r.config["student.backbone"] for r in records if r.phase == "retrain"}
+    records = read_trials(study)
+    searched = {r.student for r in records if r.phase == "search" and r.state == "COMPLETE"}
+    retrained = {r.student for r in records if r.phase == "retrain"}
     assert retrained == searched
     front = json.loads((study.root / "pareto.json").read_text())
-    assert front and all({"trial_id", "val_miou", "params", "config"} <= set(p) for p in front)
+    assert front and all({"trial", "val_miou", "params", "config"} <= set(p) for p in front)
     params = [p["params"] for p in front]
     mious = [p["val_miou"] for p in front]
     assert params == sorted(params) and mious == sorted(mious), "a front sorted by size must gain mIoU"
+    from optuna.storages.journal import JournalFileBackend
+
+    journal = optuna.storages.JournalStorage(JournalFileBackend(str(study.root / "optuna.journal")))
+    (trials_study,) = [s for s in optuna.get_all_study_summaries(journal)]
+    assert trials_study.study_name == "tiny/kd" and trials_study.n_trials == 3
     capsys.readouterr()
     assert main(["export", str(study.root), "--format", "csv"]) == 0
     students = {line.split(",")[0] for line in capsys.readouterr().out.splitlines()[2:] if line}
     assert students == searched
+
+
+def test_a_study_on_postgresql(tmp_path, ray_local, postgres_url):
+    raw = searched_spec(["baseline", "kd"], num_samples=2, scheduler="none", storage=postgres_url)
+    study = sweep(str(write_spec(tmp_path, raw)), storage=tmp_path)
+    prefix = json.loads((study.root / "study.json").read_text())["optuna_prefix"]
+    assert prefix.startswith("tiny-")  # a shared database holds other studies: names of its own
+    storage = optuna.storages.RDBStorage(postgres_url)
+    for arm in ("baseline", "kd"):
+        trials = optuna.load_study(study_name=f"{prefix}/{arm}", storage=storage).trials
+        assert [t.state.name for t in trials] == ["COMPLETE", "COMPLETE"]
+        assert all(t.intermediate_values for t in trials)
+    assert not (study.root / "optuna.db").exists()

@@ -1,7 +1,10 @@
-"""Kill the sweep driver with SIGKILL mid-study, then `launch.py resume` finishes the study."""
+"""Stopping a study driver in every way a user does, then resuming: SIGKILL, SIGINT (Ctrl-C), SIGTERM, a
+copy resumed beside its original, and two drivers on one study."""
 
+import hashlib
 import json
 import os
+import shutil
 import signal
 import sqlite3
 import subprocess
@@ -12,82 +15,192 @@ from pathlib import Path
 import pytest
 from conftest import searched_spec, wait_for, write_spec
 
-from fakd.study import resume, status
+from fakd.cli import main
+from fakd.results import open_study_dir, read_trials
+from fakd.study import resume
 
 pytestmark = pytest.mark.ray
 ROOT = Path(__file__).resolve().parents[1]
 ITERS = 16
 
 
-def is_finished(rows: list[dict]) -> bool:
-    return bool(rows) and rows[-1]["iteration"] == ITERS
-
-
 def results(trial_dir: Path) -> list[dict]:
-    path = trial_dir / "result.json"
+    path = trial_dir / "results.jsonl"
     return [json.loads(line) for line in path.read_text().splitlines()] if path.is_file() else []
 
 
-def test_sigkill_driver_then_resume_finishes_without_rerunning(tmp_path, ray_local):
-    raw = searched_spec(num_samples=3, max_concurrent=1, scheduler="none")
-    raw["arms"] = ["baseline", "kd"]
+def state(trial_dir: Path) -> str | None:
+    path = trial_dir / "trial.json"
+    return json.loads(path.read_text())["state"] if path.is_file() else None
+
+
+def finished_and_running(study_dir: Path) -> bool:
+    trials = list((study_dir / "trials" / "search").glob("*"))
+    done = [t for t in trials if state(t) == "COMPLETE"]
+    running = [t for t in trials if state(t) == "RUNNING" and len(results(t)) >= 1]
+    return len(done) >= 1 and len(running) >= 1
+
+
+def start_driver(args: list[str], log: Path) -> subprocess.Popen:
+    """`launch.py ARGS` in a process group of its own, like a command typed in a terminal."""
+    return subprocess.Popen([sys.executable, str(ROOT / "launch.py"), *args], cwd=ROOT,
+                            env={**os.environ, "PYTHONUNBUFFERED": "1"}, stdout=open(log, "w"),
+                            stderr=subprocess.STDOUT, start_new_session=True)
+
+
+def optuna_counts(db: Path) -> dict[tuple[str, str], int]:
+    with sqlite3.connect(db) as connection:
+        rows = connection.execute("select s.study_name, t.state, count(*) from trials t join studies s "
+                                  "using (study_id) group by s.study_name, t.state").fetchall()
+    return {(name, state): count for name, state, count in rows}
+
+
+def tree_digest(root: Path) -> str:
+    digest = hashlib.sha256()
+    for path in sorted(p for p in root.rglob("*") if p.is_file() or p.is_symlink()):
+        digest.update(str(path.relative_to(root)).encode())
+        digest.update(path.read_bytes() if path.is_file() else os.readlink(path).encode())
+    return digest.hexdigest()
+
+
+def study_spec(tmp_path: Path, **search) -> Path:
+    raw = searched_spec(["baseline", "kd"], num_samples=3, max_concurrent=1, scheduler="none", **search)
+    raw["train"].update(iters=ITERS, eval_every=2)
+    return write_spec(tmp_path, raw)
+
+
+def assert_exact_budget(study_dir: Path, per_arm: int = 3) -> None:
+    """Every arm has exactly its budget of finished trials, each trial ran from start to end once."""
+    records = read_trials(open_study_dir(study_dir), "search")
+    assert sorted((r.arm, r.state) for r in records) == [("baseline", "COMPLETE")] * per_arm + [
+        ("kd", "COMPLETE")] * per_arm
+    for record in records:
+        iterations = [row["iteration"] for row in results(study_dir / "trials" / record.key)]
+        assert iterations == list(range(2, ITERS + 1, 2)), (record.key, iterations)
+    counts = optuna_counts(study_dir / "optuna.db")
+    assert counts == {("tiny/baseline", "COMPLETE"): per_arm, ("tiny/kd", "COMPLETE"): per_arm}
+
+
+@pytest.fixture(scope="module")
+def interrupted(tmp_path_factory):
+    """A study stopped by Ctrl-C (SIGINT to the driver's process group) in the middle of its search."""
+    tmp_path = tmp_path_factory.mktemp("interrupted")
+    spec = study_spec(tmp_path)
+    study_dir = tmp_path / "studies" / "tiny"
+    log = tmp_path / "driver.log"
+    driver = start_driver(["sweep", str(spec), "--storage", str(tmp_path / "studies")], log)
+    try:
+        wait_for(lambda: finished_and_running(study_dir), 300, "one finished and one running trial")
+        os.killpg(driver.pid, signal.SIGINT)
+        code = driver.wait(timeout=120)
+    finally:
+        if driver.poll() is None:
+            os.killpg(driver.pid, signal.SIGKILL)
+    return study_dir, code, log.read_text()
+
+
+def test_sigint_stops_cleanly_and_resume_completes_exactly_the_budget(interrupted, tmp_path):
+    original, code, output = interrupted
+    assert code == 130, output[-3000:]
+    last = output.strip().splitlines()[-1]
+    assert last == f"stopped by SIGINT; resume with: python launch.py resume {original}", output[-2000:]
+    study_dir = tmp_path / "tiny"
+    shutil.copytree(original, study_dir, symlinks=True)
+    records = read_trials(open_study_dir(study_dir), "search")
+    assert any(r.state == "RUNNING" for r in records), "the running trial was not left to resume"
+    assert len(records) < 6 or any(r.state != "COMPLETE" for r in records)
+    assert "search_finished" not in json.loads((study_dir / "study.json").read_text())
+    before = {r.key: results(study_dir / "trials" / r.key) for r in records if r.state == "COMPLETE"}
+
+    resume(study_dir)
+
+    assert_exact_budget(study_dir)
+    for key, rows in before.items():
+        assert results(study_dir / "trials" / key) == rows, f"finished trial {key} ran again"
+
+
+def test_a_copy_resumes_into_itself_and_leaves_the_original_unchanged(interrupted, tmp_path):
+    original = interrupted[0]
+    before = tree_digest(original)
+    copy = tmp_path / "copy"
+    subprocess.run(["cp", "-a", str(original), str(copy)], check=True)
+    driver = start_driver(["resume", str(copy)], tmp_path / "resume.log")
+    assert driver.wait(timeout=400) == 0, (tmp_path / "resume.log").read_text()[-3000:]
+    assert_exact_budget(copy)
+    assert tree_digest(original) == before, "resuming a copy wrote into the original"
+    moved = tmp_path / "moved"
+    shutil.move(str(copy), moved)
+    assert main(["status", str(moved)]) == 0  # a moved study still reads
+
+
+def test_a_second_driver_is_refused_naming_the_first(interrupted, tmp_path, capsys):
+    study_dir = tmp_path / "study"
+    shutil.copytree(interrupted[0], study_dir, symlinks=True)
+    first = start_driver(["resume", str(study_dir)], tmp_path / "first.log")
+    try:
+        wait_for(lambda: (study_dir / ".lock").is_file() and (study_dir / ".lock").read_text().strip(), 120,
+                 "the first driver to hold the study")
+        started = time.monotonic()
+        assert main(["resume", str(study_dir)]) == 2
+        err = capsys.readouterr().err
+        assert time.monotonic() - started < 30, "the second driver waited instead of refusing"
+        assert err.count("\n") == 1 and f"PID {first.pid}" in err and "launch.py resume" in err
+        for command in (["status", str(study_dir)], ["export", str(study_dir), "--format", "csv"]):
+            assert main(command) == 0  # readers never wait for the lock
+        assert main(["retrain", str(study_dir), "--seeds", "1"]) == 2
+        assert f"PID {first.pid}" in capsys.readouterr().err
+        assert first.wait(timeout=400) == 0, (tmp_path / "first.log").read_text()[-3000:]
+    finally:
+        if first.poll() is None:
+            os.killpg(first.pid, signal.SIGKILL)
+    assert_exact_budget(study_dir)
+    assert not (study_dir / ".lock").read_text().strip(), "the lock file still names a holder"
+
+
+def test_sigterm_and_sigkill_then_resume_reruns_no_finished_trial(tmp_path, ray_local):
+    raw = searched_spec(["baseline", "kd"], num_samples=3, max_concurrent=1, scheduler="none")
     raw["tracking"] = {"wandb": True, "project": "fakd-test"}
     raw["train"].update(iters=ITERS, eval_every=2)
     spec = write_spec(tmp_path, raw)
     study_dir = tmp_path / "studies" / "tiny"
-    experiment = study_dir / "tune" / "search-baseline"
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    log = open(tmp_path / "driver.log", "w")
-    driver = subprocess.Popen(
-        [sys.executable, str(ROOT / "launch.py"), "sweep", str(spec), "--storage", str(tmp_path / "studies")],
-        cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-    )
-
-    def finished_and_running() -> bool:
-        trials = sorted(experiment.glob("run_trial_*"))
-        done = [t for t in trials if is_finished(results(t))]
-        running = [t for t in trials if t not in done and len(results(t)) >= 1]
-        return len(done) >= 1 and len(running) >= 1
-
-    try:
-        wait_for(finished_and_running, 240, "one finished and one checkpointed running trial")
-    finally:
-        driver.send_signal(signal.SIGKILL)
-        driver.wait()
-        log.close()
+    finished_in_first_driver: set[str] = set()
+    for signum, expected in ((signal.SIGTERM, 143), (signal.SIGKILL, -signal.SIGKILL)):
+        args = ["sweep", str(spec), "--storage", str(tmp_path / "studies")] if signum == signal.SIGTERM else [
+            "resume", str(study_dir)]
+        driver = start_driver(args, tmp_path / f"driver-{signum}.log")
+        try:
+            done = sum(state(t) == "COMPLETE" for t in (study_dir / "trials" / "search").glob("*"))
+            wait_for(lambda d=done: finished_and_running(study_dir) and sum(
+                state(t) == "COMPLETE" for t in (study_dir / "trials" / "search").glob("*")) > d, 300,
+                "another finished trial and a running one")
+            os.kill(driver.pid, signum)
+            assert driver.wait(timeout=120) == expected, (tmp_path / f"driver-{signum}.log").read_text()[-3000:]
+        finally:
+            if driver.poll() is None:
+                os.killpg(driver.pid, signal.SIGKILL)
+        if not finished_in_first_driver:
+            finished_in_first_driver = {t.name for t in (study_dir / "trials" / "search").glob("*")
+                                        if state(t) == "COMPLETE"}
     time.sleep(3)  # let Ray notice the dead driver
-    before = {t.name: results(t) for t in experiment.glob("run_trial_*")}
-    finished = {name for name, rs in before.items() if is_finished(rs)}
-    interrupted = {name for name, rs in before.items() if rs and name not in finished}
-    assert finished and interrupted
+    before = {t.name: results(t) for t in (study_dir / "trials" / "search").glob("*") if state(t) == "COMPLETE"}
+    interrupted = {t.name for t in (study_dir / "trials" / "search").glob("*") if state(t) == "RUNNING"}
+    assert before and interrupted
 
     resume(study_dir)
 
-    records = status(study_dir)
-    assert sorted((r.arm, r.status) for r in records) == [("baseline", "TERMINATED")] * 3 + [("kd", "TERMINATED")] * 3
-    after = {t.name: results(t) for t in experiment.glob("run_trial_*")}
-    for name in finished:
-        assert after[name] == before[name], f"finished trial {name} ran again"
-    for name in interrupted:
-        iterations = [r["iteration"] for r in after[name]]
-        assert iterations == sorted(set(iterations)), f"{name} restarted from scratch: {iterations}"
-        assert iterations[0] == 2 and iterations[-1] == ITERS
-    # W&B (offline): one run per trial, never a second one for a trial that had finished before the kill,
-    # and each run file holds the trial's metrics
+    assert_exact_budget(study_dir)
+    for name, rows in before.items():
+        assert results(study_dir / "trials" / "search" / name) == rows, f"finished trial {name} ran again"
+    # W&B (offline): one run per trial and driver that ran it, never a second one for a trial that had
+    # finished before a stop, and each run file holds the trial's metrics
     runs: dict[str, list[Path]] = {}
     for run_dir in (study_dir / "wandb").glob("offline-run-*"):
         runs.setdefault(run_dir.name.split("-tiny-")[-1], []).append(run_dir)
-    trial_ids = {r.trial_id for r in records}
-    assert trial_ids <= set(runs)
-    for name in finished:
-        trial_id = next(t for t in trial_ids if t in name)
-        assert len(runs[trial_id]) == 1, f"finished trial {trial_id} has {len(runs[trial_id])} W&B runs"
-    for name, rows in after.items():
-        trial_id = next(t for t in trial_ids if t in name)
-        data = b"".join(p.read_bytes() for d in runs[trial_id] for p in d.glob("*.wandb"))
-        assert b"val_miou" in data and repr(rows[-1]["val_miou"]).encode() in data
+    for record in read_trials(open_study_dir(study_dir), "search"):
+        run_id = record.key.replace("/", "_")
+        assert run_id in runs, (run_id, sorted(runs))
+        if record.key.split("/")[-1] in finished_in_first_driver:
+            assert len(runs[run_id]) == 1, f"finished trial {record.key} has {len(runs[run_id])} W&B runs"
+        data = b"".join(p.read_bytes() for d in runs[run_id] for p in d.glob("*.wandb"))
+        assert b"val_miou" in data and repr(record.last["val_miou"]).encode() in data
         assert all(key in data for key in (b"teacher_id", b"git_commit", b"seed", b"student", b"arm"))
-    with sqlite3.connect(study_dir / "optuna.db") as db:
-        counts = dict(db.execute("select s.study_name, count(*) from trials t join studies s using (study_id) "
-                                 "where t.state = 'COMPLETE' group by s.study_name").fetchall())
-    assert counts == {"tiny/baseline": 3, "tiny/kd": 3}

@@ -117,9 +117,13 @@ def test_launch_train_end_to_end(tmp_path, capsys):
     assert main(["train", str(spec), "--out", str(tmp_path / "out"), "--arm", "kd+fakd"]) == 0
     out = capsys.readouterr().out
     assert "teacher test_resnet: val mIoU" in out and "student test_efficientnet (kd+fakd): val mIoU" in out
+    assert "already holds this finished run" not in out
     assert latest_checkpoint(tmp_path / "out" / "student" / "checkpoints").name == "iter_0000004"
-    # running it again resumes from the finished checkpoint instead of training again
+    # running it again reuses the finished run instead of training again, and says so
     assert main(["train", str(spec), "--out", str(tmp_path / "out"), "--arm", "kd+fakd"]) == 0
+    again = capsys.readouterr().out
+    assert "already holds this finished run: its results are shown, nothing was trained" in again
+    assert again.splitlines()[-1] == out.splitlines()[-1]
     # another configuration never resumes from (or overwrites) these checkpoints
     assert main(["train", str(spec), "--out", str(tmp_path / "out"), "--arm", "kd"]) == 2
     assert "holds a run with another configuration" in capsys.readouterr().err

@@ -12,15 +12,15 @@ from fakd.data.cityscapes import Cityscapes
 from fakd.data.synthetic import SyntheticSegmentation
 from fakd.data.voc import VOC
 from fakd.errors import UserError
+from fakd.vocab import DATASETS
 
-DATASETS = ("synthetic", "cityscapes", "voc", "ade20k", "camvid")
 SYNTHETIC_OPTIONS = ("num_classes", "image_size", "length", "seed")
 # dataset on disk -> (class, the options it accepts besides root and split)
 ON_DISK: dict[str, tuple[Callable[..., SegmentationDataset], tuple[str, ...]]] = {
-    "cityscapes": (Cityscapes, ()),
-    "voc": (VOC, ("use_sbd",)),
-    "ade20k": (ADE20K, ()),
-    "camvid": (CamVid, ()),
+    "cityscapes": (Cityscapes, ("unknown_labels",)),
+    "voc": (VOC, ("use_sbd", "unknown_labels")),
+    "ade20k": (ADE20K, ("unknown_labels",)),
+    "camvid": (CamVid, ("unknown_labels",)),
 }
 
 

@@ -26,13 +26,14 @@ CLASS_NAMES = [
     "screen", "blanket", "sculpture", "hood", "sconce", "vase", "traffic light", "tray", "ashcan", "fan", "pier",
     "crt screen", "plate", "monitor", "bulletin board", "shower", "radiator", "glass", "clock", "flag",
 ]
-LABEL_TABLE = lookup_table({k: k - 1 for k in range(1, len(CLASS_NAMES) + 1)})  # 0 and > 150 → ignore
+# 0 ("other") → ignore; 151..255: unknown
+LABEL_TABLE = lookup_table({k: k - 1 for k in range(1, len(CLASS_NAMES) + 1)}, ignored=(0,))
 
 
 class ADE20K(FileSegmentation):
     """Every `images/<folder>/*.jpg` of a split with `annotations/<folder>/<same name>.png`, sorted by name."""
 
-    def __init__(self, root: str | Path | None, split: str = "train") -> None:
+    def __init__(self, root: str | Path | None, split: str = "train", unknown_labels: str = "error") -> None:
         check_split("ade20k", split, tuple(SPLIT_DIRS))
         folder = SPLIT_DIRS[split]
         layout = LAYOUT.format(folder=folder)
@@ -41,7 +42,6 @@ class ADE20K(FileSegmentation):
         if not images:
             raise layout_error("ade20k", base, split, layout, "0 images")
         labels = base / "annotations" / folder
-        super().__init__(
-            pair_labels("ade20k", images, lambda image: labels / f"{image.stem}.png"), LABEL_TABLE, CLASS_NAMES
-        )
+        pairs = pair_labels("ade20k", images, lambda image: labels / f"{image.stem}.png")
+        super().__init__(pairs, LABEL_TABLE, CLASS_NAMES, dataset="ade20k", unknown_labels=unknown_labels)
         self.root, self.split = base, split

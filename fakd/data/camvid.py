@@ -11,13 +11,14 @@ LAYOUT = "root/{split}/*.png with labels root/{split}annot/*.png"
 CLASS_NAMES = [
     "Sky", "Building", "Pole", "Road", "Pavement", "Tree", "SignSymbol", "Fence", "Car", "Pedestrian", "Bicyclist",
 ]
-LABEL_TABLE = lookup_table({k: k for k in range(len(CLASS_NAMES))})  # 11 (void) and above → ignore
+VOID = 11
+LABEL_TABLE = lookup_table({k: k for k in range(len(CLASS_NAMES))}, ignored=(VOID,))  # 12..255: unknown
 
 
 class CamVid(FileSegmentation):
     """Every `<split>/*.png` with `<split>annot/<same name>`, sorted by name."""
 
-    def __init__(self, root: str | Path | None, split: str = "train") -> None:
+    def __init__(self, root: str | Path | None, split: str = "train", unknown_labels: str = "error") -> None:
         check_split("camvid", split, SPLITS)
         layout = LAYOUT.format(split=split)
         base = check_root("camvid", root, layout)
@@ -25,5 +26,6 @@ class CamVid(FileSegmentation):
         if not images:
             raise layout_error("camvid", base, split, layout, "0 images")
         labels = base / f"{split}annot"
-        super().__init__(pair_labels("camvid", images, lambda image: labels / image.name), LABEL_TABLE, CLASS_NAMES)
+        pairs = pair_labels("camvid", images, lambda image: labels / image.name)
+        super().__init__(pairs, LABEL_TABLE, CLASS_NAMES, dataset="camvid", unknown_labels=unknown_labels)
         self.root, self.split = base, split

@@ -19,13 +19,16 @@ TRAIN_CLASSES: tuple[tuple[int, str], ...] = (
     (32, "motorcycle"), (33, "bicycle"),
 )
 CLASS_NAMES = [name for _, name in TRAIN_CLASSES]
-LABEL_TABLE = lookup_table({label_id: train_id for train_id, (label_id, _) in enumerate(TRAIN_CLASSES)})
+NUM_LABEL_IDS = 34  # labelIds 0..33; the ids that are not training classes are ignored, 34..255 are unknown
+LABEL_TABLE = lookup_table(
+    {label_id: train_id for train_id, (label_id, _) in enumerate(TRAIN_CLASSES)}, ignored=range(NUM_LABEL_IDS)
+)
 
 
 class Cityscapes(FileSegmentation):
     """Every `*_leftImg8bit.png` of a split with its `*_gtFine_labelIds.png`, sorted by city and name."""
 
-    def __init__(self, root: str | Path | None, split: str = "train") -> None:
+    def __init__(self, root: str | Path | None, split: str = "train", unknown_labels: str = "error") -> None:
         check_split("cityscapes", split, SPLITS)
         layout = LAYOUT.format(split=split)
         base = check_root("cityscapes", root, layout)
@@ -37,5 +40,6 @@ class Cityscapes(FileSegmentation):
         def label_of(image: Path) -> Path:
             return labels / image.parent.name / (image.name.removesuffix(IMAGE_SUFFIX) + LABEL_SUFFIX)
 
-        super().__init__(pair_labels("cityscapes", images, label_of), LABEL_TABLE, CLASS_NAMES)
+        pairs = pair_labels("cityscapes", images, label_of)
+        super().__init__(pairs, LABEL_TABLE, CLASS_NAMES, dataset="cityscapes", unknown_labels=unknown_labels)
         self.root, self.split = base, split

@@ -21,7 +21,8 @@ CLASS_NAMES = [
     "background", "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
     "diningtable", "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa", "train", "tvmonitor",
 ]
-LABEL_TABLE = lookup_table({k: k for k in range(NUM_CLASSES)})  # 255 (object boundaries) and 21..254 → ignore
+BOUNDARY = 255  # object boundaries and difficult regions: ignored; 21..254 are unknown
+LABEL_TABLE = lookup_table({k: k for k in range(NUM_CLASSES)}, ignored=(BOUNDARY,))
 LAYOUT = (
     "root/JPEGImages/<id>.jpg, root/SegmentationClass/<id>.png (palette PNG) and "
     "root/ImageSets/Segmentation/{split}.txt"
@@ -37,7 +38,9 @@ class VOC(FileSegmentation):
     are used instead when present (both or neither: one without the other is an error).
     """
 
-    def __init__(self, root: str | Path | None, split: str = "train", use_sbd: bool = True) -> None:
+    def __init__(
+        self, root: str | Path | None, split: str = "train", use_sbd: bool = True, unknown_labels: str = "error"
+    ) -> None:
         check_split("voc", split, SPLITS)
         layout = LAYOUT.format(split=split)
         base = check_root("voc", root, layout)
@@ -58,7 +61,7 @@ class VOC(FileSegmentation):
         if missing is not None:
             raise UserError(f"{list_file} lists {missing.stem!r} but {missing} does not exist", key="data.root")
         pairs = pair_labels("voc", images, lambda image: labels / f"{image.stem}.png")
-        super().__init__(pairs, LABEL_TABLE, CLASS_NAMES)
+        super().__init__(pairs, LABEL_TABLE, CLASS_NAMES, dataset="voc", unknown_labels=unknown_labels)
         self.root, self.split, self.list_file = base, split, list_file
 
 

@@ -1,4 +1,7 @@
-"""PNG plots of a study: mIoU vs FAKD strength, hyperparameter importances, Pareto front, retrain curves."""
+"""PNG plots of a study: mIoU vs FAKD strength, hyperparameter importances, Pareto front, retrain curves.
+
+Everything comes from the study's trial records: no Optuna storage, data or Ray is opened.
+"""
 
 from __future__ import annotations
 
@@ -12,10 +15,10 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from fakd.export.pareto import pareto_front  # noqa: E402
+from fakd.results import TrialRecord, pareto_front  # noqa: E402
+from fakd.results.space import arm_space  # noqa: E402
 from fakd.spec import StudySpec  # noqa: E402
-from fakd.study.layout import StudyDir  # noqa: E402
-from fakd.study.status import TrialRecord  # noqa: E402
+from fakd.vocab import ARM_TABLE  # noqa: E402
 
 STRENGTH_KEY = "loss.fakd.max_strength"
 
@@ -28,61 +31,67 @@ def _save(figure: plt.Figure, path: Path) -> Path:
 
 
 def strength_plot(records: list[TrialRecord], out: Path) -> Path | None:
-    """Held-out mIoU of every finished search trial against its FAKD strength, one series per arm."""
+    """Held-out mIoU of every finished search trial against its FAKD strength, one marker colour per arm."""
     points = defaultdict(list)
     for r in records:
-        if r.phase == "search" and r.final_metric is not None and STRENGTH_KEY in r.config:
-            points[r.arm].append((float(r.config[STRENGTH_KEY]), r.final_metric))
+        if r.phase == "search" and r.final_miou is not None and STRENGTH_KEY in r.values:
+            points[r.arm].append((float(r.values[STRENGTH_KEY]), r.final_miou))
     if not points:
         return None
     figure, axis = plt.subplots(figsize=(5, 3.5))
     for arm, values in sorted(points.items()):
         x, y = zip(*sorted(values), strict=True)
-        axis.plot(x, y, "o-", label=arm)
+        axis.scatter(x, y, label=arm, s=22)
     axis.set(xlabel="FAKD max strength λ", ylabel="held-out mIoU", title="mIoU vs FAKD strength")
     axis.legend()
     return _save(figure, out / "miou_vs_strength.png")
 
 
-def importance_plot(spec: StudySpec, study: StudyDir, out: Path) -> tuple[Path | None, str | None]:
-    """Optuna's hyperparameter importances per arm (needs a few finished trials with varied values)."""
+def importances(spec: StudySpec, records: list[TrialRecord], arm: str) -> dict[str, float]:
+    """fANOVA importances of the arm's searched keys for held-out mIoU (finished search trials)."""
     import optuna
 
-    if not spec.settings.search.storage and not (study.root / "optuna.db").is_file():
-        return None, "no importances: the study searched nothing (no Optuna storage)"
-    url = spec.settings.search.storage or study.optuna_url()
-    storage = optuna.storages.RDBStorage(url, skip_table_creation=True)
+    space = arm_space(spec, arm)
+    finished = [r for r in records if r.phase == "search" and r.arm == arm and r.final_miou is not None]
+    study = optuna.create_study(direction="maximize")  # in memory: the records are the data
+    for r in finished:
+        study.add_trial(optuna.trial.create_trial(params={k: r.values[k] for k in space}, distributions=space,
+                                                  value=r.final_miou))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return optuna.importance.get_param_importances(study)
+
+
+def importance_plot(spec: StudySpec, records: list[TrialRecord], out: Path) -> tuple[Path | None, str | None]:
+    """Optuna's hyperparameter importances per arm (needs a few finished trials with varied values)."""
     found, notes = {}, []
     for arm in spec.settings.arms:
         try:
-            trials_study = optuna.load_study(study_name=f"{spec.name}/{arm}", storage=storage)
-            # the evaluators rank what drives a *low* target: negate the mIoU we maximise
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", UserWarning)  # "importances are for low targets": we negated
-                found[arm] = optuna.importance.get_param_importances(trials_study, target=lambda t: -t.values[0])
+            found[arm] = importances(spec, records, arm)
         except (KeyError, ValueError, RuntimeError) as exc:
             notes.append(f"no importances for {arm}: {exc}")
+    found = {arm: values for arm, values in found.items() if values}
     if not found:
-        return None, "; ".join(notes) or None
+        return None, "; ".join(notes) or "no importances: nothing was searched"
     figure, axes = plt.subplots(1, len(found), figsize=(4 * len(found), 3), squeeze=False)
-    for axis, (arm, importances) in zip(axes[0], found.items(), strict=True):
-        names = list(importances)
-        axis.barh(names, [importances[n] for n in names])
+    for axis, (arm, values) in zip(axes[0], found.items(), strict=True):
+        names = list(values)
+        axis.barh(names, [values[n] for n in names])
         axis.set(title=arm, xlabel="importance")
     return _save(figure, out / "importances.png"), None
 
 
 def pareto_plot(records: list[TrialRecord], out: Path) -> Path | None:
     """mIoU against student parameters for every search trial, the Pareto front joined."""
-    search = [r for r in records if r.phase == "search" and r.final_metric is not None and "params" in r.final]
-    if len({r.final["params"] for r in search}) < 2:
+    search = [r for r in records if r.phase == "search" and r.final_miou is not None and "params" in r.last]
+    if len({r.last["params"] for r in search}) < 2:
         return None
     figure, axis = plt.subplots(figsize=(5, 3.5))
     for arm in sorted({r.arm for r in search}):
         mine = [r for r in search if r.arm == arm]
-        axis.scatter([r.final["params"] / 1e6 for r in mine], [r.final_metric for r in mine], label=arm, s=18)
+        axis.scatter([r.last["params"] / 1e6 for r in mine], [r.final_miou for r in mine], label=arm, s=18)
     front = pareto_front(search)
-    axis.plot([r.final["params"] / 1e6 for r in front], [r.final_metric for r in front], "k--", label="Pareto front")
+    axis.plot([r.last["params"] / 1e6 for r in front], [r.final_miou for r in front], "k--", label="Pareto front")
     axis.set(xlabel="student parameters (M)", ylabel="held-out mIoU", title="Pareto front")
     axis.legend()
     return _save(figure, out / "pareto.png")
@@ -92,12 +101,13 @@ def curves_plot(records: list[TrialRecord], out: Path) -> Path | None:
     """Validation mIoU over iterations of the retrained runs: mean ± one standard deviation per arm."""
     curves = defaultdict(list)
     for r in records:
-        if r.phase == "retrain" and r.history:
-            curves[r.arm].append(dict(r.history))
+        history = {row["iteration"]: row["val_miou"] for row in r.results if "val_miou" in row}
+        if r.phase == "retrain" and history:
+            curves[r.arm].append(history)
     if not curves:
         return None
     figure, axis = plt.subplots(figsize=(5, 3.5))
-    for arm, runs in sorted(curves.items()):
+    for arm, runs in sorted(curves.items(), key=lambda item: list(ARM_TABLE).index(item[0])):
         steps = sorted(set.intersection(*(set(run) for run in runs)))
         values = np.array([[run[s] for s in steps] for run in runs])
         mean, std = values.mean(0), values.std(0)
@@ -108,11 +118,9 @@ def curves_plot(records: list[TrialRecord], out: Path) -> Path | None:
     return _save(figure, out / "retrain_curves.png")
 
 
-def write_plots(
-    spec: StudySpec, study: StudyDir, records: list[TrialRecord], out: Path
-) -> tuple[list[Path], list[str]]:
+def write_plots(spec: StudySpec, records: list[TrialRecord], out: Path) -> tuple[list[Path], list[str]]:
     """Every plot the study has data for; notes say what was skipped and why."""
     out.mkdir(parents=True, exist_ok=True)
-    importance, note = importance_plot(spec, study, out)
+    importance, note = importance_plot(spec, records, out)
     made = [strength_plot(records, out), importance, pareto_plot(records, out), curves_plot(records, out)]
     return [p for p in made if p is not None], [note] if note else []

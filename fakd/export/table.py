@@ -11,11 +11,9 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from fakd.config import BASE_ARM
-from fakd.spec import StudySpec
-from fakd.study.layout import StudyDir
-from fakd.study.retrain import STUDENT_KEY
-from fakd.study.status import TrialRecord
+from fakd.results import COMPLETE, StudyDir, TrialRecord, read_trials
+from fakd.spec import StudySpec, load_spec
+from fakd.vocab import ARM_TABLE
 
 COLUMNS = ["student", "arm", "n", "miou_mean", "miou_ci_low", "miou_ci_high"]
 
@@ -52,26 +50,30 @@ class AblationTable:
     hours_column: str
 
 
-def _student(spec: StudySpec, record: TrialRecord) -> str:
-    return str(record.config.get(STUDENT_KEY, spec.defaults.student.backbone))
-
-
-def build_table(spec: StudySpec, study: StudyDir, records: list[TrialRecord], class_names: list[str]) -> AblationTable:
-    gpu = spec.settings.resources.gpu
-    hours_column = "gpu_hours" if gpu > 0 else "cpu_hours"
-    per_unit = gpu if gpu > 0 else spec.settings.resources.cpu
+def build_table(study: StudyDir, spec: StudySpec | None = None,
+                records: list[TrialRecord] | None = None) -> AblationTable:
+    """The table of a study directory, from its records and metadata alone (no data, no Ray)."""
+    spec = spec or load_spec(study.spec)
+    records = read_trials(study) if records is None else records
+    meta = study.metadata()
+    class_names = list(meta.get("data", {}).get("class_names", []))
+    resources = spec.settings.resources
+    hours_column = "gpu_hours" if resources.gpu > 0 else "cpu_hours"
+    per_unit = resources.gpu if resources.gpu > 0 else resources.cpu
     seconds: dict[tuple[str, str], float] = defaultdict(float)
     scores: dict[tuple[str, str], dict[int, float]] = defaultdict(dict)
     ious: dict[tuple[str, str], list[list[float]]] = defaultdict(list)
+    diverged: dict[tuple[str, str], int] = defaultdict(int)
     for record in records:
-        key = (_student(spec, record), record.arm)
-        seconds[key] += float(record.final.get("time_total_s", 0.0))
-        if record.phase == "retrain" and record.status == "TERMINATED" and record.final_metric is not None:
-            scores[key][int(record.config["seed"])] = record.final_metric
-            ious[key].append(record.final.get("val_iou", []))
-    seeds = int(study.metadata().get("retrain_seeds") or spec.settings.search.retrain_seeds or 0)
+        key = (record.student, record.arm)
+        seconds[key] += record.seconds
+        diverged[key] += record.diverged
+        if record.phase == "retrain" and record.state == COMPLETE and record.final_miou is not None:
+            scores[key][record.seed] = record.final_miou
+            ious[key].append(record.last.get("val_iou", []))
+    planned = [r for r in records if r.phase == "retrain"]
     students = sorted({student for student, _ in seconds} or {spec.defaults.student.backbone})
-    rows = [_teacher_row(spec, study, class_names)]
+    rows = [_teacher_row(spec, meta, class_names)]
     for student in students:
         for arm in spec.settings.arms:
             key = (student, arm)
@@ -80,14 +82,15 @@ def build_table(spec: StudySpec, study: StudyDir, records: list[TrialRecord], cl
                                    "miou_ci_low": low, "miou_ci_high": high}
             row.update(_per_class(ious[key], class_names))
             row[hours_column] = seconds[key] * per_unit / 3600
-            base = BASE_ARM.get(arm)
+            row["diverged"] = diverged[key]
+            base = ARM_TABLE[arm].base
             if base in spec.settings.arms:
                 delta, p_value, pairs = paired_delta(scores[key], scores[(student, base)])
                 row.update({"base_arm": base, "delta_vs_base": delta, "p_value": p_value, "paired_n": pairs})
             rows.append(row)
-    expected = len(students) * len(spec.settings.arms) * seeds
     found = sum(len(v) for v in scores.values())
-    return AblationTable(pd.DataFrame(rows), max(0, expected - found), expected, hours_column)
+    failed = sum(r.state == "FAILED" for r in planned)
+    return AblationTable(pd.DataFrame(rows), max(0, len(planned) - found - failed), len(planned), hours_column)
 
 
 def _per_class(ious: list[list[float]], class_names: list[str]) -> dict[str, float]:
@@ -98,8 +101,8 @@ def _per_class(ious: list[list[float]], class_names: list[str]) -> dict[str, flo
     return {f"iou_{name}": float(value) for name, value in zip(class_names, means, strict=False)}
 
 
-def _teacher_row(spec: StudySpec, study: StudyDir, class_names: list[str]) -> dict[str, Any]:
-    metrics = study.metadata().get("teacher", {}).get("metrics", {})
+def _teacher_row(spec: StudySpec, meta: dict[str, Any], class_names: list[str]) -> dict[str, Any]:
+    metrics = meta.get("teacher", {}).get("metrics", {})
     miou = metrics.get("val_miou", math.nan)
     row: dict[str, Any] = {"student": spec.defaults.teacher.backbone, "arm": "teacher", "n": 1 if metrics else 0,
                            "miou_mean": miou, "miou_ci_low": math.nan, "miou_ci_high": math.nan}

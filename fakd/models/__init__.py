@@ -1,4 +1,5 @@
-"""Segmentation models: any timm backbone with a DeepLabV3 or FCN head."""
+"""Segmentation models: any timm backbone with a DeepLabV3, PSPNet or FCN head (students and trained teachers),
+and model-zoo teachers loaded from mmsegmentation or torchvision checkpoints (`fakd.models.zoo`)."""
 
 from fakd.models.heads import HEADS, SegmentationHead, build_head
 from fakd.models.segmenter import (
@@ -8,6 +9,7 @@ from fakd.models.segmenter import (
     build_segmenter,
     count_parameters,
 )
+from fakd.models.zoo import TORCHVISION_ARCHS, MMSegArchitecture, ZooSegmenter, load_mmseg, load_torchvision
 
 __all__ = [
     "HEADS",
@@ -15,7 +17,12 @@ __all__ = [
     "SegmentationHead",
     "Segmenter",
     "SegmenterOutput",
+    "TORCHVISION_ARCHS",
+    "MMSegArchitecture",
+    "ZooSegmenter",
     "build_head",
     "build_segmenter",
     "count_parameters",
+    "load_mmseg",
+    "load_torchvision",
 ]

@@ -1,4 +1,8 @@
-"""Segmentation heads: a body that makes per-pixel features, then Dropout(0.1) and a 1x1 classifier."""
+"""Segmentation heads: a body that makes per-pixel features, then Dropout(0.1) and a 1x1 classifier.
+
+Bodies: `deeplabv3` (ASPP + 3x3 conv), `pspnet` (pyramid pooling + 3x3 conv) and `fcn` (one 3x3 conv).
+Global (1x1) pooled branches have no BatchNorm, so training with one image per batch works.
+"""
 
 from __future__ import annotations
 
@@ -7,8 +11,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from fakd.errors import UserError
+from fakd.vocab import HEADS
 
-HEADS = ("deeplabv3", "fcn")
+PSP_POOL_SCALES = (1, 2, 3, 6)
 _BASE_RATES = (6, 12, 18)  # DeepLabV3 atrous rates at output stride 16
 
 
@@ -60,6 +65,34 @@ class ASPP(nn.Module):
         return self.project(torch.cat([branch(x) for branch in self.branches], dim=1))
 
 
+class PyramidPooling(nn.Module):
+    """PSPNet's pyramid pooling: the input concatenated with, per scale s, an s x s adaptive average pool,
+    a 1x1 conv-BN-ReLU and a bilinear upsampling back to the input size.
+
+    The 1x1 level (s = 1) is a 1x1 conv with bias + ReLU, without BatchNorm (like `ImagePooling`), since
+    BatchNorm over one pooled value per image fails in training with batch size 1.
+    """
+
+    def __init__(self, in_channels: int, branch_channels: int, scales: tuple[int, ...] = PSP_POOL_SCALES) -> None:
+        super().__init__()
+        self.scales = scales
+        self.branches = nn.ModuleList(
+            nn.Sequential(nn.Conv2d(in_channels, branch_channels, 1), nn.ReLU(inplace=True))
+            if scale == 1
+            else conv_bn_relu(in_channels, branch_channels, 1)
+            for scale in scales
+        )
+        self.out_channels = in_channels + len(scales) * branch_channels
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        size = x.shape[-2:]
+        levels = [x]
+        for scale, branch in zip(self.scales, self.branches, strict=True):
+            pooled = branch(F.adaptive_avg_pool2d(x, scale))
+            levels.append(F.interpolate(pooled, size=size, mode="bilinear", align_corners=False))
+        return torch.cat(levels, dim=1)
+
+
 class SegmentationHead(nn.Module):
     """`body` -> Dropout(0.1) -> `classifier`; forward returns (logits, classifier input)."""
 
@@ -79,12 +112,16 @@ class SegmentationHead(nn.Module):
 def build_head(
     name: str, in_channels: int, num_classes: int, output_stride: int, head_channels: int = 256
 ) -> SegmentationHead:
-    """A `deeplabv3` (ASPP + 3x3 conv) or `fcn` (one 3x3 conv) head."""
+    """A `deeplabv3` (ASPP + 3x3 conv), `pspnet` (pyramid pooling, branches of `head_channels`, + 3x3 conv
+    to `head_channels`) or `fcn` (one 3x3 conv) head."""
     if name == "deeplabv3":
         body: nn.Module = nn.Sequential(
             ASPP(in_channels, head_channels, aspp_rates(output_stride)),
             conv_bn_relu(head_channels, head_channels, 3),
         )
+    elif name == "pspnet":
+        pyramid = PyramidPooling(in_channels, head_channels)
+        body = nn.Sequential(pyramid, conv_bn_relu(pyramid.out_channels, head_channels, 3))
     elif name == "fcn":
         body = conv_bn_relu(in_channels, head_channels, 3)
     else:

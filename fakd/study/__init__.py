@@ -1,7 +1,6 @@
-"""The study harness: Optuna search per arm on Ray Tune, ASHA, resume, status."""
+"""The study harness: every arm searched in one Ray Tune experiment with per-arm Optuna studies and
+successive halving, select-then-retrain, resume, one driver per study."""
 
 from fakd.study.runner import resume, retrain, sweep
-from fakd.study.status import TrialRecord, status
 
-__all__ = ["TrialRecord", "resume",
-    "retrain", "status", "sweep"]
+__all__ = ["resume", "retrain", "sweep"]

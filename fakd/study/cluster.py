@@ -12,7 +12,7 @@ import ray
 from fakd.errors import UserError
 
 # Passed to every Ray worker so trials see the same offline settings as the driver.
-FORWARDED_ENV = ("HF_HUB_OFFLINE", "WANDB_MODE", "WANDB_API_KEY", "WANDB_DIR", "WANDB_SILENT", "FAKD_TEST_FAULT")
+FORWARDED_ENV = ("HF_HUB_OFFLINE", "WANDB_MODE", "WANDB_API_KEY", "WANDB_DIR", "WANDB_SILENT")
 
 
 def local_gpu_count() -> int:

@@ -6,6 +6,7 @@ import json
 import os
 import re
 import subprocess
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -37,19 +38,19 @@ def wandb_mode() -> str:
 
 
 class WandbStreamer(Callback):
-    """A Tune callback in the driver: one W&B run per trial, whose id is derived from the trial id.
+    """A Tune callback in the driver: one W&B run per study trial, whose id is derived from the trial's key.
 
-    Runs live in the driver, so a trial stopped by ASHA or lost with its node still has every reported
-    metric; a resumed study re-opens (never duplicates) the runs of trials that continue, and finished trials
-    report nothing more.
+    Runs live in the driver, so a trial stopped early or lost with its node still has every reported
+    metric; a resumed study re-opens (never duplicates) the runs of trials that continue, and finished
+    trials report nothing more.
     """
 
     def __init__(self, tracking: TrackingConfig, study_name: str, directory: str, job_type: str,
-                 shared_config: dict[str, Any]) -> None:
-        """`shared_config` holds what every trial shares (student, seed, teacher id, git commit); a trial's
-        own values (searched keys, a retrain seed) take precedence."""
+                 shared_config: dict[str, Any], records: Mapping[str, Any]) -> None:
+        """`shared_config` holds what every trial shares (teacher id, git commit); `records` maps trial keys
+        to their `TrialRecord` (arm, student, seed and searched values go into each run's config)."""
         self.tracking, self.study_name, self.directory = tracking, study_name, directory
-        self.job_type, self.shared_config = job_type, shared_config
+        self.job_type, self.shared_config, self.records = job_type, shared_config, records
         self.runs: dict[str, Any] = {}
         self.enabled = tracking.wandb
 
@@ -60,20 +61,21 @@ class WandbStreamer(Callback):
             self.enabled = False
 
     def _run(self, trial: Any) -> Any:
-        if trial.trial_id not in self.runs:
+        key = trial.config["trial"]
+        if key not in self.runs:
             import wandb
 
-            config = dict(trial.config)
-            config = {**self.shared_config, **config.pop("values", {}), **config}
-            config["student"] = config.get("student.backbone", config["student"])  # when students are searched
-            run_id = re.sub(r"[^A-Za-z0-9_-]", "_", f"{self.study_name}-{trial.trial_id}")
-            self.runs[trial.trial_id] = wandb.init(
+            record = self.records[key]
+            config = {**self.shared_config, "trial": key, "arm": record.arm, "student": record.student,
+                      "seed": record.seed, "repeat": record.repeat, **record.values}
+            run_id = re.sub(r"[^A-Za-z0-9_-]", "_", f"{self.study_name}-{key}")
+            self.runs[key] = wandb.init(
                 project=self.tracking.project, entity=self.tracking.entity, group=self.study_name,
-                job_type=self.job_type, id=run_id, name=f"{config.get('arm')}-{trial.trial_id}", config=config,
+                job_type=self.job_type, id=run_id, name=f"{record.arm}-{key.split('/')[-1]}", config=config,
                 dir=self.directory, resume="allow", mode=wandb_mode(), reinit="create_new",
                 settings=wandb.Settings(console="off", silent=True),
             )
-        return self.runs[trial.trial_id]
+        return self.runs[key]
 
     def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
         if not self.enabled:
@@ -83,7 +85,7 @@ class WandbStreamer(Callback):
         self._run(trial).log(scalars, step=int(result.get("iteration", iteration)))
 
     def _finish(self, trial: Any, exit_code: int) -> None:
-        run = self.runs.pop(trial.trial_id, None)
+        run = self.runs.pop(trial.config["trial"], None)
         if run is not None:
             run.finish(exit_code=exit_code)
 

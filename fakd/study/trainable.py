@@ -1,55 +1,49 @@
-"""The Ray Tune trainable: a thin adapter from a trial's config to `fakd.train.train_student`."""
+"""The Ray Tune trainable: a thin adapter from a trial (its key and resolved run config) to the trainer.
+
+The trial never opens the spec: the driver resolved its `RunConfig` once. It writes its checkpoints into
+its own directory of the study and reports each evaluation to Tune; the driver records the reports. A
+trial started again (after a fault, a pause at a rung or a stopped driver) continues from its latest
+checkpoint and first reports that checkpoint's metrics again, so nothing reported is ever lost.
+"""
 
 from __future__ import annotations
 
-import contextlib
 import logging
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from ray import tune
 
-from fakd.spec import load_spec
-from fakd.train import TeacherArtifact, train_student
+from fakd.config import RunConfig
+from fakd.train import NonFiniteLossError, TeacherArtifact, train_student
+from fakd.train.checkpoint import latest_checkpoint
 
 
 @dataclass(frozen=True)
 class TrialContext:
-    """What every trial of a study shares (the searched values arrive in the trial's config)."""
+    """What every trial of a driver run shares."""
 
-    spec_path: str
-    arm: str
-    phase: str
-    teacher: TeacherArtifact | None
-
-
-def trial_config(context: TrialContext, config: dict[str, Any]):  # noqa: ANN201 - RunConfig
-    """The run config of one trial: the spec's defaults overlaid with the trial's searched values."""
-    spec = load_spec(context.spec_path)
-    flat = {**config.get("values", {}), **{k: v for k, v in config.items() if k != "values"}}
-    values = {key: value for key, value in flat.items() if key in spec.space}
-    if "seed" in flat:
-        values["train.seed"] = int(flat["seed"])
-    return spec.run_config(context.arm, values, phase=context.phase)
+    study_root: str  # the study's location now, as the driver and every worker see it
+    teacher: str | None  # the teacher checkpoint, relative to the study root
 
 
 def _report(metrics: dict[str, Any], checkpoint_dir: str | None) -> None:
-    checkpoint = tune.Checkpoint.from_directory(checkpoint_dir) if checkpoint_dir else None
-    tune.report(metrics, checkpoint=checkpoint)
+    tune.report(metrics)
 
 
 def run_trial(config: dict[str, Any], context: TrialContext) -> None:
-    """Train one trial, continuing from Tune's checkpoint when the trial was restored or retried."""
-    logging.getLogger("ray.train").setLevel(logging.WARNING)  # one "checkpoint created" line per report
-    cfg = trial_config(context, config)
-    checkpoint = tune.get_checkpoint()
-    # Scratch space outside the trial directory, which Ray uploads while the trainer writes into it.
-    with tempfile.TemporaryDirectory(prefix="fakd-trial-") as scratch, (
-        checkpoint.as_directory() if checkpoint else contextlib.nullcontext()
-    ) as resume_from:
-        train_student(cfg, context.teacher, Path(scratch), report=_report, resume_from=resume_from, progress=False)
+    """Train one trial, continuing from its latest checkpoint when there is one."""
+    logging.getLogger("ray.train").setLevel(logging.WARNING)
+    cfg = RunConfig.model_validate(config["run"])
+    root = Path(context.study_root)
+    work = root / "trials" / config["trial"]
+    teacher = TeacherArtifact(root / context.teacher, "study", {}) if context.teacher else None
+    resume = "latest" if latest_checkpoint(work / "checkpoints") else None
+    try:
+        train_student(cfg, teacher, work, report=_report, resume_from=resume, replay=True, progress=False)
+    except NonFiniteLossError as exc:  # the same seed would diverge again: not an infrastructure fault
+        tune.report({"iteration": exc.iteration, "diverged": True, "error": str(exc)})
 
 
 def make_trainable(context: TrialContext, cpu: float, gpu: float) -> Any:

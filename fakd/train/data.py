@@ -37,13 +37,14 @@ class Splits:
     class_names: list[str]
 
 
-def _load(cfg: DataConfig, split: str) -> Any:
+def open_dataset(cfg: DataConfig, split: str) -> Any:
+    """One split of the configured dataset (its layout is checked as it opens)."""
     options: dict[str, Any] = {}
     if cfg.name == "synthetic":
         length = cfg.train_length if split == "train" else cfg.val_length
         options = {"num_classes": cfg.num_classes, "image_size": cfg.crop_size, "length": length, "seed": cfg.seed}
-    elif cfg.name == "voc":
-        options = {"use_sbd": cfg.use_sbd}
+    else:  # on disk
+        options = {"unknown_labels": cfg.unknown_labels, **({"use_sbd": cfg.use_sbd} if cfg.name == "voc" else {})}
     return get_dataset(cfg.name, cfg.root, split, **options)
 
 
@@ -55,12 +56,12 @@ def holdout_indices(length: int, fraction: float, seed: int) -> tuple[list[int],
 
 
 def build_splits(cfg: RunConfig) -> Splits:
-    full_train = _load(cfg.data, "train")
+    full_train = open_dataset(cfg.data, "train")
     if cfg.phase == "search":
         keep, held = holdout_indices(len(full_train), cfg.data.holdout_fraction, cfg.data.seed)
         train, evaluation = IndexedSubset(full_train, keep), IndexedSubset(full_train, held)
     else:
-        train, evaluation = full_train, _load(cfg.data, "val")
+        train, evaluation = full_train, open_dataset(cfg.data, "val")
     return Splits(train, evaluation, full_train.num_classes, list(full_train.class_names))
 
 

@@ -36,7 +36,11 @@ Reporter = Callable[[dict[str, Any], "str | None"], None]
 
 
 class NonFiniteLossError(RuntimeError):
-    """The training loss became NaN or infinite."""
+    """The training loss became NaN or infinite (detected at the end of the evaluation window `iteration`)."""
+
+    def __init__(self, message: str, iteration: int) -> None:
+        super().__init__(message)
+        self.iteration = iteration
 
 
 def resolve_device(name: str) -> torch.device:
@@ -168,13 +172,15 @@ def fit(
     progress: bool | None = None,
     log: Callable[[str], None] | None = None,
     label: str | None = None,
+    replay: bool = False,
 ) -> dict[str, Any]:
     """Train `model` for `cfg.train.iters` iterations on `splits` with the arm's objective.
 
     Every `eval_every` iterations (and at the end) it evaluates, writes a full-state checkpoint under
     `work_dir/checkpoints` and calls `report(metrics, checkpoint_dir)`. With `resume_from` (a checkpoint
-    directory, or "latest" for the newest one in `work_dir`), training continues exactly where it stopped.
-    `label` names the run in logs (default: the arm). Returns the last metrics.
+    directory, or "latest" for the newest one in `work_dir`), training continues exactly where it stopped;
+    with `replay` the resumed checkpoint's metrics are reported once more first (for a consumer that may
+    have missed them). `label` names the run in logs (default: the arm). Returns the last metrics.
     """
     accelerator = Accelerator.for_run(cfg)
     total = cfg.train.iters
@@ -195,6 +201,8 @@ def fit(
     if resume_from:
         saved = load_checkpoint(resume_from)
         start, metrics = state.load(saved), saved["metrics"]
+        if replay and report is not None:
+            report(metrics, str(resume_from))
     if start >= total:
         return metrics
 
@@ -220,7 +228,7 @@ def fit(
         averages = {name: float(value) / window_iters for name, value in sums.items()}
         if not math.isfinite(averages["loss"]):
             raise NonFiniteLossError(f"non-finite loss in iterations {iteration - window_iters + 1}-{iteration} "
-                                     f"({cfg.arm}): {averages}")
+                                     f"({cfg.arm}): {averages}", iteration)
         if bar is not None:
             bar.set_postfix(loss=f"{averages['loss']:.3f}")
         seconds = time.perf_counter() - window_start
@@ -232,6 +240,7 @@ def fit(
             "params": parameters,
             **evaluate(model, evaluation, splits.num_classes, accelerator),
         }
+        metrics["window_seconds"] = time.perf_counter() - window_start
         directory = write_checkpoint(state.state_dict(iteration, metrics), checkpoints, iteration)
         if log is not None:
             log(f"[{label}] iter {iteration}/{total} loss {metrics['loss']:.4f} val mIoU {metrics['val_miou']:.4f}")

@@ -9,7 +9,7 @@ from typing import Any
 
 from fakd.config import RunConfig
 from fakd.errors import UserError
-from fakd.train.checkpoint import latest_checkpoint
+from fakd.train.checkpoint import checkpoint_iteration, latest_checkpoint
 from fakd.train.data import build_splits
 from fakd.train.loop import Reporter, fit
 from fakd.train.teacher import TeacherArtifact, build_model, ensure_teacher, load_teacher, model_config
@@ -24,8 +24,11 @@ def train_student(
     resume_from: str | Path | None = None,
     progress: bool | None = None,
     log: Callable[[str], None] | None = None,
+    replay: bool = False,
 ) -> dict[str, Any]:
-    """Train the student of `cfg` (distilled from `teacher` when its arm distills); the last metrics."""
+    """Train the student of `cfg` (distilled from `teacher` when its arm distills); the last metrics.
+
+    `resume_from` and `replay` are as in `fit`."""
     splits = build_splits(cfg)
     frozen = None
     if cfg.effective_loss.distills:
@@ -34,7 +37,7 @@ def train_student(
         frozen = load_teacher(teacher, cfg, splits.num_classes)
     model = build_model(cfg.student, splits.num_classes, cfg.train.seed)
     return fit(cfg, model, splits, work_dir, teacher=frozen, report=report, resume_from=resume_from,
-               progress=progress, log=log)
+               progress=progress, log=log, replay=replay)
 
 
 def run_distillation(
@@ -44,14 +47,18 @@ def run_distillation(
     report: Reporter | None = None,
     progress: bool | None = None,
     log: Callable[[str], None] | None = None,
-) -> dict[str, dict[str, Any]]:
-    """Teacher (cached under `out_dir/teachers`) then student (resumed from `out_dir/student` if there)."""
+) -> dict[str, Any]:
+    """Teacher (cached under `out_dir/teachers`) then student (resumed from `out_dir/student` if there).
+
+    Returns the teacher's and the student's last metrics, and `reused`: whether the student had finished
+    before (nothing was trained)."""
     work = out_dir / "student"
     _claim(work, cfg)
     teacher = ensure_teacher(cfg, out_dir / "teachers", progress=progress, log=log)
-    resume = "latest" if latest_checkpoint(work / "checkpoints") else None
-    student = train_student(cfg, teacher, work, report=report, resume_from=resume, progress=progress, log=log)
-    return {"teacher": teacher.metrics, "student": student}
+    latest = latest_checkpoint(work / "checkpoints")
+    reused = latest is not None and checkpoint_iteration(latest) >= cfg.train.iters
+    student = train_student(cfg, teacher, work, report=report, resume_from=latest, progress=progress, log=log)
+    return {"teacher": teacher.metrics, "student": student, "reused": reused}
 
 
 def _claim(work: Path, cfg: RunConfig) -> None:
@@ -65,9 +72,8 @@ def _claim(work: Path, cfg: RunConfig) -> None:
     record.write_text(json.dumps(config, indent=2))
 
 
-def check_models(cfg: RunConfig, file: str) -> None:
+def check_models(cfg: RunConfig, file: str, num_classes: int) -> None:
     """Build teacher and student once so unknown heads, strides or weight files fail before any training."""
-    num_classes = cfg.data.num_classes if cfg.data.name == "synthetic" else 2
     for role, model in (("teacher", model_config(cfg.teacher)), ("student", cfg.student)):
         try:
             build_model(model, num_classes, seed=0)

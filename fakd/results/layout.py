@@ -1,0 +1,169 @@
+"""The study directory: where each file lives, and the atomic writes every writer goes through.
+
+A study directory is self-contained and relocatable: nothing in it is addressed by an absolute path, so
+it can be read (status, export) from any place it was copied or moved to, without the data or Ray.
+
+    study.json          format, name, dataset facts (class names), teacher (relative path, metrics), times
+    spec.yaml           the spec with every override applied (the study's single source of settings)
+    trials/<phase>/<trial>/trial.json     one trial: arm, values, resolved run config, state
+    trials/<phase>/<trial>/results.jsonl  its evaluations, one JSON object a line
+    trials/<phase>/<trial>/checkpoints/   its latest full-state checkpoint (written by the trial)
+    teachers/<hash>/teacher.pt            the study's teacher
+    optuna.db | optuna.journal            the per-arm Optuna studies (unless search.storage is a URL)
+    tune/<phase>-<n>/                     Ray Tune's logs of each driver run (never read back)
+    wandb/, exports/, .lock
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from fakd.errors import UserError
+
+MARKER = "study.json"
+FORMAT = 2
+LOCK_FILE = ".lock"
+
+
+def now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S%z")
+
+
+def write_atomic(path: Path, text: str) -> None:
+    """Write `text` to a temporary file beside `path`, flush it to disk, then rename it over `path`."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    with open(tmp, "w") as handle:
+        handle.write(text)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(tmp, path)
+
+
+def write_json(path: Path, data: Any) -> None:
+    write_atomic(path, json.dumps(data, indent=2, default=str) + "\n")
+
+
+def read_json(path: Path, what: str) -> Any:
+    """The JSON in `path`; a corrupt or unreadable file is one `UserError` naming it."""
+    try:
+        return json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) else "not valid JSON"
+        raise UserError(f"{path}: the study's {what} cannot be read ({reason}); restore it from a copy of the "
+                        "study, nothing was changed", key="STUDY_DIR") from None
+
+
+@dataclass(frozen=True)
+class StudyDir:
+    root: Path
+
+    @property
+    def spec(self) -> Path:
+        return self.root / "spec.yaml"
+
+    @property
+    def marker(self) -> Path:
+        return self.root / MARKER
+
+    @property
+    def teachers(self) -> Path:
+        return self.root / "teachers"
+
+    @property
+    def trials(self) -> Path:
+        return self.root / "trials"
+
+    @property
+    def tune(self) -> Path:
+        return self.root / "tune"
+
+    @property
+    def exports(self) -> Path:
+        return self.root / "exports"
+
+    @property
+    def lock_file(self) -> Path:
+        return self.root / LOCK_FILE
+
+    def trial_dir(self, key: str) -> Path:
+        """The directory of trial `key` ("search/kd_fakd-003")."""
+        return self.trials / key
+
+    def path(self, relative: str) -> Path:
+        """A path recorded relative to the study root, resolved at the study's current location."""
+        return self.root / relative
+
+    def relative(self, path: Path) -> str:
+        return str(Path(path).resolve().relative_to(self.root.resolve()))
+
+    def metadata(self) -> dict[str, Any]:
+        data = read_json(self.marker, "metadata file")
+        if not isinstance(data, dict):
+            raise UserError(f"{self.marker}: not a study metadata file (a JSON object)", key="STUDY_DIR")
+        return data
+
+    def update_metadata(self, **values: Any) -> None:
+        write_json(self.marker, {**self.metadata(), **values})
+
+
+def check_new_study_dir(root: Path) -> None:
+    """A new study needs an absent or empty directory: an existing study is resumed, never overwritten."""
+    if root.exists() and (not root.is_dir() or any(root.iterdir())):
+        is_study = StudyDir(root).marker.exists()
+        what = "a study" if is_study else "not an empty directory"
+        hint = f"; resume it with: python launch.py resume {root}" if is_study else ""
+        raise UserError(f"{root} is already {what}{hint}", key="--name")
+
+
+def open_study_dir(path: str | Path) -> StudyDir:
+    """An existing study directory, or a `UserError` that says what is wrong with `path`."""
+    root = Path(path).expanduser().resolve()
+    if not root.is_dir():
+        raise UserError(f"no such directory: {root}", key="STUDY_DIR")
+    study = StudyDir(root)
+    if not study.marker.is_file() or not study.spec.is_file():
+        raise UserError(f"{root} is not a study directory (it has no {MARKER} and spec.yaml)", key="STUDY_DIR")
+    version = study.metadata().get("format")
+    if version != FORMAT:
+        raise UserError(f"{root} was written by an older fakd (study format {version or 1}, this version reads "
+                        f"{FORMAT}); export it with that version, or start a new study", key="STUDY_DIR")
+    return study
+
+
+def read_lock_holder(study: StudyDir) -> dict[str, Any] | None:
+    """Who holds (or last held) the study's driver lock, as written by the holder; None when never locked.
+
+    Reading takes no lock: `status` and `export` never block.
+    """
+    try:
+        text = study.lock_file.read_text().strip()
+        return json.loads(text) if text else None
+    except (OSError, json.JSONDecodeError):
+        return None
+
+
+def describe_holder(holder: dict[str, Any] | None) -> str:
+    if not holder:
+        return "another process (it did not say which)"
+    return (f"{holder.get('command', 'a driver')} (host {holder.get('host')}, PID {holder.get('pid')}, "
+            f"since {holder.get('started')})")
+
+
+def driver_state(study: StudyDir) -> str | None:
+    """A line on the driver running the study, read without touching its lock; None when none runs."""
+    holder = read_lock_holder(study)
+    if not holder:
+        return None
+    if holder.get("host") == socket.gethostname():
+        try:
+            os.kill(int(holder.get("pid", -1)), 0)
+        except (OSError, ValueError):
+            return None  # it died without clearing the file (the kernel released the lock itself)
+    return f"driven by {describe_holder(holder)}"

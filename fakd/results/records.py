@@ -1,0 +1,160 @@
+"""Trial records: the study's own account of every trial, the single source of truth for resume and export.
+
+The driver writes them (one writer: it holds the study lock); `status`, `export` and resume read them.
+A record is `trial.json` (what the trial is and how it ended, replaced atomically) plus `results.jsonl`
+(one line per evaluation, appended and flushed). A torn last line from a crash is skipped, and a row that
+repeats an iteration (a trial resumed from its checkpoint reports it again) replaces the earlier one.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from fakd.errors import UserError
+from fakd.results.layout import StudyDir, read_json, write_json
+
+PHASES = ("search", "retrain")
+PENDING, RUNNING, COMPLETE, PRUNED, FAILED = "PENDING", "RUNNING", "COMPLETE", "PRUNED", "FAILED"
+TERMINAL = frozenset({COMPLETE, PRUNED, FAILED})
+TRIAL_FILE, RESULTS_FILE = "trial.json", "results.jsonl"
+
+
+@dataclass
+class TrialRecord:
+    """One trial of a study: search (an Optuna suggestion) or retrain (a selected configuration, one seed)."""
+
+    key: str  # "search/kd_fakd-003", "retrain/kd_fakd-003-seed1": also its directory under trials/
+    phase: str
+    arm: str
+    index: int  # search: position in the arm's budget; retrain: the seed
+    values: dict[str, Any]  # the searched values (dotted keys)
+    run: dict[str, Any]  # the resolved RunConfig (JSON)
+    student: str
+    seed: int
+    state: str = PENDING
+    repeat: int = 0  # selection repeat (an independent search of the arm)
+    generation: int = 0  # reproducible mode: the batch of suggestions it belongs to
+    optuna_number: int | None = None
+    source: str | None = None  # retrain: the search trial whose configuration it retrains
+    budget: str | None = None  # retrain: "equal-iters" or "equal-time"
+    reason: str | None = None  # why it ended as it did (pruned at ..., diverged, error)
+    error: str | None = None  # the end of the traceback of an errored trial
+    created: str | None = None
+    finished: str | None = None
+    results: list[dict[str, Any]] = field(default_factory=list, repr=False)
+
+    @property
+    def total_iters(self) -> int:
+        return int(self.run["train"]["iters"])
+
+    @property
+    def eval_every(self) -> int:
+        return int(self.run["train"]["eval_every"])
+
+    @property
+    def last(self) -> dict[str, Any] | None:
+        return self.results[-1] if self.results else None
+
+    @property
+    def iterations(self) -> int:
+        """The last reported iteration (0 before the first evaluation)."""
+        return int(self.last["iteration"]) if self.last else 0
+
+    @property
+    def diverged(self) -> bool:
+        return self.state == FAILED and self.reason == "diverged"
+
+    @property
+    def final_miou(self) -> float | None:
+        """Validation mIoU of the finished model (COMPLETE trials only)."""
+        if self.state != COMPLETE or not self.last:
+            return None
+        return _finite(self.last.get("val_miou"))
+
+    @property
+    def best_miou(self) -> float | None:
+        values = [v for v in (_finite(row.get("val_miou")) for row in self.results) if v is not None]
+        return max(values) if values else None
+
+    @property
+    def seconds(self) -> float:
+        """Wall time its evaluation windows took (training and evaluation), summed over the run."""
+        return float(sum(row.get("window_seconds", 0.0) for row in self.results))
+
+    def to_json(self) -> dict[str, Any]:
+        return {k: v for k, v in asdict(self).items() if k != "results"}
+
+    def status_json(self) -> dict[str, Any]:
+        """What `status --json` lists: deterministic fields only (no wall times)."""
+        last = self.last or {}
+        return {
+            "trial": self.key, "phase": self.phase, "arm": self.arm, "repeat": self.repeat, "index": self.index,
+            "status": self.state, "reason": self.reason, "config": {**self.values, "seed": self.seed},
+            "student": self.student, "iterations": self.iterations, "metric": self.best_miou,
+            "final": {k: last[k] for k in ("val_miou", "val_pixel_acc", "params") if k in last},
+            "source": self.source,
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> TrialRecord:
+        known = {f.name for f in fields(cls)} - {"results"}
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+
+def _finite(value: Any) -> float | None:
+    return float(value) if isinstance(value, (int, float)) and math.isfinite(value) else None
+
+
+def write_trial(study: StudyDir, record: TrialRecord) -> None:
+    write_json(study.trial_dir(record.key) / TRIAL_FILE, record.to_json())
+
+
+def append_result(study: StudyDir, key: str, row: dict[str, Any]) -> None:
+    """Append one evaluation to the trial's results, flushed to disk before returning."""
+    path = study.trial_dir(key) / RESULTS_FILE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as handle:
+        handle.write(json.dumps(row, default=str) + "\n")
+        handle.flush()
+        os.fsync(handle.fileno())
+
+
+def read_results(path: Path) -> list[dict[str, Any]]:
+    """Evaluations in iteration order, one per iteration (the latest report wins), torn lines skipped."""
+    if not path.is_file():
+        return []
+    by_iteration: dict[int, dict[str, Any]] = {}
+    for line in path.read_text().splitlines():
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            continue  # a line cut short by a crash
+        if isinstance(row, dict) and isinstance(row.get("iteration"), int):
+            by_iteration[row["iteration"]] = row
+    return [by_iteration[i] for i in sorted(by_iteration)]
+
+
+def read_trial(directory: Path) -> TrialRecord:
+    data = read_json(directory / TRIAL_FILE, "trial record")
+    try:
+        record = TrialRecord.from_json(data)
+    except TypeError:
+        raise UserError(f"{directory / TRIAL_FILE}: not a trial record; restore it from a copy of the study",
+                        key="STUDY_DIR") from None
+    record.results = read_results(directory / RESULTS_FILE)
+    return record
+
+
+def read_trials(study: StudyDir, phase: str | None = None) -> list[TrialRecord]:
+    """Every recorded trial (of one phase), search before retrain, then by key."""
+    records = []
+    for name in (phase,) if phase else PHASES:
+        base = study.trials / name
+        if base.is_dir():
+            records += [read_trial(d) for d in sorted(base.iterdir()) if (d / TRIAL_FILE).is_file()]
+    return records

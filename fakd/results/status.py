@@ -1,0 +1,44 @@
+"""`launch.py status`: a study's trials as a table or JSON, read without Ray, the data or the lock."""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+from fakd.results.layout import driver_state, open_study_dir
+from fakd.results.records import TrialRecord, read_trials
+
+
+def status(study_path: str | Path) -> tuple[list[TrialRecord], str | None]:
+    """Every trial of the study and a line on its running driver (None when none runs)."""
+    study = open_study_dir(study_path)
+    return read_trials(study), driver_state(study)
+
+
+def status_json(records: list[TrialRecord]) -> list[dict[str, Any]]:
+    return [record.status_json() for record in records]
+
+
+def format_status(records: list[TrialRecord], driver: str | None) -> str:
+    """One line per trial (phase, arm, status, iterations, best mIoU, values), a count per state, the driver."""
+    if not records:
+        return "no trials yet" + (f"; {driver}" if driver else "")
+    rows = [("trial", "arm", "status", "iters", "best mIoU", "config")]
+    for r in records:
+        metric = "-" if r.best_miou is None else f"{r.best_miou:.4f}"
+        config = ", ".join(f"{k}={_short(v)}" for k, v in sorted({**r.values, "seed": r.seed}.items()))
+        status = r.state if r.state != "FAILED" else f"FAILED ({r.reason})"
+        rows.append((r.key, r.arm, status, str(r.iterations), metric, config))
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]) - 1)]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(row[:-1], widths, strict=True)) + "  " + row[-1] for row in rows]
+    counts = Counter(f"{r.phase} {r.state}" for r in records)
+    lines.append("")
+    lines.append(", ".join(f"{n} {what}" for what, n in sorted(counts.items())))
+    lines.append(driver or "no driver is running (resume continues unfinished trials)"
+                 if any(r.state in ("PENDING", "RUNNING") for r in records) else driver or "")
+    return "\n".join(line for line in lines).rstrip()
+
+
+def _short(value: Any) -> str:
+    return f"{value:.4g}" if isinstance(value, float) else str(value)

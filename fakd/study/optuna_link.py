@@ -1,0 +1,135 @@
+"""The study's Optuna side: one Optuna study per (arm, selection repeat), told everything that happened.
+
+Each evaluation is an intermediate value (single-objective studies); a trial ends COMPLETE (its final
+mIoU, and its parameter count for a Pareto study), PRUNED (stopped by successive halving) or FAIL
+(diverged or errored), so TPE and optuna-dashboard see the same trials as `launch.py status`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections.abc import Mapping
+from typing import Any
+
+import optuna
+from optuna.samplers import TPESampler
+from optuna.trial import TrialState
+
+from fakd.errors import UserError
+from fakd.results import COMPLETE, FAILED, PRUNED, TrialRecord
+from fakd.results.layout import StudyDir
+from fakd.results.space import arm_space
+from fakd.spec import STORAGE_FILES, StudySpec
+
+TRIAL_ATTR = "fakd_trial"  # the Optuna trial's user attribute naming its study trial
+
+
+def derived_seed(*parts: object) -> int:
+    """A stable 32-bit seed from any parts (Python's hash() changes between processes)."""
+    digest = hashlib.sha256("/".join(map(str, parts)).encode()).digest()
+    return int.from_bytes(digest[:4], "little")
+
+
+def open_storage(spec: StudySpec, study: StudyDir) -> optuna.storages.BaseStorage:
+    """The Optuna storage: a file inside the study (addressed from its current location) or the spec's URL."""
+    logging.getLogger("optuna").setLevel(logging.WARNING)
+    setting = spec.settings.search.storage
+    where = str(study.root / STORAGE_FILES[setting]) if setting in STORAGE_FILES else setting
+    try:
+        if setting == "journal":
+            from optuna.storages.journal import JournalFileBackend
+
+            return optuna.storages.JournalStorage(JournalFileBackend(where))
+        url = f"sqlite:///{where}" if setting == "sqlite" else setting
+        storage = optuna.storages.RDBStorage(url, engine_kwargs={"pool_pre_ping": True} if setting != "sqlite"
+                                             else None)
+        storage.get_all_studies()  # a corrupt file or an unreachable server fails here, not mid-study
+        return storage
+    except Exception as exc:  # SQLAlchemy, the driver and Optuna raise many kinds
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise UserError(f"cannot open the Optuna storage {where}: {first}; nothing was changed",
+                        file=spec.path, key="search.storage") from None
+
+
+class OptunaLink:
+    """Per-(arm, repeat) Optuna studies of one fakd study, and the bookkeeping between them and the records."""
+
+    def __init__(self, spec: StudySpec, storage: optuna.storages.BaseStorage, prefix: str) -> None:
+        self.spec, self.storage, self.prefix = spec, storage, prefix
+        objectives = spec.settings.search.objectives
+        self.directions = ["maximize"] + ["minimize"] * (len(objectives) - 1)
+        self.studies: dict[tuple[str, int], optuna.Study] = {}
+        self.samplers: dict[tuple[str, int], TPESampler] = {}
+
+    def study_name(self, arm: str, repeat: int) -> str:
+        return f"{self.prefix}/{arm}" if repeat == 0 else f"{self.prefix}/{arm}/repeat-{repeat}"
+
+    def study(self, arm: str, repeat: int) -> optuna.Study:
+        if (arm, repeat) not in self.studies:
+            self.studies[(arm, repeat)] = optuna.create_study(
+                study_name=self.study_name(arm, repeat), storage=self.storage, directions=self.directions,
+                load_if_exists=True)
+        return self.studies[(arm, repeat)]
+
+    def ask(self, arm: str, repeat: int, key: str, index: int | None = None) -> tuple[int, dict[str, Any]]:
+        """A new Optuna trial for study trial `key`: its number and its values.
+
+        With `index` (reproducible mode) the sampler is seeded from (seed, arm, repeat, index) alone, so the
+        values depend on the finished trials and the order of asking, never on timing.
+        """
+        search = self.spec.settings.search
+        study = self.study(arm, repeat)
+        if index is not None:
+            study.sampler = TPESampler(seed=derived_seed(search.seed, arm, repeat, index), constant_liar=True)
+        else:
+            if (arm, repeat) not in self.samplers:
+                self.samplers[(arm, repeat)] = TPESampler(seed=derived_seed(search.seed, arm, repeat),
+                                                          constant_liar=True)
+            study.sampler = self.samplers[(arm, repeat)]
+        trial = study.ask(arm_space(self.spec, arm))
+        trial.set_user_attr(TRIAL_ATTR, key)
+        return trial.number, dict(trial.params)
+
+    def report(self, record: TrialRecord, evaluation: int, row: Mapping[str, Any]) -> None:
+        """The evaluation as an intermediate value (single-objective studies: Optuna keeps learning curves
+        for those only, and its TPE cannot rank pruned multi-objective trials that have them)."""
+        value = row.get("val_miou")
+        if record.optuna_number is None or not isinstance(value, (int, float)) or len(self.directions) > 1:
+            return
+        study = self.study(record.arm, record.repeat)
+        trial_id = self.storage.get_trial_id_from_study_id_trial_number(study._study_id, record.optuna_number)
+        if self.storage.get_trial(trial_id).state == TrialState.RUNNING:
+            self.storage.set_trial_intermediate_value(trial_id, evaluation, float(value))
+
+    def tell(self, record: TrialRecord) -> None:
+        """Tell Optuna how a finished trial ended (a no-op when it already knows)."""
+        if record.optuna_number is None:
+            return
+        study = self.study(record.arm, record.repeat)
+        trial_id = self.storage.get_trial_id_from_study_id_trial_number(study._study_id, record.optuna_number)
+        if self.storage.get_trial(trial_id).state != TrialState.RUNNING:
+            return
+        if record.state == COMPLETE:
+            values = [record.final_miou if record.final_miou is not None else float("nan")]
+            if len(self.directions) > 1:
+                values.append(float(record.last.get("params", float("nan"))))
+            study.tell(record.optuna_number, values)
+        elif record.state == PRUNED:
+            study.tell(record.optuna_number, state=TrialState.PRUNED)
+        elif record.state == FAILED:
+            self.storage.set_trial_user_attr(trial_id, "fakd_reason", record.reason or "failed")
+            study.tell(record.optuna_number, state=TrialState.FAIL)
+
+    def reconcile(self, arm: str, repeat: int, records: list[TrialRecord]) -> None:
+        """After a crash: tell Optuna about trials that ended after its last word, and fail the trials it
+        handed out that no record took (asked just before the driver stopped)."""
+        for record in records:
+            if record.state in (COMPLETE, PRUNED, FAILED):
+                self.tell(record)
+        recorded = {r.optuna_number for r in records}
+        study = self.study(arm, repeat)
+        for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+            if trial.number not in recorded:
+                self.storage.set_trial_user_attr(trial._trial_id, "fakd_reason", "abandoned before it was recorded")
+                study.tell(trial.number, state=TrialState.FAIL)

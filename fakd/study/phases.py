@@ -1,0 +1,303 @@
+"""The two phases of a study as its driver runs them: which trial runs next, what each result decides, how
+each trial ends. Ray Tune only executes trials (`fakd.study.tune_glue` adapts these objects to its API).
+
+Everything a phase decides is written to the trial records before Tune acts on it, and a phase rebuilds
+its state from the records when a driver starts, so a study stopped in any way resumes where it was:
+finished trials stay finished, unfinished ones continue from their checkpoints, and no trial of the
+budget runs twice or is lost.
+"""
+
+from __future__ import annotations
+
+import math
+import shutil
+from collections import Counter
+from collections.abc import Callable
+from typing import Any
+
+from fakd.results import COMPLETE, FAILED, PENDING, PRUNED, RUNNING, TERMINAL, TrialRecord, read_trials
+from fakd.results.layout import StudyDir, now
+from fakd.results.records import append_result, write_trial
+from fakd.spec import StudySpec
+from fakd.study.halving import CONTINUE, PRUNE, WAIT, AsyncHalving, SyncHalving, rung_milestones
+from fakd.study.optuna_link import OptunaLink
+from fakd.vocab import ARM_TABLE
+
+FINISHED = "FINISHED"
+MAX_UNFINISHED_ENDS = 3  # a trial whose process ends early this often, without an error, is failed
+ROW_KEYS = ("iteration", "loss", "lr", "seconds_per_iter", "window_seconds", "params", "val_miou", "val_pixel_acc",
+            "val_iou", "fakd_strength", "diverged", "error")
+Log = Callable[[str], None]
+
+
+def evaluation_of(record: TrialRecord, iteration: int) -> int:
+    """1, 2, … : which evaluation of the trial an iteration's report is."""
+    return math.ceil(iteration / record.eval_every)
+
+
+def short_values(values: dict[str, Any]) -> str:
+    return ", ".join(f"{k.rsplit('.', 1)[-1]}={v:.4g}" if isinstance(v, float) else f"{k.rsplit('.', 1)[-1]}={v}"
+                     for k, v in sorted(values.items()))
+
+
+class Phase:
+    """What search and retrain share: the records, the trials handed to Tune, and how trials end."""
+
+    name = ""
+
+    def __init__(self, study: StudyDir, spec: StudySpec, log: Log) -> None:
+        self.study, self.spec, self.log = study, spec, log
+        self.records: dict[str, TrialRecord] = {r.key: r for r in read_trials(study, self.name)}
+        self.live: set[str] = set()  # handed to Tune and not ended yet
+        self.waiting: set[str] = set()  # stopped at a rung that is not decided yet
+        self.ready: list[str] = []  # promoted from a rung: to be resumed
+        self.prune_requested: set[str] = set()
+        self.unfinished_ends: Counter[str] = Counter()
+        self.stopping = False  # set when the study is interrupted: nothing new starts
+        self.halving: AsyncHalving | SyncHalving | None = None
+
+    # --- what subclasses provide
+    def budget(self) -> int:
+        raise NotImplementedError
+
+    def create(self) -> TrialRecord | None:
+        """A new trial of the budget, if one may start now."""
+        return None
+
+    def reported(self, record: TrialRecord, evaluation: int, row: dict[str, Any]) -> None:
+        """Called for every new evaluation."""
+
+    def ended(self, record: TrialRecord) -> None:
+        """Called when a trial reaches its final state."""
+
+    # --- what Tune asks
+    def next_trial(self) -> TrialRecord | str | None:
+        """The trial to run next, FINISHED when the budget is done, None when nothing may start now."""
+        if self.stopping:
+            return None
+        record = self._resumable() or self.create()
+        if record is not None:
+            self.live.add(record.key)
+            return record
+        return FINISHED if self.is_finished() else None
+
+    def on_result(self, key: str, result: dict[str, Any]) -> bool:
+        """Record one report of a running trial; False when the trial must stop now."""
+        record = self.records[key]
+        if not isinstance(result.get("iteration"), int):
+            return True
+        row = {k: result[k] for k in ROW_KEYS if k in result}
+        if "node_ip" in result:
+            row["node"] = result["node_ip"]
+        if record.state == PENDING:
+            record.state = RUNNING
+            write_trial(self.study, record)
+        if record.iterations < row["iteration"]:  # a resumed trial reports its checkpoint again: not new
+            append_result(self.study, key, row)
+            record.results.append(row)
+            self.reported(record, evaluation_of(record, row["iteration"]), row)
+        if row.get("diverged") or self.halving is None:
+            return True
+        decision = self.halving.decide((record.arm, record.repeat), key, evaluation_of(record, row["iteration"]),
+                                       row.get("val_miou"))
+        if decision == PRUNE:
+            self.prune_requested.add(key)
+        elif decision == WAIT:
+            self.waiting.add(key)
+        self._settle_waiting()
+        return decision == CONTINUE
+
+    def on_end(self, key: str, error: str | None) -> None:
+        """The trial's process ended: finished, stopped by a decision or by the driver, or errored."""
+        self.live.discard(key)
+        record = self.records[key]
+        if record.state in TERMINAL:
+            return
+        last = record.last or {}
+        if error is not None:
+            self.finish(record, FAILED, "error", error)
+        elif last.get("diverged"):
+            self.finish(record, FAILED, "diverged", last.get("error"))
+        elif key in self.prune_requested:
+            self.finish(record, PRUNED, f"stopped by successive halving at iteration {record.iterations}")
+        elif record.iterations >= record.total_iters:
+            self.finish(record, COMPLETE)
+        elif key in self.waiting or self.stopping:
+            pass  # resumed from its checkpoint when promoted, or when the study is resumed
+        else:
+            self.unfinished_ends[key] += 1
+            if self.unfinished_ends[key] >= MAX_UNFINISHED_ENDS:
+                self.finish(record, FAILED, "error", "the trial's process ended before it finished, "
+                                                     f"{MAX_UNFINISHED_ENDS} times")
+        self._settle_waiting()
+
+    def is_finished(self) -> bool:
+        return len(self.records) >= self.budget() and all(r.state in TERMINAL for r in self.records.values())
+
+    # --- bookkeeping
+    def add(self, record: TrialRecord) -> TrialRecord:
+        record.created = now()
+        write_trial(self.study, record)
+        self.records[record.key] = record
+        return record
+
+    def finish(self, record: TrialRecord, state: str, reason: str | None = None, error: str | None = None) -> None:
+        record.state, record.reason, record.error, record.finished = state, reason, error, now()
+        write_trial(self.study, record)
+        self.waiting.discard(record.key)
+        self.ended(record)
+        if state == FAILED and self.halving is not None:
+            self.halving.forget((record.arm, record.repeat), record.key)
+        done = sum(r.state in TERMINAL for r in self.records.values())
+        miou = record.final_miou
+        outcome = f"val mIoU {miou:.4f}" if miou is not None else (reason or "").split("\n")[0]
+        label = f"[{self.name} {done}/{self.budget()}] {record.arm} {record.key.split('/')[-1]}"
+        self.log(f"{label} {state}: {outcome}" + (f" ({short_values(record.values)})" if record.values else ""))
+
+    def _resumable(self) -> TrialRecord | None:
+        """A promoted trial, else an unfinished one that is not running (a study resumed after a stop)."""
+        while self.ready:
+            key = self.ready.pop(0)
+            if key not in self.live and self.records[key].state not in TERMINAL:
+                return self.records[key]
+        for key in sorted(self.records):
+            record = self.records[key]
+            if record.state not in TERMINAL and key not in self.live and key not in self.waiting:
+                return record
+        return None
+
+    def _settle_waiting(self) -> None:
+        if not isinstance(self.halving, SyncHalving):
+            return
+        for key in sorted(self.waiting - self.live):
+            verdict = self.halving.waiting_promoted(key)
+            if verdict is True:
+                self.waiting.discard(key)
+                self.ready.append(key)
+            elif verdict is False:
+                self.finish(self.records[key], PRUNED,
+                            f"stopped by successive halving at iteration {self.records[key].iterations}")
+
+    def rebuild_halving(self) -> None:
+        """Feed the recorded evaluations to a fresh scheduler: rungs as they were when the driver stopped."""
+        if self.halving is None:
+            return
+        for key in sorted(self.records):
+            record = self.records[key]
+            decision = CONTINUE
+            for row in record.results:
+                if not row.get("diverged"):
+                    decision = self.halving.decide((record.arm, record.repeat), key,
+                                                   evaluation_of(record, row["iteration"]), row.get("val_miou"))
+            if record.state == FAILED:
+                self.halving.forget((record.arm, record.repeat), key)
+            elif record.state not in TERMINAL and decision == WAIT:
+                self.waiting.add(key)
+            elif record.state not in TERMINAL and decision == PRUNE:
+                self.prune_requested.add(key)
+        for key in sorted(self.prune_requested):
+            self.finish(self.records[key], PRUNED,
+                        f"stopped by successive halving at iteration {self.records[key].iterations}")
+        self._settle_waiting()
+
+
+class SearchPhase(Phase):
+    """Every arm searched with its own Optuna study, the same number of trials each, interleaved."""
+
+    name = "search"
+
+    def __init__(self, study: StudyDir, spec: StudySpec, log: Log, optuna: OptunaLink) -> None:
+        super().__init__(study, spec, log)
+        search = spec.settings.search
+        self.optuna = optuna
+        self.streams = [(arm, repeat) for repeat in range(search.selection_repeats) for arm in spec.settings.arms]
+        self.per_stream = search.num_samples
+        train = spec.defaults.train
+        milestones = rung_milestones(math.ceil(train.iters / train.eval_every), search.grace_period,
+                                     search.reduction_factor)
+        if search.scheduler == "asha" and milestones:
+            halving = SyncHalving if search.reproducible else AsyncHalving
+            self.halving = halving(milestones, search.reduction_factor)
+        if isinstance(self.halving, SyncHalving):
+            for (arm, repeat), generations in self._generations().items():
+                for generation, keys in generations.items():
+                    self.halving.add_bracket((arm, repeat, generation), keys)
+        for arm, repeat in self.streams:
+            optuna.reconcile(arm, repeat, self._stream(arm, repeat))
+        self.rebuild_halving()
+
+    def budget(self) -> int:
+        return len(self.streams) * self.per_stream
+
+    def _stream(self, arm: str, repeat: int) -> list[TrialRecord]:
+        return sorted((r for r in self.records.values() if r.arm == arm and r.repeat == repeat),
+                      key=lambda r: r.index)
+
+    def _generations(self) -> dict[tuple[str, int], dict[int, list[str]]]:
+        found: dict[tuple[str, int], dict[int, list[str]]] = {}
+        for arm, repeat in self.streams:
+            for record in self._stream(arm, repeat):
+                found.setdefault((arm, repeat), {}).setdefault(record.generation, []).append(record.key)
+        return found
+
+    def create(self) -> TrialRecord | None:
+        if self.spec.settings.search.reproducible:
+            return self._next_generation()
+        counts = {stream: len(self._stream(*stream)) for stream in self.streams}
+        open_streams = [s for s in self.streams if counts[s] < self.per_stream]
+        if not open_streams:
+            return None
+        arm, repeat = min(open_streams, key=lambda s: (counts[s], self.streams.index(s)))
+        return self._new(arm, repeat, counts[(arm, repeat)], generation=0, fixed_order=False)
+
+    def _next_generation(self) -> TrialRecord | None:
+        """Reproducible mode: an arm's next generation is suggested, all at once and in index order, when
+        every trial of its earlier generations has ended."""
+        size = self.spec.settings.search.generation
+        for arm, repeat in self.streams:
+            existing = self._stream(arm, repeat)
+            if len(existing) >= self.per_stream or any(r.state not in TERMINAL for r in existing):
+                continue
+            generation = len(existing) // size
+            count = min(size, self.per_stream - len(existing))
+            created = [self._new(arm, repeat, len(existing) + i, generation, fixed_order=True) for i in range(count)]
+            if isinstance(self.halving, SyncHalving):
+                self.halving.add_bracket((arm, repeat, generation), [r.key for r in created])
+            return created[0]
+        return None
+
+    def _new(self, arm: str, repeat: int, position: int, generation: int, fixed_order: bool) -> TrialRecord:
+        index = repeat * self.per_stream + position
+        key = f"search/{ARM_TABLE[arm].slug}-{index:03d}"
+        number, values = self.optuna.ask(arm, repeat, key, index=index if fixed_order else None)
+        cfg = self.spec.run_config(arm, values, phase="search")
+        return self.add(TrialRecord(
+            key=key, phase="search", arm=arm, index=index, values=values, run=cfg.model_dump(mode="json"),
+            student=cfg.student.backbone, seed=cfg.train.seed, repeat=repeat, generation=generation,
+            optuna_number=number))
+
+    def reported(self, record: TrialRecord, evaluation: int, row: dict[str, Any]) -> None:
+        self.optuna.report(record, evaluation, row)
+
+    def ended(self, record: TrialRecord) -> None:
+        self.optuna.tell(record)
+        shutil.rmtree(self.study.trial_dir(record.key) / "checkpoints", ignore_errors=True)
+
+
+class RetrainPhase(Phase):
+    """The selected configurations, each retrained with every seed; all trials are planned up front."""
+
+    name = "retrain"
+
+    def __init__(self, study: StudyDir, spec: StudySpec, log: Log, plan: list[TrialRecord]) -> None:
+        super().__init__(study, spec, log)
+        self.planned = {record.key for record in plan}
+        for record in plan:
+            if record.key not in self.records:
+                self.add(record)
+
+    def budget(self) -> int:
+        return len(self.planned)
+
+    def is_finished(self) -> bool:
+        return all(self.records[key].state in TERMINAL for key in self.planned)

@@ -1,0 +1,129 @@
+"""Ray Tune as the executor of a phase: one Tune experiment per phase and driver run, holding every arm.
+
+The phase decides (which trial next, continue or stop, how a trial ended); these adapters only pass Tune's
+calls to it. Tune's experiment directory (`STUDY/tune/<phase>-<n>`) is a log: nothing is read back from
+it, so a study that was moved or copied never writes through a path recorded there.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from ray import tune
+from ray.tune.experiment import Trial
+from ray.tune.schedulers import FIFOScheduler, TrialScheduler
+from ray.tune.search import Searcher
+from ray.tune.stopper import Stopper
+
+from fakd.study.phases import FINISHED, Phase
+from fakd.study.signals import StopSignals
+from fakd.study.trainable import TrialContext, make_trainable
+
+
+def _key(trial: Trial) -> str:
+    return trial.config["trial"]
+
+
+class PhaseSearcher(Searcher):
+    """Hands out the phase's trials: new suggestions, promoted ones, unfinished ones to continue."""
+
+    def __init__(self, phase: Phase) -> None:
+        super().__init__()
+        self.phase = phase
+
+    def set_search_properties(self, metric: str | None, mode: str | None, config: dict, **spec: Any) -> bool:
+        return True
+
+    def suggest(self, trial_id: str) -> dict[str, Any] | str | None:
+        record = self.phase.next_trial()
+        if record is None:
+            return None
+        if record == FINISHED:
+            return Searcher.FINISHED
+        return {"trial": record.key, "arm": record.arm, "run": record.run}
+
+    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
+        return None  # the phase learns how a trial ended from `PhaseRecorder`, which also sees the error
+
+    def save(self, checkpoint_path: str) -> None:
+        Path(checkpoint_path).write_text("the study's trial records hold the search state\n")
+
+    def restore(self, checkpoint_path: str) -> None:
+        raise NotImplementedError("a study resumes from its trial records, not from Tune's state")
+
+
+class PhaseScheduler(FIFOScheduler):
+    """Passes every result to the phase, which records it and decides whether the trial continues."""
+
+    def __init__(self, phase: Phase) -> None:
+        super().__init__()
+        self.phase = phase
+
+    def on_trial_result(self, tune_controller: Any, trial: Trial, result: dict) -> str:
+        keep_going = self.phase.on_result(_key(trial), result)
+        return TrialScheduler.CONTINUE if keep_going else TrialScheduler.STOP
+
+
+class PhaseRecorder(tune.Callback):
+    """Tells the phase when a trial's process ended, and with which error."""
+
+    def __init__(self, phase: Phase) -> None:
+        self.phase = phase
+
+    def on_trial_complete(self, iteration: int, trials: list, trial: Trial, **info: Any) -> None:
+        self.phase.on_end(_key(trial), None)
+
+    def on_trial_error(self, iteration: int, trials: list, trial: Trial, **info: Any) -> None:
+        self.phase.on_end(_key(trial), _error_text(trial))
+
+
+class SignalStopper(Stopper):
+    """Stops the whole experiment once the driver received SIGINT or SIGTERM."""
+
+    def __init__(self, signals: StopSignals, phase: Phase) -> None:
+        self.signals, self.phase = signals, phase
+
+    def __call__(self, trial_id: str, result: dict) -> bool:
+        return False
+
+    def stop_all(self) -> bool:
+        if self.signals.requested is not None:
+            self.phase.stopping = True
+            return True
+        return False
+
+
+def _error_text(trial: Trial, lines: int = 12) -> str:
+    """The end of the trial's traceback."""
+    path = trial.error_file
+    if path and Path(path).is_file():
+        text = Path(path).read_text().strip().splitlines()
+        return "\n".join(text[-lines:])
+    return "the trial failed without an error file"
+
+
+def run_phase(phase: Phase, context: TrialContext, *, cpu: float, gpu: float, max_concurrent: int,
+              max_failures: int, tune_dir: Path, callbacks: list[tune.Callback], signals: StopSignals) -> None:
+    """Run the phase's remaining trials as one Tune experiment (returns when the phase is finished or
+    the driver was asked to stop)."""
+    attempt = 1 + sum(1 for _ in tune_dir.glob(f"{phase.name}-*"))
+    tuner = tune.Tuner(
+        make_trainable(context, cpu, gpu),
+        tune_config=tune.TuneConfig(
+            search_alg=PhaseSearcher(phase), scheduler=PhaseScheduler(phase), num_samples=-1,
+            max_concurrent_trials=max_concurrent, reuse_actors=True,
+            trial_name_creator=lambda t: _key(t).split("/")[-1],
+            trial_dirname_creator=lambda t: f"{_key(t).split('/')[-1]}-{t.trial_id}",
+        ),
+        run_config=tune.RunConfig(
+            name=f"{phase.name}-{attempt}", storage_path=str(tune_dir), stop=SignalStopper(signals, phase),
+            failure_config=tune.FailureConfig(max_failures=max_failures),
+            callbacks=[PhaseRecorder(phase), *callbacks], verbose=0,
+        ),
+    )
+    signals.in_phase = True
+    try:
+        tuner.fit()
+    finally:
+        signals.in_phase = False

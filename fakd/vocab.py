@@ -1,0 +1,57 @@
+"""The project's vocabularies, each defined once: ablation arms, segmentation heads, datasets.
+
+Spec validation, CLI choices, the loss switches, the search-space filter and the table's base-arm column
+all derive from these tables, so a new arm is one line here. Imports nothing heavy (no torch).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Arm:
+    """One ablation arm: which distillation term it trains with, whether FAKD bounds it, its base arm."""
+
+    name: str
+    distill: str | None  # "kd", "cwd" or None (cross-entropy only)
+    fakd: bool
+    base: str | None  # the arm this one is compared against in the ablation table
+
+    def uses(self, key: str) -> bool:
+        """Whether the dotted spec key changes anything in this arm (a baseline has no KD temperature)."""
+        for term in ("kd", "cwd"):
+            if key == f"loss.{term}" or key.startswith(f"loss.{term}."):
+                return self.distill == term
+        if key == "loss.fakd" or key.startswith("loss.fakd."):
+            return self.fakd
+        return True
+
+    @property
+    def slug(self) -> str:
+        """A name safe in paths (`kd+fakd` → `kd_fakd`)."""
+        return self.name.replace("+", "_")
+
+
+ARM_TABLE: dict[str, Arm] = {
+    arm.name: arm
+    for arm in (
+        Arm("baseline", distill=None, fakd=False, base=None),
+        Arm("kd", distill="kd", fakd=False, base="baseline"),
+        Arm("kd+fakd", distill="kd", fakd=True, base="kd"),
+        Arm("cwd", distill="cwd", fakd=False, base="baseline"),
+        Arm("cwd+fakd", distill="cwd", fakd=True, base="cwd"),
+    )
+}
+ARMS: tuple[str, ...] = tuple(ARM_TABLE)
+
+HEADS: tuple[str, ...] = ("deeplabv3", "pspnet", "fcn")
+DATASETS: tuple[str, ...] = ("synthetic", "cityscapes", "voc", "ade20k", "camvid")
+
+
+def arm(name: str) -> Arm:
+    """The arm called `name` (KeyError naming the accepted arms otherwise)."""
+    try:
+        return ARM_TABLE[name]
+    except KeyError:
+        raise KeyError(f"unknown arm {name!r}; accepted: {', '.join(ARMS)}") from None

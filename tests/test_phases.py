@@ -1,0 +1,247 @@
+"""The study engine's decisions without Ray: search budgets, successive halving within each arm, Optuna
+bookkeeping, reproducible mode under any timing, and rebuilding state from the records after a crash.
+
+`Executor` drives a phase the way Ray Tune does (a bounded number of running trials, results arriving in
+an order chosen by a seeded RNG, trials stopped when the phase says so), with scores from a crafted
+learning-curve model instead of training.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import random
+import sqlite3
+from pathlib import Path
+
+import optuna
+import pytest
+from conftest import TINY_SPEC
+
+from fakd.results import COMPLETE, FAILED, PRUNED, StudyDir, TrialRecord, read_trials
+from fakd.results.layout import FORMAT, write_json
+from fakd.spec import validate_spec
+from fakd.study.halving import CONTINUE, PRUNE, WAIT, AsyncHalving, SyncHalving, rung_milestones
+from fakd.study.optuna_link import OptunaLink, open_storage
+from fakd.study.phases import FINISHED, RetrainPhase, SearchPhase
+from fakd.study.selection import plan_retrain, retrain_seeds
+
+
+def make_spec(**search):
+    raw = copy.deepcopy(TINY_SPEC)
+    raw["train"].update(iters=8, eval_every=1, lr={"loguniform": [0.001, 0.1]})
+    raw["loss"]["kd"]["temperature"] = {"choice": [1.0, 2.0, 4.0]}
+    raw["arms"] = ["baseline", "kd"]
+    raw["search"] = {"num_samples": 6, "max_concurrent": 3, "seed": 0, **search}
+    return validate_spec(raw, "phases.yaml")
+
+
+def make_study(tmp_path: Path) -> StudyDir:
+    study = StudyDir(tmp_path / "study")
+    study.root.mkdir(parents=True)
+    write_json(study.marker, {"format": FORMAT, "name": "tiny", "optuna_prefix": "tiny"})
+    return study
+
+
+def curve(record: TrialRecord, evaluation: int) -> float:
+    """A learning curve set by the hyperparameters: the kd arm scores far above the baseline arm."""
+    lr = record.values["train.lr"]
+    quality = 1.0 - abs(math.log10(lr) + 2.0) / 2.0  # best at lr = 0.01
+    level = 0.9 if record.arm == "kd" else 0.1
+    return level * (0.5 + 0.5 * quality) * (1 - math.exp(-evaluation / 3))
+
+
+class Executor:
+    """Runs a phase like Tune: at most `slots` trials at once, results in a seeded random order."""
+
+    def __init__(self, phase, slots: int, seed: int, score=curve, crash_after: int | None = None,
+                 diverge: set[str] = frozenset()) -> None:
+        self.phase, self.slots, self.rng, self.score = phase, slots, random.Random(seed), score
+        self.crash_after, self.diverge = crash_after, diverge
+        self.running: dict[str, int] = {}
+        self.reports = 0
+
+    def start(self) -> bool:
+        record = self.phase.next_trial()
+        if record is None or record == FINISHED:
+            return False
+        self.running[record.key] = record.iterations  # a restarted trial continues from its checkpoint
+        if record.iterations:  # and reports that checkpoint again first
+            assert self.phase.on_result(record.key, dict(record.last)) or True
+        return True
+
+    def run(self) -> None:
+        while True:
+            while len(self.running) < self.slots and self.start():
+                pass
+            if not self.running:
+                assert self.phase.is_finished(), "nothing runs and the phase is not finished"
+                return
+            key = self.rng.choice(sorted(self.running))
+            record = self.phase.records[key]
+            iteration = self.running[key] + record.eval_every
+            self.running[key] = iteration
+            if key in self.diverge and iteration >= 3:
+                self.phase.on_result(key, {"iteration": iteration, "diverged": True, "error": "nan"})
+                del self.running[key]
+                self.phase.on_end(key, None)
+                continue
+            row = {"iteration": iteration, "val_miou": self.score(record, iteration // record.eval_every),
+                   "params": 1000}
+            keep = self.phase.on_result(key, row)
+            self.reports += 1
+            if self.crash_after is not None and self.reports >= self.crash_after:
+                raise KeyboardInterrupt("the driver died")
+            if not keep or iteration >= record.total_iters:
+                del self.running[key]
+                self.phase.on_end(key, None)
+
+
+def search(tmp_path: Path, spec, slots: int = 3, seed: int = 0, **kwargs) -> tuple[StudyDir, SearchPhase]:
+    study = make_study(tmp_path)
+    link = OptunaLink(spec, open_storage(spec, study), "tiny")
+    phase = SearchPhase(study, spec, lambda line: None, link)
+    Executor(phase, slots, seed, **kwargs).run()
+    return study, phase
+
+
+def optuna_states(study: StudyDir) -> dict[str, dict[str, int]]:
+    with sqlite3.connect(study.root / "optuna.db") as db:
+        rows = db.execute("select s.study_name, t.state, count(*) from trials t join studies s using (study_id) "
+                          "group by s.study_name, t.state").fetchall()
+    found: dict[str, dict[str, int]] = {}
+    for name, state, count in rows:
+        found.setdefault(name, {})[state] = count
+    return found
+
+
+def test_rung_milestones():
+    assert rung_milestones(8, 1, 2) == [1, 2, 4]
+    assert rung_milestones(9, 1, 3) == [1, 3]
+    assert rung_milestones(2, 2, 2) == []
+
+
+def test_async_halving_keeps_arms_apart():
+    halving = AsyncHalving([1], 2)
+    assert halving.decide("high", "h1", 1, 0.9) == CONTINUE
+    assert halving.decide("high", "h2", 1, 0.8) == PRUNE  # below the median of its own arm
+    assert halving.decide("low", "l1", 1, 0.1) == CONTINUE  # never compared with the high arm
+    assert halving.decide("low", "l2", 1, 0.2) == CONTINUE
+    assert halving.decide("low", "l1", 1, 0.1) == CONTINUE  # a repeated report keeps its decision
+
+
+def test_sync_halving_decides_a_rung_when_all_its_trials_reported():
+    halving = SyncHalving([1, 2], 2)
+    halving.add_bracket("b", ["t0", "t1", "t2", "t3"])
+    assert halving.decide("arm", "t2", 1, 0.5) == WAIT
+    assert halving.decide("arm", "t0", 1, 0.4) == WAIT
+    halving.forget("arm", "t3")  # failed before the rung: not waited for
+    assert halving.decide("arm", "t1", 1, 0.5) == CONTINUE  # ties go to the earlier trial: t1 over t2
+    assert halving.waiting_promoted("t2") is False and halving.waiting_promoted("t0") is False
+    assert halving.decide("arm", "t1", 2, 0.1) == CONTINUE  # alone in the next rung: kept
+
+
+def test_every_arm_gets_exactly_its_budget_interleaved(tmp_path):
+    spec = make_spec(scheduler="none")
+    study, phase = search(tmp_path, spec, slots=4)
+    records = read_trials(study)
+    assert sorted((r.arm, r.state) for r in records) == [("baseline", COMPLETE)] * 6 + [("kd", COMPLETE)] * 6
+    created = sorted(records, key=lambda r: r.created or "")
+    first_four = [r.arm for r in sorted(records, key=lambda r: (r.optuna_number, r.arm))][:4]
+    assert set(first_four) == {"baseline", "kd"} and len(created) == 12
+    assert optuna_states(study) == {"tiny/baseline": {"COMPLETE": 6}, "tiny/kd": {"COMPLETE": 6}}
+    assert set(records[0].values) == {"train.lr"} and set(records[-1].values) == {"train.lr", "loss.kd.temperature"}
+
+
+def test_asha_prunes_within_each_arm_and_tells_optuna(tmp_path):
+    spec = make_spec(scheduler="asha", grace_period=1, reduction_factor=2)
+    study, phase = search(tmp_path, spec, slots=3, seed=1)
+    records = read_trials(study)
+    for arm in ("baseline", "kd"):
+        mine = [r for r in records if r.arm == arm]
+        states = {r.state for r in mine}
+        # the baseline scores far below every kd trial, yet its best trials still run to the end
+        assert COMPLETE in states and PRUNED in states, (arm, [(r.key, r.state) for r in mine])
+        for r in mine:
+            if r.state == PRUNED:
+                assert r.iterations in (1, 2, 4) and r.reason.startswith("stopped by successive halving")
+    study_states = optuna_states(study)
+    for arm in ("baseline", "kd"):
+        mine = [r for r in records if r.arm == arm]
+        assert study_states[f"tiny/{arm}"] == {s: sum(r.state == s for r in mine) for s in {r.state for r in mine}}
+    storage = optuna.storages.RDBStorage(f"sqlite:///{study.root / 'optuna.db'}")
+    kd = optuna.load_study(study_name="tiny/kd", storage=storage)
+    for trial in kd.trials:  # every evaluation is an intermediate value: learning curves in the dashboard
+        record = next(r for r in records if r.optuna_number == trial.number and r.arm == "kd")
+        assert sorted(trial.intermediate_values) == list(range(1, record.iterations + 1))
+
+
+def test_diverged_and_errored_trials_fail_in_optuna_and_count_in_the_budget(tmp_path):
+    spec = make_spec(scheduler="none", num_samples=3)
+    study, phase = search(tmp_path, spec, slots=2, diverge={"search/kd-001"})
+    records = {r.key: r for r in read_trials(study)}
+    assert records["search/kd-001"].state == FAILED and records["search/kd-001"].reason == "diverged"
+    assert records["search/kd-001"].iterations == 3
+    assert optuna_states(study)["tiny/kd"] == {"COMPLETE": 2, "FAIL": 1}
+    assert len(records) == 6 and phase.is_finished()
+
+
+def run_status(study: StudyDir) -> list[dict]:
+    return json.loads(json.dumps([r.status_json() for r in read_trials(study)]))
+
+
+@pytest.mark.parametrize("scheduler", ["asha", "none"])
+def test_reproducible_mode_decides_the_same_under_any_timing(tmp_path, scheduler):
+    spec = make_spec(scheduler=scheduler, reproducible=True, generation_size=3)
+    outcomes = []
+    for run, (slots, seed) in enumerate([(1, 0), (3, 1), (5, 7)]):
+        study, _ = search(tmp_path / str(run), spec, slots=slots, seed=seed)
+        outcomes.append(run_status(study))
+    assert outcomes[0] == outcomes[1] == outcomes[2]
+    states = {item["status"] for item in outcomes[0]}
+    assert states == ({COMPLETE, PRUNED} if scheduler == "asha" else {COMPLETE})
+
+
+def test_async_mode_depends_on_timing_reproducible_mode_does_not(tmp_path):
+    """The motivating case: the same spec, two timings. Async ASHA with TPE may decide differently."""
+    spec = make_spec(scheduler="asha", num_samples=6)
+    first = run_status(search(tmp_path / "a", spec, slots=3, seed=0)[0])
+    second = run_status(search(tmp_path / "b", spec, slots=3, seed=5)[0])
+    stopped = lambda items: [(i["trial"], i["iterations"]) for i in items]  # noqa: E731
+    assert stopped(first) != stopped(second)
+
+
+def test_a_crashed_driver_resumes_to_the_same_study(tmp_path):
+    spec = make_spec(scheduler="asha", reproducible=True, generation_size=3)
+    reference, _ = search(tmp_path / "straight", spec, slots=3, seed=0)
+    study = make_study(tmp_path / "crashed")
+    for crash_after in (6, 9, 12):  # the driver dies three times, at other points
+        link = OptunaLink(spec, open_storage(spec, study), "tiny")
+        phase = SearchPhase(study, spec, lambda line: None, link)
+        with pytest.raises(KeyboardInterrupt):
+            Executor(phase, 3, crash_after, crash_after=crash_after).run()
+    link = OptunaLink(spec, open_storage(spec, study), "tiny")
+    phase = SearchPhase(study, spec, lambda line: None, link)
+    Executor(phase, 2, 99).run()
+    assert run_status(study) == run_status(reference)
+    assert optuna_states(study) == optuna_states(reference)
+
+
+def test_retrain_plan_selects_the_best_finished_trial_and_adds_seeds(tmp_path):
+    spec = make_spec(scheduler="asha")
+    study, _ = search(tmp_path, spec, slots=2)
+    records = read_trials(study)
+    plan, problems = plan_retrain(spec, records, retrain_seeds(spec, 2))
+    assert problems == {} and len(plan) == 4
+    for arm in ("baseline", "kd"):
+        best = max((r for r in records if r.arm == arm and r.state == COMPLETE), key=lambda r: r.final_miou)
+        assert {p.source for p in plan if p.arm == arm} == {best.key}
+        assert sorted(p.seed for p in plan if p.arm == arm) == [1, 2]
+        assert all(p.run["phase"] == "final" and p.run["train"]["seed"] == p.seed for p in plan)
+    phase = RetrainPhase(study, spec, lambda line: None, plan)
+    Executor(phase, 2, 0).run()
+    more, _ = plan_retrain(spec, read_trials(study), retrain_seeds(spec, 3))
+    bigger = RetrainPhase(study, spec, lambda line: None, more)
+    assert sorted(k for k, r in bigger.records.items() if r.state != COMPLETE) == [
+        "retrain/" + p.key.split("/")[-1] for p in more if p.seed == 3]
