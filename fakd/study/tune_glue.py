@@ -104,12 +104,13 @@ def _error_text(trial: Trial, lines: int = 12) -> str:
 
 
 def run_phase(phase: Phase, context: TrialContext, *, cpu: float, gpu: float, max_concurrent: int,
-              max_failures: int, tune_dir: Path, callbacks: list[tune.Callback], signals: StopSignals) -> None:
+              max_failures: int, tune_dir: Path, callbacks: list[tune.Callback], signals: StopSignals,
+              trainable: Any = None) -> None:
     """Run the phase's remaining trials as one Tune experiment (returns when the phase is finished or
-    the driver was asked to stop)."""
+    the driver was asked to stop). `trainable` replaces the training of a trial (benchmarks emulate it)."""
     attempt = 1 + sum(1 for _ in tune_dir.glob(f"{phase.name}-*"))
     tuner = tune.Tuner(
-        make_trainable(context, cpu, gpu),
+        trainable or make_trainable(context, cpu, gpu),
         tune_config=tune.TuneConfig(
             search_alg=PhaseSearcher(phase), scheduler=PhaseScheduler(phase), num_samples=-1,
             max_concurrent_trials=max_concurrent, reuse_actors=True,
