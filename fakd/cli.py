@@ -9,7 +9,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from fakd.errors import UserError
-from fakd.vocab import ARMS
+from fakd.vocab import ARMS, BUDGETS
 
 EXIT_USER_ERROR = 2
 
@@ -37,7 +37,7 @@ def command_train(args: argparse.Namespace) -> int:
     if result["reused"]:
         _log(f"{out} already holds this finished run: its results are shown, nothing was trained")
     teacher, student = result["teacher"], result["student"]
-    _log(f"teacher {cfg.teacher.backbone}: val mIoU {teacher.get('val_miou', float('nan')):.4f}")
+    _log(f"teacher {cfg.teacher.label}: val mIoU {teacher.get('val_miou', float('nan')):.4f}")
     _log(f"student {cfg.student.backbone} ({cfg.arm}): val mIoU {student['val_miou']:.4f}")
     return 0
 
@@ -70,7 +70,7 @@ def command_status(args: argparse.Namespace) -> int:
 def command_retrain(args: argparse.Namespace) -> int:
     from fakd.study import retrain
 
-    retrain(args.study_dir, args.seeds, address=args.address, no_wandb=args.no_wandb)
+    retrain(args.study_dir, args.seeds, budget=args.budget, address=args.address, no_wandb=args.no_wandb)
     return 0
 
 
@@ -81,7 +81,7 @@ def command_export(args: argparse.Namespace) -> int:
     if args.out is None:
         print(result.text)
     else:
-        _log(f"wrote {args.out}")
+        _log(f"wrote {args.out}" + (" (self-contained: plots embedded)" if args.format == "html" else ""))
         for plot in result.plots:
             _log(f"wrote {plot}")
     print(result.note, file=sys.stderr)
@@ -102,12 +102,15 @@ def command_demo(args: argparse.Namespace) -> int:
     else:
         sweep(args.spec, storage=args.storage)
     exports = StudyDir(study_dir).exports
-    result = export_study(study_dir, "md", exports / "ablation.md")
-    export_study(study_dir, "csv", exports / "ablation.csv")
-    _log(f"\nAblation table of {study_dir} (validation split; mean and 95% CI over retrain seeds):\n")
-    _log(result.text)
-    _log(f"\n{result.note}\ntables: {exports}")
-    for plot in result.plots:
+    result = export_study(study_dir, "md", exports / "ablation.md", plots=False)
+    export_study(study_dir, "csv", exports / "ablation.csv", plots=False)
+    report = export_study(study_dir, "html", exports / "report.html")  # draws the plots beside it and embeds them
+    _log(f"\nAblation table of {study_dir} (validation split; mean and 95% CI over retrained runs):\n")
+    _log(result.compact)
+    _log(f"\n{report.note}")
+    _log(f"tables: {exports / 'ablation.md'}, {exports / 'ablation.csv'} (every column, unrounded)")
+    _log(f"report: {exports / 'report.html'} (one file, opens offline)")
+    for plot in report.plots:
         _log(f"plot: {plot}")
     return 0
 
@@ -151,15 +154,24 @@ def build_parser() -> argparse.ArgumentParser:
     status.set_defaults(func=command_status)
     retrain = commands.add_parser("retrain", help="retrain each arm's best configuration with fresh seeds")
     retrain.add_argument("study_dir")
-    retrain.add_argument("--seeds", type=int, required=True, help="number of fresh seeds")
+    retrain.add_argument("--seeds", type=int, required=True,
+                         help="number of fresh seeds (more than the study has: only the missing ones train)")
+    retrain.add_argument("--budget", choices=BUDGETS,
+                         help="train.iters for every arm, or the wall-clock the baseline's iterations cost "
+                              "(default: search.retrain_budget)")
     retrain.add_argument("--address", help="Ray cluster: auto or ray://host:port (default: start Ray locally)")
     retrain.add_argument("--no-wandb", action="store_true", help="do not stream to Weights & Biases")
     retrain.set_defaults(func=command_retrain)
 
     export = commands.add_parser("export", help="write a study's ablation table (reads, never changes, the study)")
     export.add_argument("study_dir")
-    export.add_argument("--format", default="md", choices=["md", "csv", "latex", "html"])
-    export.add_argument("--out", help="output file (default: print)")
+    export.add_argument("--format", default="md", choices=["md", "csv", "latex", "html"],
+                        help="md (default): prints the compact table (mIoU and Δ vs base in %%, Holm p, compute "
+                        "hours, ≤ 120 columns); with --out writes it, the decisions and the full table. csv: the "
+                        "full table, every column unrounded, printed or written. latex: prints the compact "
+                        "tabular; with --out writes the full table. html: the self-contained report (plots "
+                        "embedded), printed or written")
+    export.add_argument("--out", help="output file; the plots are written beside it (default: print)")
     export.set_defaults(func=command_export)
 
     demo = commands.add_parser("demo", help="run (or finish) a study and print its ablation table")

@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
 from fakd.vocab import ARM_TABLE, ARMS, DATASETS, HEADS
 
@@ -18,6 +19,17 @@ ArmName = Literal[ARMS]  # type: ignore[valid-type]
 HeadName = Literal[HEADS]  # type: ignore[valid-type]
 DatasetName = Literal[DATASETS]  # type: ignore[valid-type]
 Phase = Literal["search", "final"]
+TeacherSource = Literal["timm", "mmseg", "torchvision"]
+ZOO_SOURCES = ("mmseg", "torchvision")
+TORCHVISION_ARCHS = (  # torchvision segmentation models a teacher may be (fakd.models.zoo loads them)
+    "deeplabv3_resnet50",
+    "deeplabv3_resnet101",
+    "fcn_resnet50",
+    "fcn_resnet101",
+    "deeplabv3_mobilenet_v3_large",
+    "lraspp_mobilenet_v3_large",
+)
+TorchvisionArch = Literal[TORCHVISION_ARCHS]  # type: ignore[valid-type]
 
 
 class Strict(BaseModel):
@@ -70,16 +82,89 @@ class ModelConfig(Strict):
     head_channels: int = Field(256, ge=8)
 
 
-class TeacherConfig(ModelConfig):
-    checkpoint: str | None = Field(None, description="an existing teacher checkpoint to use instead of training")
+class TeacherConfig(Strict):
+    """The teacher: `source: timm` (default) is a timm backbone + head the harness trains (or a harness checkpoint
+    of one); `mmseg` and `torchvision` are frozen model-zoo networks read from `checkpoint`, never trained.
+
+    For a zoo source the architecture comes from the file (and `arch`), so the timm-only keys are errors, not
+    silently ignored values. `source` is declared first: the validators below read it.
+    """
+
+    source: TeacherSource = "timm"
+    arch: TorchvisionArch | None = Field(
+        None, validate_default=True, description="torchvision only: the model (required there)")
+    checkpoint: str | None = Field(
+        None, validate_default=True, description="timm: a harness teacher checkpoint to use instead of training; "
+        "mmseg/torchvision: the model-zoo checkpoint (required)")
+    backbone: str | None = Field(
+        None, validate_default=True, description="timm only: a timm model name (required there)")
+    head: HeadName = "deeplabv3"
+    output_stride: Literal[8, 16, 32] = Field(8, description="timm: 8, 16 or 32; mmseg: 8 or 16")
+    pretrained: bool | str = False
+    head_channels: int = Field(256, ge=8)
     iters: int | None = Field(None, gt=0, description="teacher iterations (default: train.iters)")
     lr: float | None = Field(None, gt=0.0, description="teacher learning rate (default: train.lr)")
+
+    @property
+    def is_zoo(self) -> bool:
+        return self.source in ZOO_SOURCES
+
+    @property
+    def label(self) -> str:
+        """A short name for logs and tables: the timm backbone, or the zoo source with its model or file."""
+        if self.source == "timm":
+            return str(self.backbone)
+        name = self.arch if self.source == "torchvision" else Path(str(self.checkpoint)).stem
+        return f"{self.source}:{name}"
+
+    @field_validator("backbone", "checkpoint", "arch", mode="after")
+    @classmethod
+    def _required_by_source(cls, value: Any, info: ValidationInfo) -> Any:
+        source = info.data.get("source", "timm")
+        needed = {"backbone": source == "timm", "checkpoint": source in ZOO_SOURCES,
+                  "arch": source == "torchvision"}[info.field_name]
+        if needed and value is None:
+            what = {"backbone": "a timm model name", "checkpoint": "the model-zoo checkpoint file",
+                    "arch": f"one of {', '.join(TORCHVISION_ARCHS)}"}[info.field_name]
+            raise ValueError(f"is required with teacher.source: {source} ({what})")
+        if not needed and value is not None and info.field_name != "checkpoint":
+            raise ValueError(_no_effect(source))
+        return value
+
+    @field_validator("head", "pretrained", "head_channels", "iters", "lr", mode="after")
+    @classmethod
+    def _timm_only(cls, value: Any, info: ValidationInfo) -> Any:
+        source = info.data.get("source", "timm")
+        if source in ZOO_SOURCES and value is not None:
+            raise ValueError(_no_effect(source))
+        return value
+
+    @field_validator("output_stride", mode="after")
+    @classmethod
+    def _zoo_output_stride(cls, value: int, info: ValidationInfo) -> int:
+        source = info.data.get("source", "timm")
+        if source == "torchvision":
+            raise ValueError(_no_effect(source))
+        if source == "mmseg" and value not in (8, 16):
+            raise ValueError("an mmseg teacher has output stride 8 or 16 (its -d8 or -d16 config)")
+        return value
+
+
+def _no_effect(source: str) -> str:
+    """Why a key has no effect with a zoo (or the timm) teacher source."""
+    if source == "timm":
+        return "has no effect with teacher.source: timm (it names a torchvision model); remove it"
+    return (f"has no effect with teacher.source: {source} (the model and its weights come from teacher.checkpoint"
+            f"{' and teacher.arch' if source == 'torchvision' else ''}, and it is never trained); remove it")
 
 
 class TrainConfig(Strict):
     iters: int = Field(300, gt=0)
     eval_every: int = Field(100, gt=0)
     batch_size: int = Field(8, gt=0)
+    accumulate: int = Field(
+        1, ge=1, description="micro-batches of batch_size per optimizer step (effective batch batch_size x "
+        "accumulate); iters counts optimizer steps")
     eval_batch_size: int = Field(8, gt=0)
     optimizer: Literal["sgd", "adamw"] = "sgd"
     lr: float = Field(0.02, gt=0.0)

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from fakd.config import ModelConfig
+from fakd.config import ModelConfig, TeacherConfig
 from fakd.errors import UserError
 from fakd.spec import StudySpec
 
@@ -39,7 +39,8 @@ def _check_backbones(spec: StudySpec) -> None:
     import timm  # deferred: importing timm takes a second
 
     searched = spec.space["student.backbone"].bounds if "student.backbone" in spec.space else ()
-    named = [("teacher.backbone", spec.defaults.teacher.backbone), ("student.backbone", spec.defaults.student.backbone)]
+    named = [] if spec.defaults.teacher.is_zoo else [("teacher.backbone", spec.defaults.teacher.backbone)]
+    named += [("student.backbone", spec.defaults.student.backbone)]
     named += [("student.backbone", name) for name in searched]
     for key, name in named:
         if not isinstance(name, str) or not timm.is_model(name):
@@ -47,7 +48,7 @@ def _check_backbones(spec: StudySpec) -> None:
                             file=spec.path, key=key)
 
 
-def _check_weights(file: str, key: str, model: ModelConfig) -> None:
+def _check_weights(file: str, key: str, model: ModelConfig | TeacherConfig) -> None:
     if isinstance(model.pretrained, str) and not Path(model.pretrained).is_file():
         raise UserError(f"weights file not found: {model.pretrained}", file=file, key=key)
 
@@ -71,7 +72,8 @@ def _check_data(spec: StudySpec) -> DataFacts:
 
 def _check_models(spec: StudySpec, num_classes: int, teacher_checkpoint: bool) -> None:
     """Build teacher and student(s) once, so unknown heads, strides or weight files fail before training;
-    a given teacher checkpoint must load into the configured teacher with the dataset's class count."""
+    a given teacher checkpoint must load into the configured teacher with the dataset's class count (a zoo
+    teacher: its file is read safely, its architecture built from it, and its class count compared)."""
     from fakd.train import check_models, check_teacher_checkpoint
 
     check_models(spec.defaults, spec.path, num_classes)

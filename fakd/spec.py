@@ -24,7 +24,7 @@ from pydantic import BaseModel, Field, ValidationError, field_validator
 
 from fakd.config import ArmName, RunConfig, Strict
 from fakd.errors import UserError
-from fakd.vocab import ARM_TABLE, ARMS
+from fakd.vocab import ARM_TABLE, ARMS, BUDGETS
 
 DISTRIBUTION_KINDS = ("uniform", "loguniform", "int", "choice")
 SEARCHABLE_SECTIONS = ("data", "student", "train", "loss")
@@ -49,6 +49,9 @@ class SearchConfig(Strict):
                          "safe on shared file systems) or an SQLAlchemy URL")
     max_failures: int = Field(1, ge=0, description="retries of a trial after an infrastructure fault")
     retrain_seeds: int = Field(0, ge=0, description="seeds for select-then-retrain at the end of a sweep")
+    retrain_budget: Literal[BUDGETS] = Field(  # type: ignore[valid-type]
+        "equal-iters", description="retrain every arm for train.iters, or for the wall-clock the baseline's "
+        "train.iters cost (each arm's iterations from its measured time per iteration)")
     reproducible: bool = Field(False, description="decisions that depend on the spec alone, not on trial timing")
     generation_size: int | None = Field(
         None, ge=1, description="reproducible mode: trials of an arm suggested together from the finished ones "

@@ -47,6 +47,7 @@ ARMS: tuple[str, ...] = tuple(ARM_TABLE)
 
 HEADS: tuple[str, ...] = ("deeplabv3", "pspnet", "fcn")
 DATASETS: tuple[str, ...] = ("synthetic", "cityscapes", "voc", "ade20k", "camvid")
+BUDGETS: tuple[str, ...] = ("equal-iters", "equal-time")  # how long each arm's retrain runs
 
 
 def arm(name: str) -> Arm:

@@ -1,4 +1,5 @@
-"""Ablation tables: statistics checked against independent computations, and a real study exported."""
+"""Ablation tables of a real study (Ray, tiny models): values checked against the trials' own files, and every
+format exported without changing the study."""
 
 import csv
 import hashlib
@@ -7,28 +8,12 @@ import json
 import math
 
 import pytest
+from scipy import stats
 
 from fakd.cli import main
-from fakd.export.table import mean_ci, paired_delta
+from fakd.export.render import WIDTH
 
 pytestmark = pytest.mark.ray
-
-
-def test_mean_ci_uses_student_t():
-    mean, low, high = mean_ci([0.5, 0.6, 0.7])
-    half = 4.302652729911275 * 0.1 / math.sqrt(3)  # t(0.975, 2 dof) · s / √n
-    assert (mean, low, high) == pytest.approx((0.6, 0.6 - half, 0.6 + half))
-    assert math.isnan(mean_ci([0.4])[1]) and math.isnan(mean_ci([])[0])
-
-
-def test_paired_delta_uses_only_shared_seeds():
-    arm = {1: 0.60, 2: 0.70, 3: 0.65}
-    base = {1: 0.50, 2: 0.65, 3: 0.60, 4: 0.90}
-    delta, p_value, pairs = paired_delta(arm, base)
-    # differences 0.10, 0.05, 0.05: t = mean / (sd / √3) = 4, and with 2 dof P(|T| > t) = 1 − t / √(2 + t²)
-    assert pairs == 3 and delta == pytest.approx(0.2 / 3)
-    assert p_value == pytest.approx(1 - 4 / math.sqrt(18), rel=1e-6)
-    assert math.isnan(paired_delta({1: 0.5}, {1: 0.4})[1])
 
 
 def tree_digest(root) -> str:
@@ -57,8 +42,10 @@ def test_export_of_a_real_study(searched_study, capsys, tmp_path):
     assert "all 6 retrained runs finished" in captured.err
     assert [r["arm"] for r in rows] == ["teacher", "baseline", "kd", "kd+fakd"]
     header = list(rows[0])
-    assert header[:6] == ["student", "arm", "n", "miou_mean", "miou_ci_low", "miou_ci_high"]
-    assert "cpu_hours" in header and {"delta_vs_base", "p_value", "diverged"} <= set(header)
+    assert header[:7] == ["student", "arm", "budget", "n", "miou_mean", "miou_ci_low", "miou_ci_high"]
+    assert "cpu_hours" in header and {"delta_vs_base", "p_value", "p_holm", "mde", "seeds_needed", "diverged"} <= set(
+        header)
+    assert {r["budget"] for r in rows[1:]} == {"equal-iters"} and "repeat_sd" not in header
     assert sum(h.startswith("iou_") for h in header) == 4
 
     by_arm = {r["arm"]: r for r in rows}
@@ -71,13 +58,33 @@ def test_export_of_a_real_study(searched_study, capsys, tmp_path):
     expected = sum(fakd[s] - kd[s] for s in kd) / 2
     assert by_arm["kd+fakd"]["base_arm"] == "kd"
     assert float(by_arm["kd+fakd"]["delta_vs_base"]) == pytest.approx(expected, abs=1e-9)
+    # Holm over the study's two comparisons (kd vs baseline, kd+fakd vs kd), from scipy's paired t-tests
+    base = retrain_scores(study.root, "baseline")
+    p_kd = stats.ttest_rel([kd[s] for s in sorted(kd)], [base[s] for s in sorted(kd)]).pvalue
+    p_fakd = stats.ttest_rel([fakd[s] for s in sorted(kd)], [kd[s] for s in sorted(kd)]).pvalue
+    low, high = sorted([p_kd, p_fakd])
+    holm = {low: min(1, 2 * low), high: min(1, max(2 * low, high))}
+    for arm, p_value in (("kd", p_kd), ("kd+fakd", p_fakd)):
+        if math.isnan(p_value):  # two seeds with an identical difference: no test
+            assert by_arm[arm]["p_holm"] == ""
+        else:
+            assert float(by_arm[arm]["p_value"]) == pytest.approx(p_value, rel=1e-9)
+            assert float(by_arm[arm]["p_holm"]) == pytest.approx(holm[p_value], rel=1e-9)
+
+    assert main(["export", str(study.root)]) == 0
+    compact = capsys.readouterr().out
+    assert "p (Holm)" in compact and "Holm-adjusted" in compact and "iou_" not in compact
+    assert max(len(line) for line in compact.splitlines()) <= WIDTH
 
     for fmt, marker in (("md", "**"), ("latex", "\\textbf{"), ("html", "<b>")):
         out = tmp_path / f"table.{fmt}"
         assert main(["export", str(study.root), "--format", fmt, "--out", str(out)]) == 0
-        assert marker in out.read_text()
+        text = out.read_text()
+        assert marker in text and ("iou\\_" if fmt == "latex" else "iou_") in text  # every column
     plots = {p.name for p in tmp_path.glob("*.png")}
     assert {"miou_vs_strength.png", "importances.png", "retrain_curves.png"} <= plots
+    report = (tmp_path / "table.html").read_text()
+    assert report.count('src="data:image/png;base64,') == len(plots) and "kd+fakd vs kd: " in report
     assert tree_digest(study.root) == before, "export changed the study directory"
 
 

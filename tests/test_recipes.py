@@ -1,5 +1,5 @@
-"""The ready-to-run recipes in studies/ validate and pass preflight, and local pretrained weights reach the
-model."""
+"""The ready-to-run recipes in studies/ validate and pass preflight (a model-zoo teacher replaced by a tiny synthetic
+checkpoint in the same key layout), and local pretrained weights reach the model."""
 
 from __future__ import annotations
 
@@ -12,8 +12,10 @@ import torch
 import yaml
 from conftest import TINY_SPEC, write_spec
 from test_datasets import make_ade20k, make_camvid, make_cityscapes, make_voc
+from test_zoo_teachers import lraspp_checkpoint, mmseg_checkpoint
 
-from fakd.config import ARMS
+from fakd.config import ARMS, ZOO_SOURCES
+from fakd.errors import UserError
 from fakd.preflight import preflight
 from fakd.spec import load_spec
 from fakd.train.teacher import build_model
@@ -41,13 +43,50 @@ def dataset_root(path: Path, tmp_path: Path) -> Path:
     return tmp_path
 
 
+def recipe_overrides(path: Path, tmp_path: Path, teacher_classes: int | None = None) -> list[str]:
+    """data.root at a fixture tree; a zoo teacher's checkpoint at a tiny synthetic one (mmseg key layout, or a
+    torchvision state dict) with the dataset's class count unless `teacher_classes` says otherwise."""
+    overrides = [f"data.root={dataset_root(path, tmp_path)}"]
+    teacher = yaml.safe_load(path.read_text())["teacher"]
+    if teacher.get("source", "timm") in ZOO_SOURCES:
+        classes = teacher_classes or preflight(load_spec(path, overrides), teacher_checkpoint=False).num_classes
+        file = tmp_path / "zoo_teacher.pth"
+        if teacher["source"] == "mmseg":
+            mmseg_checkpoint(file, num_classes=classes)
+        else:
+            lraspp_checkpoint(file, num_classes=classes)
+        overrides.append(f"teacher.checkpoint={file}")
+    return overrides
+
+
 @pytest.mark.parametrize("path", SPECS, ids=[p.stem for p in SPECS])
 def test_every_spec_in_studies_validates(path: Path, tmp_path: Path) -> None:
-    root = dataset_root(path, tmp_path)
-    spec = load_spec(path, [f"data.root={root}"])
-    assert spec.defaults.data.root == str(root)
+    spec = load_spec(path, recipe_overrides(path, tmp_path))
+    assert spec.defaults.data.root == str(tmp_path)
     facts = preflight(spec)
     assert facts.num_classes == len(facts.class_names) >= 2
+
+
+def test_mmseg_recipe_is_the_published_cwd_setting(tmp_path: Path) -> None:
+    path = STUDIES / "cityscapes_mmseg.yaml"
+    raw = yaml.safe_load(path.read_text())
+    assert raw["teacher"]["checkpoint"].startswith("/data/checkpoints/pspnet_r101-d8_512x1024_80k_cityscapes")
+    spec = load_spec(path, recipe_overrides(path, tmp_path))
+    run = spec.defaults
+    assert (run.teacher.source, run.teacher.output_stride) == ("mmseg", 8)
+    assert (run.student.backbone, run.student.head, run.student.output_stride) == ("resnet18d", "pspnet", 8)
+    assert run.data.name == "cityscapes" and run.data.crop_size == (512, 1024) and run.train.iters == 80000
+    assert run.train.batch_size * run.train.accumulate in (8, 16)
+    assert tuple(spec.settings.arms) == ("kd", "kd+fakd", "cwd", "cwd+fakd")
+    assert (run.loss.cwd.weight, run.loss.cwd.temperature, run.train.lr, run.train.weight_decay) == (5.0, 1.0, 0.01,
+                                                                                                    0.0005)
+    # a teacher of another dataset (here 5 classes) is refused before any work, naming the file and both counts
+    other = tmp_path / "other"
+    other.mkdir()
+    with pytest.raises(UserError) as info:
+        preflight(load_spec(path, recipe_overrides(path, other, teacher_classes=5)))
+    assert info.value.key == "teacher.checkpoint" and "for 5 classes" in info.value.message
+    assert "the dataset has 19" in info.value.message and str(other / "zoo_teacher.pth") in info.value.message
 
 
 def test_a_root_in_the_wrong_layout_is_rejected_by_preflight_not_by_loading(tmp_path: Path) -> None:

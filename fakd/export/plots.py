@@ -21,6 +21,15 @@ from fakd.spec import StudySpec  # noqa: E402
 from fakd.vocab import ARM_TABLE  # noqa: E402
 
 STRENGTH_KEY = "loss.fakd.max_strength"
+CAPTIONS = {
+    "miou_vs_strength.png": "Held-out mIoU of every finished search trial against its FAKD strength (one point "
+                            "per trial, not joined).",
+    "importances.png": "Hyperparameter importances (fANOVA) of each arm's searched keys for held-out mIoU.",
+    "pareto.png": "Held-out mIoU against student parameters of the search trials; the dashed line joins the "
+                  "Pareto front.",
+    "retrain_curves.png": "Validation mIoU over iterations of the retrained runs: mean ± one SD per arm.",
+}
+"""What each plot shows, by file name (the HTML report's captions)."""
 
 
 def _save(figure: plt.Figure, path: Path) -> Path:
@@ -31,7 +40,8 @@ def _save(figure: plt.Figure, path: Path) -> Path:
 
 
 def strength_plot(records: list[TrialRecord], out: Path) -> Path | None:
-    """Held-out mIoU of every finished search trial against its FAKD strength, one marker colour per arm."""
+    """Held-out mIoU of every finished search trial against its FAKD strength, one marker colour per arm: a
+    scatter, never joined by lines (trials are independent points, not a curve)."""
     points = defaultdict(list)
     for r in records:
         if r.phase == "search" and r.final_miou is not None and STRENGTH_KEY in r.values:
@@ -53,7 +63,12 @@ def importances(spec: StudySpec, records: list[TrialRecord], arm: str) -> dict[s
 
     space = arm_space(spec, arm)
     finished = [r for r in records if r.phase == "search" and r.arm == arm and r.final_miou is not None]
-    study = optuna.create_study(direction="maximize")  # in memory: the records are the data
+    verbosity = optuna.logging.get_verbosity()
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # no "new study created" line per arm on stderr
+    try:
+        study = optuna.create_study(direction="maximize")  # in memory: the records are the data
+    finally:
+        optuna.logging.set_verbosity(verbosity)
     for r in finished:
         study.add_trial(optuna.trial.create_trial(params={k: r.values[k] for k in space}, distributions=space,
                                                   value=r.final_miou))
@@ -119,7 +134,8 @@ def curves_plot(records: list[TrialRecord], out: Path) -> Path | None:
 
 
 def write_plots(spec: StudySpec, records: list[TrialRecord], out: Path) -> tuple[list[Path], list[str]]:
-    """Every plot the study has data for; notes say what was skipped and why."""
+    """Write every plot the study has data for into `out`; the PNG files written (kept: the caller embeds or
+    lists them) and notes that say what was skipped and why."""
     out.mkdir(parents=True, exist_ok=True)
     importance, note = importance_plot(spec, records, out)
     made = [strength_plot(records, out), importance, pareto_plot(records, out), curves_plot(records, out)]

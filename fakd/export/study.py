@@ -1,23 +1,30 @@
-"""Export a study directory without changing it: tables to stdout or a file, plots beside the file."""
+"""Export a study directory without changing it: tables or the HTML report to stdout or a file, plots beside the
+file."""
 
 from __future__ import annotations
 
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from fakd.errors import UserError
-from fakd.export.render import FORMATS, render
+from fakd.export.render import FORMATS, compact_latex, compact_markdown, decisions, render
 from fakd.export.table import AblationTable, build_table
-from fakd.results import StudyDir, open_study_dir, read_trials
-from fakd.spec import load_spec
+from fakd.results import StudyDir, TrialRecord, open_study_dir, read_trials
+from fakd.spec import StudySpec, load_spec
 
 
 @dataclass(frozen=True)
 class Export:
+    """text: what was written to `out`, or what to print without it. note: how complete the retrain is (and
+    which plots were skipped). plots: the PNG files written beside `out`. compact: the compact table with its
+    footnotes (Markdown; what `make demo` prints)."""
+
     text: str
     table: AblationTable
     note: str
     plots: list[Path] = field(default_factory=list)
+    compact: str = ""
 
 
 def check_output(study: StudyDir, out: str | Path) -> Path:
@@ -37,8 +44,15 @@ def check_output(study: StudyDir, out: str | Path) -> Path:
     return path
 
 
-def export_study(study_path: str | Path, fmt: str = "md", out: str | Path | None = None) -> Export:
-    """The ablation table of a study in `fmt`; with `out`, written there with the plots beside it."""
+def export_study(study_path: str | Path, fmt: str = "md", out: str | Path | None = None, *,
+                 plots: bool = True) -> Export:
+    """The ablation table of a study in `fmt`, printed or, with `out`, written there with the plots beside it.
+
+    Without `out`: md prints the compact table, latex the compact tabular, csv the full table (unrounded) and
+    html the whole self-contained report (its plots drawn in a temporary directory). With `out`: md writes the
+    compact table, the decisions and the full table; csv and latex the full table; html the report; and every
+    format writes the plots beside the file (`plots=False` skips them, except for html which embeds them).
+    """
     if fmt not in FORMATS:
         raise UserError(f"unknown format {fmt!r}; accepted: {', '.join(FORMATS)}", key="--format")
     study = open_study_dir(study_path)
@@ -46,19 +60,52 @@ def export_study(study_path: str | Path, fmt: str = "md", out: str | Path | None
     spec = load_spec(study.spec)
     records = read_trials(study)
     table = build_table(study, spec, records)
-    text = render(table.frame, fmt)
+    summary = compact_markdown(table)
     if table.expected == 0:
         note = "no retrained runs yet: run `launch.py retrain STUDY_DIR --seeds N` for the table's statistics"
     elif table.missing:
         note = f"{table.missing} of {table.expected} retrained runs are missing (not finished yet)"
     else:
         note = f"all {table.expected} retrained runs finished"
-    plots: list[Path] = []
-    if target is not None:
-        from fakd.export.plots import write_plots
+    if target is None:
+        if fmt == "html":
+            with tempfile.TemporaryDirectory(prefix="fakd-plots-") as scratch:
+                text = _report(study, spec, records, table, note, Path(scratch))[0]
+        else:
+            text = {"md": summary, "latex": compact_latex(table), "csv": render(table.frame, "csv")}[fmt]
+        return Export(text, table, note, [], summary)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    written: list[Path] = []
+    if fmt == "html":
+        text, written, skipped = _report(study, spec, records, table, note, target.parent)
+    else:
+        if plots:
+            from fakd.export.plots import write_plots
 
-        target.parent.mkdir(parents=True, exist_ok=True)
-        target.write_text(text)
-        plots, skipped = write_plots(spec, records, target.parent)
-        note = "\n".join([note, *skipped])
-    return Export(text, table, note, plots)
+            written, skipped = write_plots(spec, records, target.parent)
+        else:
+            skipped = []
+        text = render(table.frame, fmt)
+        if fmt == "md":
+            text = _markdown_file(spec.name, summary, decisions(table), text)
+    target.write_text(text)
+    note = "\n".join([note, *skipped])
+    return Export(text, table, note, written, summary)
+
+
+def _markdown_file(name: str, summary: str, sentences: list[str], full: str) -> str:
+    """The Markdown export: the compact table, the decisions in words, then the full table."""
+    lines = [f"# Ablation table: {name}", "", summary, "", "## Decisions", ""]
+    lines += [f"- {sentence}" for sentence in sentences] or ["- no arm has a base arm in this study"]
+    return "\n".join([*lines, "", "## Full table", "", full]) + "\n"
+
+
+def _report(study: StudyDir, spec: StudySpec, records: list[TrialRecord], table: AblationTable, note: str,
+            plot_dir: Path) -> tuple[str, list[Path], list[str]]:
+    """The HTML report with its plots drawn into `plot_dir` and embedded; the plot files and skip notes."""
+    from fakd.export.plots import write_plots
+    from fakd.export.report import html_report
+
+    written, skipped = write_plots(spec, records, plot_dir)
+    name = str(study.metadata().get("name") or spec.name)
+    return html_report(name, study.spec.read_text(), table, note, written, skipped), written, skipped

@@ -1,53 +1,70 @@
-"""The ablation table of a study: one row per (student, arm), statistics over retrain seeds."""
+"""The ablation table of a study: one row per (student, arm, budget), statistics over the retrained runs.
+
+Every statistic comes from `fakd.export.stats`. A row's runs are its COMPLETE retrain trials with a finite
+final validation mIoU; each run is identified by (selection repeat, seed). An arm with a base arm in the
+study is compared with it per student and budget by the paired t-test over the runs both have (same repeat,
+same seed), and the p-values of all of a study's comparisons are Holm-adjusted together.
+
+With K > 1 selection repeats (`search.selection_repeats`) the pairs of one repeat share its selected
+configurations, so the paired interval describes seed noise given the selections; the stability columns
+(`repeat_sd` against `seed_sd`) show how much the selection itself moves the result. With K == 1 the
+stability columns are absent.
+"""
 
 from __future__ import annotations
 
 import math
 from collections import defaultdict
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import pandas as pd
-from scipy import stats
 
-from fakd.results import COMPLETE, StudyDir, TrialRecord, read_trials
+from fakd.export.stats import compare_paired, holm, mean_ci
+from fakd.results import COMPLETE, FAILED, StudyDir, TrialRecord, read_trials
 from fakd.spec import StudySpec, load_spec
 from fakd.vocab import ARM_TABLE
 
-COLUMNS = ["student", "arm", "n", "miou_mean", "miou_ci_low", "miou_ci_high"]
+__all__ = ["ALPHA", "AblationTable", "DEFAULT_BUDGET", "POWER", "TARGET_DELTA", "build_table", "mean_ci"]
 
+ALPHA, POWER, TARGET_DELTA = 0.05, 0.8, 0.01
+"""Test level, power and the mIoU difference (a fraction: 0.01 is 1 mIoU point) of the power analysis."""
+DEFAULT_BUDGET = "equal-iters"
+BUDGETS = ("equal-iters", "equal-time")
+KEYS = ["student", "arm", "budget", "n", "miou_mean", "miou_ci_low", "miou_ci_high"]
+STABILITY = ["repeats", "repeat_sd", "seed_sd"]
+COMPARISON = ["base_arm", "paired_n", "delta_vs_base", "delta_ci_low", "delta_ci_high", "delta_sd", "p_value",
+              "p_holm", "mde", "seeds_needed"]
+COUNTS = ["n", "repeats", "paired_n", "seeds_needed", "diverged"]
 
-def mean_ci(values: list[float], level: float = 0.95) -> tuple[float, float, float]:
-    """Mean and the two-sided Student-t confidence interval (NaN bounds for fewer than two values)."""
-    if not values:
-        return math.nan, math.nan, math.nan
-    array = np.asarray(values, dtype=float)
-    mean = float(array.mean())
-    if len(array) < 2:
-        return mean, math.nan, math.nan
-    half = float(stats.t.ppf(0.5 + level / 2, len(array) - 1) * array.std(ddof=1) / math.sqrt(len(array)))
-    return mean, mean - half, mean + half
-
-
-def paired_delta(arm: dict[int, float], base: dict[int, float]) -> tuple[float, float, int]:
-    """Mean of arm − base over the seeds both have, the paired t-test p-value (NaN below two pairs or with
-    zero variance), and the number of pairs."""
-    shared = sorted(set(arm) & set(base))
-    if not shared:
-        return math.nan, math.nan, 0
-    ours, theirs = [arm[s] for s in shared], [base[s] for s in shared]
-    delta = float(np.mean(np.subtract(ours, theirs)))
-    p_value = float(stats.ttest_rel(ours, theirs).pvalue) if len(shared) >= 2 else math.nan
-    return delta, p_value, len(shared)
+Run = tuple[int, int]  # (selection repeat, seed)
+Group = tuple[str, str, str]  # (student, arm, budget)
 
 
 @dataclass(frozen=True)
 class AblationTable:
+    """The table (teacher row first) and what the note and the compact rendering need to know about it.
+
+    frame columns: student, arm, budget, n, miou_mean, miou_ci_low, miou_ci_high, [repeats, repeat_sd,
+    seed_sd when repeats > 1], base_arm, paired_n, delta_vs_base, delta_ci_low, delta_ci_high, delta_sd,
+    p_value, p_holm, mde, seeds_needed, <unit>_hours, retrain_<unit>_hours, diverged, iou_<class>...
+    Scores, deltas, SDs and MDEs are mIoU fractions.
+    """
+
     frame: pd.DataFrame
     missing: int
     expected: int
     hours_column: str
+    repeats: int = 1
+    budgets: tuple[str, ...] = (DEFAULT_BUDGET,)
+    class_names: tuple[str, ...] = ()
+
+
+def budget_of(record: TrialRecord) -> str:
+    """The retrain budget of a record (records written before budgets existed were equal-iters)."""
+    return record.budget or DEFAULT_BUDGET
 
 
 def build_table(study: StudyDir, spec: StudySpec | None = None,
@@ -56,55 +73,110 @@ def build_table(study: StudyDir, spec: StudySpec | None = None,
     spec = spec or load_spec(study.spec)
     records = read_trials(study) if records is None else records
     meta = study.metadata()
-    class_names = list(meta.get("data", {}).get("class_names", []))
+    class_names = [str(name) for name in meta.get("data", {}).get("class_names", [])]
     resources = spec.settings.resources
     hours_column = "gpu_hours" if resources.gpu > 0 else "cpu_hours"
     per_unit = resources.gpu if resources.gpu > 0 else resources.cpu
-    seconds: dict[tuple[str, str], float] = defaultdict(float)
-    scores: dict[tuple[str, str], dict[int, float]] = defaultdict(dict)
-    ious: dict[tuple[str, str], list[list[float]]] = defaultdict(list)
-    diverged: dict[tuple[str, str], int] = defaultdict(int)
+    retrain = [r for r in records if r.phase == "retrain"]
+    repeats = max([spec.settings.search.selection_repeats] + [r.repeat + 1 for r in records])
+    found = {budget_of(r) for r in retrain}
+    budgets = tuple(sorted(found, key=lambda b: (BUDGETS.index(b) if b in BUDGETS else len(BUDGETS), b)))
+    budgets = budgets or (DEFAULT_BUDGET,)
+
+    search_seconds: dict[tuple[str, str], float] = defaultdict(float)
+    search_diverged: dict[tuple[str, str], int] = defaultdict(int)
+    retrain_seconds: dict[Group, float] = defaultdict(float)
+    retrain_diverged: dict[Group, int] = defaultdict(int)
+    scores: dict[Group, dict[Run, float]] = defaultdict(dict)
+    ious: dict[Group, list[list[float]]] = defaultdict(list)
     for record in records:
-        key = (record.student, record.arm)
-        seconds[key] += record.seconds
-        diverged[key] += record.diverged
-        if record.phase == "retrain" and record.state == COMPLETE and record.final_miou is not None:
-            scores[key][record.seed] = record.final_miou
-            ious[key].append(record.last.get("val_iou", []))
-    planned = [r for r in records if r.phase == "retrain"]
-    students = sorted({student for student, _ in seconds} or {spec.defaults.student.backbone})
-    rows = [_teacher_row(spec, meta, class_names)]
+        if record.phase != "retrain":
+            search_seconds[(record.student, record.arm)] += record.seconds
+            search_diverged[(record.student, record.arm)] += record.diverged
+            continue
+        group = (record.student, record.arm, budget_of(record))
+        retrain_seconds[group] += record.seconds
+        retrain_diverged[group] += record.diverged
+        if record.state == COMPLETE and record.final_miou is not None:
+            scores[group][(record.repeat, record.seed)] = record.final_miou
+            iou = record.last.get("val_iou") if record.last else None
+            if isinstance(iou, list) and len(iou) == len(class_names):
+                ious[group].append(iou)
+
+    students = sorted({r.student for r in records} or {spec.defaults.student.backbone})
+    rows: list[dict[str, Any]] = []
     for student in students:
-        for arm in spec.settings.arms:
-            key = (student, arm)
-            mean, low, high = mean_ci(list(scores[key].values()))
-            row: dict[str, Any] = {"student": student, "arm": arm, "n": len(scores[key]), "miou_mean": mean,
-                                   "miou_ci_low": low, "miou_ci_high": high}
-            row.update(_per_class(ious[key], class_names))
-            row[hours_column] = seconds[key] * per_unit / 3600
-            row["diverged"] = diverged[key]
-            base = ARM_TABLE[arm].base
-            if base in spec.settings.arms:
-                delta, p_value, pairs = paired_delta(scores[key], scores[(student, base)])
-                row.update({"base_arm": base, "delta_vs_base": delta, "p_value": p_value, "paired_n": pairs})
-            rows.append(row)
-    found = sum(len(v) for v in scores.values())
-    failed = sum(r.state == "FAILED" for r in planned)
-    return AblationTable(pd.DataFrame(rows), max(0, len(planned) - found - failed), len(planned), hours_column)
+        for budget in budgets:
+            for arm in spec.settings.arms:
+                group = (student, arm, budget)
+                mean, low, high = mean_ci(scores[group].values())
+                row: dict[str, Any] = {"student": student, "arm": arm, "budget": budget, "n": len(scores[group]),
+                                       "miou_mean": mean, "miou_ci_low": low, "miou_ci_high": high}
+                if repeats > 1:
+                    row.update(_stability(scores[group]))
+                base = ARM_TABLE[arm].base
+                if base in spec.settings.arms:
+                    row.update(_comparison(base, scores[group], scores[(student, base, budget)]))
+                seconds = search_seconds[(student, arm)] + retrain_seconds[group]
+                row[hours_column] = seconds * per_unit / 3600
+                row[f"retrain_{hours_column}"] = retrain_seconds[group] * per_unit / 3600
+                row["diverged"] = search_diverged[(student, arm)] + retrain_diverged[group]
+                row.update(_per_class(ious[group], class_names))
+                rows.append(row)
+    adjusted = holm([row["p_value"] for row in rows if "p_value" in row])
+    for row, p_holm in zip((row for row in rows if "p_value" in row), adjusted, strict=True):
+        row["p_holm"] = p_holm
+
+    columns = KEYS + (STABILITY if repeats > 1 else []) + COMPARISON
+    columns += [hours_column, f"retrain_{hours_column}", "diverged"] + [f"iou_{name}" for name in class_names]
+    frame = pd.DataFrame([_teacher_row(spec, meta, class_names), *rows], columns=columns)
+    for column in COUNTS:
+        if column in frame:
+            frame[column] = frame[column].astype("Int64")
+    done = sum(len(runs) for runs in scores.values())
+    failed = sum(r.state == FAILED for r in retrain)
+    return AblationTable(frame, max(0, len(retrain) - done - failed), len(retrain), hours_column, repeats, budgets,
+                         tuple(class_names))
+
+
+def _comparison(base: str, arm_scores: Mapping[Run, float], base_scores: Mapping[Run, float]) -> dict[str, Any]:
+    """The paired comparison columns of an arm against its base, over the (repeat, seed) runs both have."""
+    index = {run: i for i, run in enumerate(sorted(set(arm_scores) | set(base_scores)))}
+    result = compare_paired({index[r]: v for r, v in arm_scores.items()},
+                            {index[r]: v for r, v in base_scores.items()},
+                            alpha=ALPHA, power=POWER, target_delta=TARGET_DELTA)
+    return {"base_arm": base, "paired_n": result.n_pairs, "delta_vs_base": result.delta,
+            "delta_ci_low": result.ci_low, "delta_ci_high": result.ci_high, "delta_sd": result.sd,
+            "p_value": result.p_value, "mde": result.mde, "seeds_needed": result.seeds_needed}
+
+
+def _stability(scores: Mapping[Run, float]) -> dict[str, Any]:
+    """Selection stability: the SD of the per-repeat mean scores (across repeats) and the mean within-repeat
+    SD (across training seeds); NaN where fewer than two repeats, or no repeat with two seeds, have runs."""
+    by_repeat: dict[int, list[float]] = defaultdict(list)
+    for (repeat, _), value in scores.items():
+        by_repeat[repeat].append(value)
+    means = [float(np.mean(values)) for values in by_repeat.values()]
+    within = [float(np.std(values, ddof=1)) for values in by_repeat.values() if len(values) >= 2]
+    return {"repeats": len(by_repeat), "repeat_sd": float(np.std(means, ddof=1)) if len(means) >= 2 else math.nan,
+            "seed_sd": float(np.mean(within)) if within else math.nan}
 
 
 def _per_class(ious: list[list[float]], class_names: list[str]) -> dict[str, float]:
+    """Mean IoU of each class over the runs (NaN where a class is absent from every run's validation split)."""
     if not ious:
         return {f"iou_{name}": math.nan for name in class_names}
     matrix = np.asarray(ious, dtype=float)
-    means = np.nanmean(matrix, axis=0) if not np.isnan(matrix).all() else matrix[0]
-    return {f"iou_{name}": float(value) for name, value in zip(class_names, means, strict=False)}
+    present = ~np.isnan(matrix).all(axis=0)
+    means = np.full(matrix.shape[1], math.nan)
+    means[present] = np.nanmean(matrix[:, present], axis=0)
+    return {f"iou_{name}": float(value) for name, value in zip(class_names, means, strict=True)}
 
 
 def _teacher_row(spec: StudySpec, meta: dict[str, Any], class_names: list[str]) -> dict[str, Any]:
     metrics = meta.get("teacher", {}).get("metrics", {})
     miou = metrics.get("val_miou", math.nan)
-    row: dict[str, Any] = {"student": spec.defaults.teacher.backbone, "arm": "teacher", "n": 1 if metrics else 0,
-                           "miou_mean": miou, "miou_ci_low": math.nan, "miou_ci_high": math.nan}
+    row: dict[str, Any] = {"student": spec.defaults.teacher.label, "arm": "teacher", "budget": None,
+                           "n": 1 if metrics else 0, "miou_mean": miou}
     row.update({f"iou_{n}": v for n, v in zip(class_names, metrics.get("val_iou", []), strict=False)})
     return row

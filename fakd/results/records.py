@@ -82,6 +82,13 @@ class TrialRecord:
         return max(values) if values else None
 
     @property
+    def seconds_per_iter(self) -> float | None:
+        """The measured wall time of one training iteration (teacher forward included), median over its
+        evaluation windows."""
+        values = sorted(v for row in self.results if (v := _finite(row.get("seconds_per_iter"))) is not None)
+        return values[len(values) // 2] if values else None
+
+    @property
     def seconds(self) -> float:
         """Wall time its evaluation windows took (training and evaluation), summed over the run."""
         return float(sum(row.get("window_seconds", 0.0) for row in self.results))

@@ -292,12 +292,11 @@ class RetrainPhase(Phase):
     def __init__(self, study: StudyDir, spec: StudySpec, log: Log, plan: list[TrialRecord]) -> None:
         super().__init__(study, spec, log)
         self.planned = {record.key for record in plan}
+        # retrain trials of another budget or seed count are not this phase's to run
+        self.records = {key: record for key, record in self.records.items() if key in self.planned}
         for record in plan:
             if record.key not in self.records:
                 self.add(record)
 
     def budget(self) -> int:
         return len(self.planned)
-
-    def is_finished(self) -> bool:
-        return all(self.records[key].state in TERMINAL for key in self.planned)

@@ -31,11 +31,12 @@ from fakd.study.cluster import check_cluster_resources, check_local_resources, r
 from fakd.study.lock import StudyLock
 from fakd.study.optuna_link import OptunaLink, open_storage
 from fakd.study.phases import Phase, RetrainPhase, SearchPhase
-from fakd.study.selection import plan_retrain, retrain_seeds, seeds_done
+from fakd.study.selection import outcome, plan_retrain, retrain_seeds, seeds_done
 from fakd.study.signals import StopSignals
 from fakd.study.tracking import WandbStreamer, git_commit, log_table, sync_hint
 from fakd.study.trainable import TrialContext
 from fakd.study.tune_glue import run_phase
+from fakd.vocab import BUDGETS
 
 Log = Callable[[str], None]
 GIVEN_TEACHER = "teachers/given/teacher.pt"
@@ -90,30 +91,30 @@ def resume(
     """Finish an interrupted study: finished trials stay finished, unfinished ones continue from checkpoints."""
     study = open_study_dir(study_path)
     with _driving(study, "resume", address) as (spec, signals):
-        if no_wandb:
-            study.update_metadata(no_wandb=True)
         log(f"resuming study {study.root}")
-        _drive(study, spec, signals, log)
+        _drive(study, spec, signals, log, no_wandb=no_wandb)
     return study
 
 
 def retrain(
-    study_path: str | Path, seeds: int, *, address: str | None = None, no_wandb: bool = False, log: Log = _print
+    study_path: str | Path, seeds: int, *, budget: str | None = None, address: str | None = None,
+    no_wandb: bool = False, log: Log = _print,
 ) -> StudyDir:
-    """Select-then-retrain with `seeds` seeds (finishing the search first if it was interrupted); more seeds
-    than the study has train only the missing ones."""
+    """Select-then-retrain with `seeds` seeds at `budget` (default: the spec's `search.retrain_budget`),
+    finishing the search first if it was interrupted; more seeds than the study has train only the missing
+    ones."""
     if seeds < 1:
         raise UserError(f"--seeds must be at least 1, got {seeds}", key="--seeds")
+    if budget is not None and budget not in BUDGETS:
+        raise UserError(f"unknown budget {budget!r}; accepted: {', '.join(BUDGETS)}", key="--budget")
     study = open_study_dir(study_path)
-    done = seeds_done(read_trials(study, "retrain"))
+    chosen = budget or load_spec(study.spec).settings.search.retrain_budget
+    done = seeds_done(read_trials(study, "retrain"), chosen)
     if seeds < done:
-        raise UserError(f"the study already has {done} retrain seeds; --seeds takes {done} or more (more seeds "
-                        "train only the missing ones)", key="--seeds")
+        raise UserError(f"the study already has {done} retrain seeds at {chosen}; --seeds takes {done} or more "
+                        "(more seeds train only the missing ones)", key="--seeds")
     with _driving(study, "retrain", address) as (spec, signals):
-        if no_wandb:
-            study.update_metadata(no_wandb=True)
-        study.update_metadata(retrain_seeds=seeds)
-        _drive(study, spec, signals, log)
+        _drive(study, spec, signals, log, seeds=seeds, budget=chosen, no_wandb=no_wandb)
     return study
 
 
@@ -162,10 +163,17 @@ def _create(study: StudyDir, spec: StudySpec, facts: DataFacts, name: str, spec_
     })
 
 
-def _drive(study: StudyDir, spec: StudySpec, signals: StopSignals, log: Log) -> None:
-    """Teacher, search, then retrain when seeds are asked for: whatever of it is not done yet."""
+def _drive(study: StudyDir, spec: StudySpec, signals: StopSignals, log: Log, *, seeds: int | None = None,
+           budget: str | None = None, no_wandb: bool = False) -> None:
+    """Teacher, search, then retrain when seeds are asked for: whatever of it is not done yet.
+
+    Nothing is written before the study's files (metadata, Optuna storage, every record) were read."""
     optuna = OptunaLink(spec, open_storage(spec, study), study.metadata()["optuna_prefix"])
     search = SearchPhase(study, spec, log, optuna)  # reads every record: a corrupt one stops us here
+    if no_wandb:
+        study.update_metadata(no_wandb=True)
+    if seeds:
+        study.update_metadata(retrain_seeds=seeds, retrain_budget=budget)
     teacher = _teacher(study, spec, log)
     signals.check()
     context = TrialContext(str(study.root), teacher["path"])
@@ -184,9 +192,11 @@ def _drive(study: StudyDir, spec: StudySpec, signals: StopSignals, log: Log) -> 
     hint = sync_hint(study.root) if _tracking(spec, study).wandb else None
     if hint:
         log(hint)
-    seeds = study.metadata().get("retrain_seeds") or spec.settings.search.retrain_seeds
+    meta = study.metadata()
+    seeds = meta.get("retrain_seeds") or spec.settings.search.retrain_seeds
     if seeds:
-        _retrain(study, spec, context, teacher, seeds, signals, log)
+        budget = meta.get("retrain_budget") or spec.settings.search.retrain_budget
+        _retrain(study, spec, context, teacher, seeds, budget, signals, log)
 
 
 def _run(phase: Phase, study: StudyDir, spec: StudySpec, context: TrialContext, teacher: dict[str, Any],
@@ -206,8 +216,7 @@ def _run(phase: Phase, study: StudyDir, spec: StudySpec, context: TrialContext, 
 
 def _summarise(search: SearchPhase, log: Log) -> None:
     for arm in search.spec.settings.arms:
-        states = Counter(r.reason if r.state == "FAILED" else r.state.lower()
-                         for r in search.records.values() if r.arm == arm)
+        states = Counter(outcome(r) for r in search.records.values() if r.arm == arm)
         best = max((r.final_miou for r in search.records.values() if r.arm == arm and r.final_miou is not None),
                    default=None)
         counts = ", ".join(f"{n} {state}" for state, n in sorted(states.items()))
@@ -215,11 +224,13 @@ def _summarise(search: SearchPhase, log: Log) -> None:
 
 
 def _retrain(study: StudyDir, spec: StudySpec, context: TrialContext, teacher: dict[str, Any], seeds: int,
-             signals: StopSignals, log: Log) -> None:
-    plan, problems = plan_retrain(spec, read_trials(study), retrain_seeds(spec, seeds))
+             budget: str, signals: StopSignals, log: Log) -> None:
+    plan, problems = plan_retrain(spec, read_trials(study), retrain_seeds(spec, seeds), budget)
     phase = RetrainPhase(study, spec, log, plan)
     if not phase.is_finished():
-        log(f"retrain: {phase.budget()} runs (each arm's best configuration × {seeds} seeds)")
+        iters = {r.arm: r.run["train"]["iters"] for r in plan}
+        log(f"retrain: {phase.budget()} runs (each arm's best configuration × {seeds} seeds, {budget}: "
+            + ", ".join(f"{arm} {n} iterations" for arm, n in iters.items()) + ")")
         _run(phase, study, spec, context, teacher, signals, log)
         study.update_metadata(retrain_finished=now())
     from fakd.export.table import build_table  # the export reads the study, it does not drive it
@@ -233,13 +244,27 @@ def _retrain(study: StudyDir, spec: StudySpec, context: TrialContext, teacher: d
 
 def _teacher(study: StudyDir, spec: StudySpec, log: Log) -> dict[str, Any]:
     """The study's teacher, recorded relative to the study: trained once (a Ray task with a trial's
-    resources) or copied from the given checkpoint."""
+    resources) or copied from the given checkpoint; a model-zoo teacher is copied and then evaluated once on
+    the validation split (a Ray task with a trial's resources), so the table's teacher row has its metrics."""
     known = study.metadata().get("teacher")
     if known and study.path(known["path"]).is_file():
         return known
     given = spec.defaults.teacher.checkpoint
     started = time.perf_counter()
-    if given:
+    if given and spec.defaults.teacher.is_zoo:
+        from fakd.train import evaluate_teacher, zoo_teacher_key
+        from fakd.train.teacher import copy_teacher_file
+
+        target = study.path(GIVEN_TEACHER)
+        copy_teacher_file(given, target)
+        cfg = spec.run_config(spec.settings.arms[0], phase="final")
+        log(f"evaluating teacher {cfg.teacher.label} on the validation split")
+        resources = spec.settings.resources
+        task = ray.remote(num_cpus=resources.cpu, num_gpus=resources.gpu)(evaluate_teacher)
+        metrics = ray.get(task.remote(target, cfg))
+        teacher = {"key": zoo_teacher_key(cfg, target), "path": GIVEN_TEACHER, "metrics": metrics,
+                   "source": str(given), "zoo": cfg.teacher.source}
+    elif given:
         from fakd.train import read_teacher_file
 
         target = study.path(GIVEN_TEACHER)
@@ -259,7 +284,7 @@ def _teacher(study: StudyDir, spec: StudySpec, log: Log) -> dict[str, Any]:
         teacher = {"key": artifact.key, "path": study.relative(artifact.path), "metrics": artifact.metrics}
     study.update_metadata(teacher=teacher)
     miou = teacher["metrics"].get("val_miou", float("nan"))
-    log(f"teacher {spec.defaults.teacher.backbone} ready ({teacher['key']}, val mIoU {miou:.4f}, "
+    log(f"teacher {spec.defaults.teacher.label} ready ({teacher['key']}, val mIoU {miou:.4f}, "
         f"{time.perf_counter() - started:.0f} s)")
     return teacher
 

@@ -6,9 +6,12 @@ from fakd.train.teacher import (
     TeacherArtifact,
     check_teacher_checkpoint,
     ensure_teacher,
+    evaluate_teacher,
     load_teacher,
+    load_zoo_network,
     read_teacher_file,
     teacher_key,
+    zoo_teacher_key,
 )
 
 __all__ = [
@@ -19,10 +22,13 @@ __all__ = [
     "check_teacher_checkpoint",
     "ensure_teacher",
     "evaluate",
+    "evaluate_teacher",
     "fit",
     "load_teacher",
+    "load_zoo_network",
     "read_teacher_file",
     "run_distillation",
     "teacher_key",
     "train_student",
+    "zoo_teacher_key",
 ]

@@ -66,7 +66,9 @@ def build_splits(cfg: RunConfig) -> Splits:
 
 
 def train_loader(cfg: RunConfig, dataset: Any, total_iters: int, start_iteration: int) -> DataLoader:
-    """Batches for iterations [start, total): batch i is a pure function of (seed, i)."""
+    """Batches of `train.batch_size` for iterations [start, total): batch i is a pure function of (seed, i). With
+    gradient accumulation the trainer asks for micro-batches: step s uses batches s·accumulate … s·accumulate + a − 1,
+    which hold exactly the samples of step s with accumulate 1 and batch size batch_size·accumulate."""
     transform = TrainTransform(cfg.data.crop_size, scale_range=cfg.data.scale_range)
     view = TrainSampleView(dataset, transform, seed=cfg.train.seed)
     sampler = IterationSampler(

@@ -7,7 +7,7 @@ import math
 import sys
 import time
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -131,23 +131,53 @@ def training_step(
     images: torch.Tensor,
     labels: torch.Tensor,
     step: int,
-    teacher: Segmenter | None = None,
+    teacher: nn.Module | None = None,
     accelerator: Accelerator | None = None,
 ) -> dict[str, torch.Tensor | float]:
     """One update: student forward (and the frozen teacher's, when the objective distills), loss, backward,
     optimizer step. Returns the loss terms, left on the device."""
-    autocast = accelerator.autocast() if accelerator is not None else contextlib.nullcontext()
-    with autocast:
-        output = model(images)
-        teacher_logits = None
-        if objective.needs_teacher:
-            with torch.no_grad():
-                teacher_logits = teacher(images).logits
-    loss, terms = objective(output, labels, step, model.classifier_weight, teacher_logits)
+    return accumulated_step(model, objective, optimizer, [(images, labels)], step, teacher, accelerator)
+
+
+def accumulated_step(
+    model: Segmenter,
+    objective: SegmentationObjective,
+    optimizer: torch.optim.Optimizer,
+    batches: Sequence[tuple[torch.Tensor, torch.Tensor]],
+    step: int,
+    teacher: nn.Module | None = None,
+    accelerator: Accelerator | None = None,
+) -> dict[str, torch.Tensor | float]:
+    """One optimizer update from the micro-batches `batches` (moved to the device one at a time): each is forwarded
+    (with the frozen teacher's `teacher(images).logits` when the objective distills) and back-propagated with its
+    loss divided by their number, so the update applies the mean of their gradients; every micro-batch updates
+    the FAKD covariance. Returns the loss terms averaged over the micro-batches, left on the device.
+
+    This equals one update on the concatenated batch only where the loss of the whole batch is the mean of the
+    micro-batch losses and samples do not interact: KD and CWD terms (equal pixel and map counts per micro-batch)
+    and CE without ignored pixels; BatchNorm in train mode normalises each micro-batch with its own statistics,
+    and FAKD's bound for an early micro-batch uses a covariance that has not yet seen the later ones.
+    """
     optimizer.zero_grad(set_to_none=True)
-    loss.backward()
+    count = len(batches)
+    sums: dict[str, torch.Tensor | float] = {}
+    for images, labels in batches:
+        if accelerator is not None:
+            images, labels = accelerator.images(images), labels.to(accelerator.device, non_blocking=True)
+        with accelerator.autocast() if accelerator is not None else contextlib.nullcontext():
+            output = model(images)
+            teacher_logits = None
+            if objective.needs_teacher:
+                with torch.no_grad():
+                    teacher_logits = teacher(images).logits
+        loss, terms = objective(output, labels, step, model.classifier_weight, teacher_logits)
+        (loss if count == 1 else loss / count).backward()
+        for name, value in terms.items():  # floats (the FAKD strength) are the same for every micro-batch
+            sums[name] = sums[name] + value if isinstance(value, torch.Tensor) and name in sums else value
     optimizer.step()
-    return terms
+    if count == 1:
+        return sums
+    return {name: value / count if isinstance(value, torch.Tensor) else value for name, value in sums.items()}
 
 
 def _progress(total: int, start: int, enabled: bool | None, description: str) -> Any:
@@ -166,7 +196,7 @@ def fit(
     splits: Splits,
     work_dir: Path,
     *,
-    teacher: Segmenter | None = None,
+    teacher: nn.Module | None = None,
     report: Reporter | None = None,
     resume_from: str | Path | None = None,
     progress: bool | None = None,
@@ -174,7 +204,9 @@ def fit(
     label: str | None = None,
     replay: bool = False,
 ) -> dict[str, Any]:
-    """Train `model` for `cfg.train.iters` iterations on `splits` with the arm's objective.
+    """Train `model` for `cfg.train.iters` iterations (optimizer steps, each over `cfg.train.accumulate`
+    micro-batches of `cfg.train.batch_size`) on `splits` with the arm's objective; `teacher` is frozen and called
+    as `teacher(images).logits` (a `Segmenter`, or a `fakd.models.zoo.ZooTeacher`).
 
     Every `eval_every` iterations (and at the end) it evaluates, writes a full-state checkpoint under
     `work_dir/checkpoints` and calls `report(metrics, checkpoint_dir)`. With `resume_from` (a checkpoint
@@ -213,10 +245,11 @@ def fit(
     sums: dict[str, torch.Tensor | float] = defaultdict(float)
     window_start, window_iters = time.perf_counter(), 0
     model.train()
-    batches = train_loader(cfg, splits.train, total, start)
-    for iteration, (images, labels) in enumerate(batches, start=start + 1):
-        images, labels = accelerator.images(images), labels.to(accelerator.device, non_blocking=True)
-        terms = training_step(model, objective, optimizer, images, labels, iteration - 1, teacher, accelerator)
+    accumulate = cfg.train.accumulate  # micro-batch j = step * accumulate + k: a pure function of (seed, j)
+    micro_batches = iter(train_loader(cfg, splits.train, total * accumulate, start * accumulate))
+    for iteration in range(start + 1, total + 1):
+        batches = [next(micro_batches) for _ in range(accumulate)]
+        terms = accumulated_step(model, objective, optimizer, batches, iteration - 1, teacher, accelerator)
         state.scheduler.step()
         for name, value in terms.items():
             sums[name] = sums[name] + value  # tensors stay on the device: no sync per step

@@ -73,8 +73,10 @@ def _claim(work: Path, cfg: RunConfig) -> None:
 
 
 def check_models(cfg: RunConfig, file: str, num_classes: int) -> None:
-    """Build teacher and student once so unknown heads, strides or weight files fail before any training."""
-    for role, model in (("teacher", model_config(cfg.teacher)), ("student", cfg.student)):
+    """Build teacher and student once so unknown heads, strides or weight files fail before any training (a zoo
+    teacher is built from its file: `check_teacher_checkpoint`)."""
+    teacher = [] if cfg.teacher.is_zoo else [("teacher", model_config(cfg.teacher))]
+    for role, model in [*teacher, ("student", cfg.student)]:
         try:
             build_model(model, num_classes, seed=0)
         except UserError as exc:

@@ -1,10 +1,16 @@
-"""Teachers: trained once per configuration, cached under a hash of that configuration, then frozen."""
+"""Teachers: trained once per configuration, cached under a hash of that configuration, then frozen.
+
+A model-zoo teacher (`teacher.source: mmseg | torchvision`) is never trained: its file is copied beside the
+cache (or into the study), evaluated once on the validation split, and loaded frozen by every run.
+"""
 
 from __future__ import annotations
 
 import contextlib
 import fcntl
+import hashlib
 import json
+import os
 import shutil
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -13,14 +19,16 @@ from typing import Any
 
 import torch
 
-from fakd.config import ModelConfig, RunConfig, config_hash
+from fakd.config import ModelConfig, RunConfig, TeacherConfig, config_hash
 from fakd.errors import UserError
 from fakd.models import Segmenter, build_segmenter
+from fakd.models.zoo import ZooSegmenter, ZooTeacher, load_mmseg, load_torchvision
 from fakd.train.checkpoint import atomic_save, latest_checkpoint, safe_load
-from fakd.train.data import build_splits
-from fakd.train.loop import Reporter, fit
+from fakd.train.data import build_splits, eval_loader
+from fakd.train.loop import Accelerator, Reporter, evaluate, fit
 
 TEACHER_FILE = "teacher.pt"
+ZOO_META = "meta.json"
 KEY = "teacher.checkpoint"
 SHOWN_KEYS = 3
 
@@ -33,16 +41,20 @@ class TeacherArtifact:
 
 
 def teacher_key(cfg: RunConfig) -> str:
-    """Hash of everything that determines the teacher's weights."""
+    """Hash of everything that determines the teacher's weights (a trained teacher: `teacher.source: timm`).
+
+    Keys added later (`source`, `arch`; `accumulate` while it is 1) are left out, so existing caches keep their key.
+    """
     run = cfg.teacher_run()
+    train_exclude = {"device", "eval_batch_size"} | ({"accumulate"} if run.train.accumulate == 1 else set())
     return config_hash(
-        cfg.teacher.model_dump(exclude={"checkpoint"}),
-        run.train.model_dump(exclude={"device", "eval_batch_size"}),
+        cfg.teacher.model_dump(exclude={"checkpoint", "source", "arch"}),
+        run.train.model_dump(exclude=train_exclude),
         run.data.model_dump(exclude={"num_workers", "holdout_fraction"}),
     )
 
 
-def model_config(cfg: ModelConfig) -> ModelConfig:
+def model_config(cfg: ModelConfig | TeacherConfig) -> ModelConfig:
     return ModelConfig(**cfg.model_dump(include=set(ModelConfig.model_fields)))
 
 
@@ -75,7 +87,11 @@ def ensure_teacher(
     progress: bool | None = None,
     log: Callable[[str], None] | None = None,
 ) -> TeacherArtifact:
-    """The teacher of `cfg`: the named checkpoint, the cached one, or one trained now and cached."""
+    """The teacher of `cfg`: the named checkpoint, the cached one, or one trained now and cached.
+
+    A zoo teacher's file is copied to `cache_root/<key>/teacher.pt` and evaluated once there (see `zoo_teacher`)."""
+    if cfg.teacher.is_zoo:
+        return zoo_teacher(cfg, cache_root, log=log)
     if cfg.teacher.checkpoint:
         path = Path(cfg.teacher.checkpoint)
         payload = read_teacher_file(path)
@@ -194,6 +210,9 @@ def check_teacher_checkpoint(path: str | Path, cfg: RunConfig, num_classes: int)
     """A UserError (key teacher.checkpoint, one line naming the file) unless `path` can be read safely and holds
     a state dict that fits `cfg.teacher` with `num_classes` classes; run it before a study starts."""
     path = Path(path)
+    if cfg.teacher.is_zoo:
+        load_zoo_network(path, cfg.teacher, num_classes)
+        return
     payload = read_teacher_file(path)
     recorded = payload.get("num_classes")
     if isinstance(recorded, int) and recorded != num_classes:
@@ -203,8 +222,10 @@ def check_teacher_checkpoint(path: str | Path, cfg: RunConfig, num_classes: int)
         raise UserError(f"{path} does not fit {_architecture(cfg, num_classes)}: {problem}", key=KEY)
 
 
-def load_teacher(artifact: TeacherArtifact, cfg: RunConfig, num_classes: int) -> Segmenter:
-    """The frozen teacher network in eval mode."""
+def load_teacher(artifact: TeacherArtifact, cfg: RunConfig, num_classes: int) -> Segmenter | ZooTeacher:
+    """The frozen teacher network in eval mode (`teacher(images).logits`), built as `cfg.teacher.source` says."""
+    if cfg.teacher.is_zoo:
+        return ZooTeacher(load_zoo_network(artifact.path, cfg.teacher, num_classes))
     state = read_teacher_file(artifact.path)["model"]
     model = build_model(model_config(cfg.teacher), num_classes, seed=0, pretrained=False)
     problem = _mismatch(state, model)
@@ -212,3 +233,82 @@ def load_teacher(artifact: TeacherArtifact, cfg: RunConfig, num_classes: int) ->
         raise UserError(f"{artifact.path} does not fit {_architecture(cfg, num_classes)}: {problem}", key=KEY)
     model.load_state_dict(state)
     return model.eval().requires_grad_(False)
+
+
+# ----------------------------------------------------------------------------------------- model-zoo teachers
+
+
+def load_zoo_network(path: str | Path, teacher: TeacherConfig, num_classes: int | None) -> ZooSegmenter:
+    """The frozen zoo network in `path` (read with weights_only=True); a one-line UserError (key teacher.checkpoint,
+    naming the file) unless it loads and, when `num_classes` is given, has exactly that many classes."""
+    if teacher.source == "mmseg":
+        network = load_mmseg(path, teacher.output_stride)
+    elif teacher.source == "torchvision":
+        network = load_torchvision(str(teacher.arch), path)
+    else:
+        raise ValueError(f"teacher.source {teacher.source!r} is not a model zoo")
+    if num_classes is not None and network.num_classes != num_classes:
+        raise UserError(f"{path} holds a teacher for {network.num_classes} classes ({teacher.source} checkpoint) but "
+                        f"the dataset has {num_classes}", key=KEY)
+    return network
+
+
+def file_digest(path: str | Path) -> str:
+    """SHA-256 of a file's bytes."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def zoo_teacher_key(cfg: RunConfig, path: str | Path) -> str:
+    """`<source>-<hash>` of the file's bytes, how it is read and the data it is evaluated on."""
+    return f"{cfg.teacher.source}-" + config_hash(
+        cfg.teacher.model_dump(exclude={"checkpoint"}), {"sha256": file_digest(path)},
+        cfg.data.model_dump(exclude={"num_workers", "holdout_fraction"}),
+    )
+
+
+def copy_teacher_file(source: str | Path, target: Path) -> None:
+    """Copy `source` to `target` through a temporary file: `target` is whole or absent."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    partial = target.with_name(f".{target.name}.partial-{os.getpid()}")
+    shutil.copyfile(source, partial)
+    os.replace(partial, target)
+
+
+def evaluate_teacher(path: str | Path, cfg: RunConfig) -> dict[str, Any]:
+    """The zoo teacher in `path` evaluated on the validation split (phase final), as the harness evaluates students
+    (`fakd.train.loop.evaluate`, its eval loader and device); `val_miou`, `val_iou`, `val_pixel_acc`, `params`.
+
+    The network's own full-size prediction is scored, so the number is that of the published model."""
+    run = cfg.model_copy(update={"phase": "final"})
+    splits = build_splits(run)
+    accelerator = Accelerator.for_run(run)
+    network = load_zoo_network(path, run.teacher, splits.num_classes)
+    model = accelerator.model(ZooTeacher(network, full_resolution=True))
+    metrics = evaluate(model, eval_loader(run, splits.evaluation), splits.num_classes, accelerator)
+    return {**metrics, "params": sum(p.numel() for p in network.parameters())}
+
+
+def zoo_teacher(
+    cfg: RunConfig, cache_root: Path, *, log: Callable[[str], None] | None = None
+) -> TeacherArtifact:
+    """The zoo teacher of `cfg`: its file copied to `cache_root/<key>/teacher.pt` and evaluated once (the metrics
+    are kept in `meta.json` beside it and reused)."""
+    source = Path(str(cfg.teacher.checkpoint))
+    key = zoo_teacher_key(cfg, source)
+    directory = cache_root / key
+    meta = directory / ZOO_META
+    with _exclusive(directory):
+        if not meta.is_file():
+            copy_teacher_file(source, directory / TEACHER_FILE)
+            if log is not None:
+                log(f"evaluating teacher {cfg.teacher.label} ({key}) on the validation split")
+            metrics = evaluate_teacher(directory / TEACHER_FILE, cfg)
+            record = {"key": key, "source": cfg.teacher.source, "checkpoint": str(source), "metrics": metrics}
+            partial = directory / f".{ZOO_META}.partial"
+            partial.write_text(json.dumps(record, indent=2))
+            os.replace(partial, meta)
+    return TeacherArtifact(directory / TEACHER_FILE, key, json.loads(meta.read_text())["metrics"])

@@ -112,6 +112,9 @@ class EncoderDecoder(nn.Module):
         self.decode_head = decode_head
         self.in_index = in_index
 
+    def decode(self, images: torch.Tensor) -> torch.Tensor:
+        """The decode head's logits at its own stride (before the resize to the input size)."""
+        return self.decode_head(self.backbone(images)[self.in_index])
+
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        logits = self.decode_head(self.backbone(images)[self.in_index])
-        return self.decode_head.upsample(logits, images.shape[-2:])
+        return self.decode_head.upsample(self.decode(images), images.shape[-2:])

@@ -16,6 +16,7 @@ import torch
 from torch import nn
 from torchvision.models import segmentation
 
+from fakd.config import TORCHVISION_ARCHS  # the spec's teacher.arch values: one list for both
 from fakd.errors import UserError
 from fakd.models.zoo.checkpoint import (
     checkpoint_error,
@@ -27,14 +28,6 @@ from fakd.models.zoo.checkpoint import (
 from fakd.models.zoo.frozen import ZooSegmenter
 from fakd.models.zoo.normalization import InputRenormalization, harness_normalization
 
-TORCHVISION_ARCHS = (
-    "deeplabv3_resnet50",
-    "deeplabv3_resnet101",
-    "fcn_resnet50",
-    "fcn_resnet101",
-    "deeplabv3_mobilenet_v3_large",
-    "lraspp_mobilenet_v3_large",
-)
 TORCHVISION_MEAN = (0.485, 0.456, 0.406)  # what torchvision's segmentation weights expect, on 0-1 RGB pixels
 TORCHVISION_STD = (0.229, 0.224, 0.225)
 
@@ -51,6 +44,14 @@ class TorchvisionLogits(nn.Module):
     def __init__(self, model: nn.Module) -> None:
         super().__init__()
         self.model = model
+
+    def decode(self, images: torch.Tensor) -> torch.Tensor:
+        """The classifier's logits at its own stride: torchvision's forward without its final resize to the
+        input size (LR-ASPP's classifier takes the backbone's "low" and "high" maps, the others its "out" map)."""
+        features = self.model.backbone(images)
+        if isinstance(self.model, segmentation.LRASPP):
+            return self.model.classifier(features)
+        return self.model.classifier(features["out"])
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.model(images)["out"]

@@ -1,0 +1,408 @@
+"""Decision-grade exports of synthetic studies written straight to disk (no Ray, no training): the table's
+statistics checked against values computed here from the retrain trials' own files, selection stability,
+budgets, divergence counts, the compact table's widths and the self-contained HTML report."""
+
+from __future__ import annotations
+
+import copy
+import csv
+import hashlib
+import html
+import io
+import json
+import math
+import re
+from collections import defaultdict
+from html.parser import HTMLParser
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import yaml
+from conftest import searched_spec
+from scipy import integrate, stats
+
+from fakd.cli import main
+from fakd.export import export_study
+from fakd.export.render import WIDTH, compact_markdown
+from fakd.export.table import build_table
+from fakd.results import FORMAT, StudyDir, TrialRecord
+from fakd.results.records import append_result, write_trial
+from fakd.vocab import ARM_TABLE
+
+CLASSES = ["road", "car", "sky", "tree"]
+ARMS = ["baseline", "kd", "kd+fakd", "cwd", "cwd+fakd"]
+# true mean validation mIoU of each arm; each run adds a seed effect shared by the arms and its own noise
+EFFECT = {"baseline": 0.400, "kd": 0.412, "kd+fakd": 0.430, "cwd": 0.405, "cwd+fakd": 0.409}
+
+
+def make_study(root: Path, *, arms: list[str] = ARMS, students: tuple[str, ...] = ("mobilenetv3_small_050",),
+               seeds: tuple[int, ...] = (1, 2, 3, 4), repeats: int = 1,
+               budgets: tuple[str | None, ...] = ("equal-iters",), diverged: dict[str, int] | None = None,
+               pending: int = 0, seed: int = 0) -> StudyDir:
+    """A study directory as the driver leaves it: spec.yaml, study.json, search and retrain trial records."""
+    rng = np.random.default_rng(seed)
+    study = StudyDir(root)
+    spec = searched_spec(arms, selection_repeats=repeats, retrain_seeds=len(seeds))
+    spec["name"] = root.name
+    if "cwd" in " ".join(arms):
+        spec["loss"]["cwd"]["temperature"] = {"choice": [2.0, 4.0]}
+    root.mkdir(parents=True)
+    study.spec.write_text(yaml.safe_dump(spec, sort_keys=False))
+    meta = {"format": FORMAT, "name": root.name, "data": {"class_names": CLASSES},
+            "teacher": {"path": "teachers/x/teacher.pt", "metrics": {"val_miou": 0.6123, "val_iou": [0.9, 0.6, 0.7,
+                                                                                                       0.25]}}}
+    study.marker.write_text(json.dumps(meta))
+    run = {"train": {"iters": 4, "eval_every": 2}}
+    diverged = diverged or {}
+    for student in students:
+        for arm in arms:
+            slug = ARM_TABLE[arm].slug
+            for repeat in range(repeats):
+                for index in range(3 + diverged.get(arm, 0)):
+                    values = {"train.lr": float(rng.uniform(0.002, 0.05))}
+                    if ARM_TABLE[arm].distill:
+                        values[f"loss.{ARM_TABLE[arm].distill}.temperature"] = float(rng.choice([2.0, 4.0]) if
+                                                                                       arm.startswith("cwd")
+                                                                                       else rng.choice([1.0, 2.0]))
+                    if ARM_TABLE[arm].fakd:
+                        values["loss.fakd.max_strength"] = float(rng.uniform(0.5, 2.0))
+                    failed = index >= 3
+                    record = TrialRecord(key=f"search/{student}-{slug}-r{repeat}-{index:03d}", phase="search",
+                                         arm=arm, index=index, values=values, run=run, student=student, seed=0,
+                                         repeat=repeat, state="FAILED" if failed else "COMPLETE",
+                                         reason="diverged" if failed else None)
+                    write_trial(study, record)
+                    for iteration in (2, 4):
+                        row = {"iteration": iteration, "window_seconds": 30.0, "params": 1_000_000 + 1000 * index}
+                        row["val_miou"] = math.nan if failed else float(EFFECT[arm] + rng.normal(0, 0.01))
+                        append_result(study, record.key, row)
+            for repeat in range(repeats):
+                selection = rng.normal(0, 0.004)  # what the repeat's selected configuration adds
+                for budget in budgets:
+                    for s in seeds:
+                        key = f"retrain/{student}-{slug}-r{repeat}-{budget}-seed{s}"
+                        record = TrialRecord(key=key, phase="retrain", arm=arm, index=s, values={}, run=run,
+                                             student=student, seed=s, repeat=repeat, state="COMPLETE",
+                                             source=f"search/{student}-{slug}-r{repeat}-000", budget=budget)
+                        write_trial(study, record)
+                        # seeds shift every arm alike (pairing removes it); budgets differ a little
+                        miou = EFFECT[arm] + 0.01 * math.sin(7 * s) + selection + rng.normal(0, 0.003)
+                        miou += 0.002 if budget == "equal-time" else 0.0
+                        ious = [float(v) for v in np.clip(miou + rng.normal(0, 0.05, len(CLASSES)), 0, 1)]
+                        ious[3] = math.nan if s == seeds[0] else ious[3]  # a class absent from one run's split
+                        for iteration in (2, 4):
+                            append_result(study, key, {"iteration": iteration, "val_miou": float(miou) - (
+                                0.05 if iteration == 2 else 0.0), "val_iou": ious, "window_seconds": 60.0})
+    for i in range(pending):  # planned, never run
+        write_trial(study, TrialRecord(key=f"retrain/pending-{i}", phase="retrain", arm=arms[0], index=99 + i,
+                                       values={}, run=run, student=students[0], seed=99 + i, budget=budgets[0]))
+    return study
+
+
+def tree_digest(root: Path) -> str:
+    digest = hashlib.sha256()
+    for path in sorted(p for p in root.rglob("*") if p.is_file()):
+        digest.update(str(path).encode() + path.read_bytes())
+    return digest.hexdigest()
+
+
+def finished_runs(root: Path) -> list[tuple[dict[str, Any], dict[str, Any]]]:
+    """(trial.json, last results.jsonl row) of every finished retrain trial, read straight from its files."""
+    found = []
+    for trial in sorted((root / "trials" / "retrain").iterdir()):
+        record = json.loads((trial / "trial.json").read_text())
+        if record["state"] == "COMPLETE":
+            found.append((record, json.loads((trial / "results.jsonl").read_text().splitlines()[-1])))
+    return found
+
+
+def group_of(record: dict[str, Any]) -> tuple[str, str, str]:
+    return record["student"], record["arm"], record["budget"] or "equal-iters"
+
+
+def runs_from_files(root: Path) -> dict[tuple[str, str, str], dict[tuple[int, int], float]]:
+    """(student, arm, budget) → (repeat, seed) → final validation mIoU."""
+    runs: dict[tuple[str, str, str], dict[tuple[int, int], float]] = defaultdict(dict)
+    for record, last in finished_runs(root):
+        runs[group_of(record)][(record["repeat"], record["seed"])] = last["val_miou"]
+    return runs
+
+
+def power(effect: float, n: int, alpha: float = 0.05) -> float:
+    """Two-sided paired t-test power for a standardised effect: T = (Z + effect·√n) / √(V/df) with V ~ χ²(df),
+    the normal tails integrated over V (no noncentral t involved)."""
+    df = n - 1
+    critical, shift = stats.t.ppf(1 - alpha / 2, df), effect * math.sqrt(n)
+
+    def integrand(v: float) -> float:
+        scale = critical * math.sqrt(v / df)
+        return stats.chi2.pdf(v, df) * (stats.norm.sf(scale - shift) + stats.norm.cdf(-scale - shift))
+
+    return integrate.quad(integrand, 0, np.inf, epsabs=1e-12, epsrel=1e-10, limit=200)[0]
+
+
+def expected_comparison(arm: dict[tuple[int, int], float], base: dict[tuple[int, int], float]) -> dict[str, Any]:
+    """The paired columns computed here: scipy's paired t-test and the t interval of the differences."""
+    shared = sorted(set(arm) & set(base))
+    ours, theirs = [arm[k] for k in shared], [base[k] for k in shared]
+    diffs = np.subtract(ours, theirs)
+    n, sd = len(diffs), float(np.std(diffs, ddof=1))
+    half = stats.t.ppf(0.975, n - 1) * sd / math.sqrt(n)
+    return {"paired_n": n, "delta_vs_base": diffs.mean(), "delta_ci_low": diffs.mean() - half,
+            "delta_ci_high": diffs.mean() + half, "delta_sd": sd, "p_value": stats.ttest_rel(ours, theirs).pvalue}
+
+
+def check_power_columns(row: dict[str, str], sd: float) -> None:
+    """The MDE has power 0.8 at the row's pairs; seeds_needed is the first n whose power for 1 mIoU is 0.8."""
+    n, needed = int(row["paired_n"]), int(row["seeds_needed"])
+    assert power(float(row["mde"]) / sd, n) == pytest.approx(0.8, abs=1e-6)
+    assert power(0.01 / sd, needed) >= 0.8 - 1e-9
+    assert needed == 2 or power(0.01 / sd, needed - 1) < 0.8
+
+
+def holm_by_hand(p_values: list[float]) -> list[float]:
+    order = np.argsort(p_values)
+    m = len(p_values)
+    adjusted = np.empty(m)
+    running = 0.0
+    for rank, i in enumerate(order):
+        running = max(running, (m - rank) * p_values[i])
+        adjusted[i] = min(1.0, running)
+    return list(adjusted)
+
+
+def csv_rows(study: StudyDir, capsys) -> list[dict[str, str]]:
+    assert main(["export", str(study.root), "--format", "csv"]) == 0
+    return list(csv.DictReader(io.StringIO(capsys.readouterr().out)))
+
+
+def number(text: str) -> float:
+    return float(text) if text != "" else math.nan
+
+
+def test_table_statistics_match_the_trials_files(tmp_path, capsys):
+    study = make_study(tmp_path / "synth", students=("mobilenetv3_small_050", "resnet18"), diverged={"kd+fakd": 2},
+                       pending=1)
+    before = tree_digest(study.root)
+    rows = csv_rows(study, capsys)
+    runs = runs_from_files(study.root)
+    assert rows[0]["arm"] == "teacher" and float(rows[0]["miou_mean"]) == 0.6123
+    assert rows[0]["iou_sky"] == "0.7"
+    header = list(rows[0])
+    assert header[:7] == ["student", "arm", "budget", "n", "miou_mean", "miou_ci_low", "miou_ci_high"]
+    assert not {"repeats", "repeat_sd", "seed_sd"} & set(header), "K == 1: no stability columns"
+    assert {"p_holm", "mde", "seeds_needed", "diverged", "cpu_hours"} <= set(header)
+
+    tested = [r for r in rows if r["base_arm"]]
+    assert len(tested) == 2 * 4  # (kd, kd+fakd, cwd, cwd+fakd) × 2 students
+    for row in rows[1:]:
+        group = (row["student"], row["arm"], row["budget"])
+        scores = list(runs[group].values())
+        assert int(row["n"]) == len(scores) == 4
+        half = stats.t.ppf(0.975, 3) * np.std(scores, ddof=1) / 2
+        assert float(row["miou_mean"]) == pytest.approx(np.mean(scores), abs=1e-12)
+        assert float(row["miou_ci_high"]) == pytest.approx(np.mean(scores) + half, abs=1e-12)
+        # per-class IoU: mean over the runs, a class missing from one run averaged over the others
+        ious = [last["val_iou"] for record, last in finished_runs(study.root) if group_of(record) == group]
+        assert float(row["iou_tree"]) == pytest.approx(np.nanmean(np.array(ious, dtype=float)[:, 3]))
+        # compute: 3 search trials (+ diverged ones) × 60 s, 4 retrain runs × 120 s, at 1 CPU per trial
+        searches = 3 + (2 if row["arm"] == "kd+fakd" else 0)
+        assert float(row["cpu_hours"]) == pytest.approx((searches * 60 + 4 * 120) / 3600)
+        assert int(row["diverged"]) == (2 if row["arm"] == "kd+fakd" else 0)
+        if row["base_arm"]:
+            assert row["base_arm"] == ARM_TABLE[row["arm"]].base
+            expected = expected_comparison(runs[group], runs[(row["student"], row["base_arm"], row["budget"])])
+            for column, value in expected.items():
+                assert number(row[column]) == pytest.approx(value, rel=1e-9, abs=1e-12), column
+            check_power_columns(row, expected["delta_sd"])
+        else:
+            assert row["p_value"] == row["p_holm"] == row["mde"] == ""
+    adjusted = holm_by_hand([float(r["p_value"]) for r in tested])
+    assert [float(r["p_holm"]) for r in tested] == pytest.approx(adjusted, rel=1e-12)
+    assert any(a > float(r["p_value"]) for a, r in zip(adjusted, tested, strict=True))
+
+    # unrounded in the CSV: the mean has all the digits a float has
+    assert len(rows[1]["miou_mean"].split(".")[1]) > 6
+    assert tree_digest(study.root) == before, "export changed the study directory"
+
+
+def test_selection_repeats_give_stability_columns(tmp_path, capsys):
+    study = make_study(tmp_path / "repeats", arms=["baseline", "kd", "kd+fakd"], repeats=3, seeds=(1, 2, 3))
+    rows = csv_rows(study, capsys)
+    runs = runs_from_files(study.root)
+    for row in rows[1:]:
+        scores = runs[(row["student"], row["arm"], row["budget"])]
+        by_repeat = [[v for (r, _), v in scores.items() if r == repeat] for repeat in range(3)]
+        assert int(row["n"]) == 9 and int(row["repeats"]) == 3
+        assert float(row["repeat_sd"]) == pytest.approx(np.std([np.mean(v) for v in by_repeat], ddof=1))
+        assert float(row["seed_sd"]) == pytest.approx(np.mean([np.std(v, ddof=1) for v in by_repeat]))
+        if row["base_arm"]:
+            expected = expected_comparison(scores, runs[(row["student"], row["base_arm"], row["budget"])])
+            assert int(row["paired_n"]) == 9
+            assert float(row["delta_vs_base"]) == pytest.approx(expected["delta_vs_base"])
+            assert float(row["p_value"]) == pytest.approx(expected["p_value"], rel=1e-9)
+    text = compact_markdown(build_table(study))
+    assert "Selection stability" in text and "SD across repeats" in text
+    assert max(len(line) for line in text.splitlines()) <= WIDTH
+
+
+def test_budgets_are_rows_of_their_own(tmp_path, capsys):
+    study = make_study(tmp_path / "budgets", arms=["baseline", "kd", "kd+fakd"], seeds=(1, 2, 3),
+                       budgets=("equal-time", "equal-iters"))
+    rows = csv_rows(study, capsys)
+    assert [(r["arm"], r["budget"]) for r in rows[1:]] == [(arm, budget) for budget in ("equal-iters", "equal-time")
+                                                          for arm in ("baseline", "kd", "kd+fakd")]
+    runs = runs_from_files(study.root)
+    for row in rows[1:]:
+        assert float(row["miou_mean"]) == pytest.approx(np.mean(list(runs[(row["student"], row["arm"],
+                                                                           row["budget"])].values())))
+        # each budget row: the arm's search (3 × 60 s, shared) and its own retrain runs (3 × 120 s)
+        assert float(row["retrain_cpu_hours"]) == pytest.approx(3 * 120 / 3600)
+        assert float(row["cpu_hours"]) == pytest.approx((3 * 60 + 3 * 120) / 3600)
+    assert sum(1 for r in rows if r["p_value"]) == 4  # kd and kd+fakd in each budget: one Holm family of four
+    text = compact_markdown(build_table(study))
+    assert "equal-time" in text and "budget" in text.splitlines()[0]
+
+
+def test_records_without_a_budget_are_equal_iters(tmp_path, capsys):
+    study = make_study(tmp_path / "legacy", arms=["baseline", "kd"], seeds=(1, 2), budgets=(None,))
+    rows = csv_rows(study, capsys)
+    assert {r["budget"] for r in rows[1:]} == {"equal-iters"}
+    assert int(rows[2]["n"]) == 2
+
+
+def test_compact_table_is_narrow_and_says_what_p_is(tmp_path, capsys):
+    study = make_study(tmp_path / "compact", students=("mobilenetv3_small_050", "efficientnet_lite0"),
+                       budgets=("equal-iters", "equal-time"), repeats=2, seeds=(1, 2), diverged={"cwd+fakd": 1},
+                       pending=2)
+    assert main(["export", str(study.root)]) == 0
+    captured = capsys.readouterr()
+    lines = captured.out.splitlines()
+    assert max(len(line) for line in lines) <= WIDTH, max(lines, key=len)
+    assert [cell.strip() for cell in lines[0].split("|")[1:-1]] == [
+        "student", "arm", "budget", "n", "mIoU % [95% CI]", "Δ vs base, pp [CI]", "p (Holm)", "CPU hours"]
+    assert "Holm-adjusted across the study's 16 tested comparisons" in " ".join(lines)
+    assert "diverged trials" in captured.out and "cwd+fakd" in captured.out
+    assert "MDE" in captured.out and "seeds" in captured.out
+    assert "2 of " in captured.err and "retrained runs are missing" in captured.err
+    # a data row: mIoU as a percentage with its interval, e.g. "41.2 [38.9, 43.5]"
+    kd = next(line for line in lines if "| kd " in line and "equal-iters" in line)
+    assert re.search(r"\d{2}\.\d \[\d{2}\.\d, \d{2}\.\d\]", kd)
+    assert re.search(r"[+-]\d+\.\d{1,2}( \[-?\d+\.\d{1,2}, -?\d+\.\d{1,2}\])?", kd)
+
+
+@pytest.mark.parametrize("name", ["mobilenetv3_small_050", "a_student_backbone_with_a_very_long_name_indeed_x"])
+def test_compact_table_fits_120_columns(tmp_path, name):
+    study = make_study(tmp_path / "wide", students=(name,), budgets=("equal-iters", "equal-time"), seeds=(1, 2, 3))
+    text = compact_markdown(build_table(study))
+    assert max(len(line) for line in text.splitlines()) <= WIDTH
+    assert "| cwd+fakd" in text
+
+
+def test_md_without_out_prints_the_compact_table_and_with_out_the_full_one(tmp_path, capsys):
+    study = make_study(tmp_path / "md", arms=["baseline", "kd", "kd+fakd"], seeds=(1, 2, 3))
+    assert main(["export", str(study.root), "--format", "md"]) == 0
+    printed = capsys.readouterr().out
+    assert "iou_road" not in printed and "p (Holm)" in printed
+    out = tmp_path / "exports" / "ablation.md"
+    assert main(["export", str(study.root), "--format", "md", "--out", str(out)]) == 0
+    written = out.read_text()
+    assert "iou_road" in written and "p_holm" in written and "**" in written
+    assert "## Decisions" in written and "kd+fakd vs kd: " in written and "(Holm)" in written
+    assert main(["export", str(study.root), "--format", "latex"]) == 0
+    latex = capsys.readouterr().out
+    assert "\\begin{tabular}" in latex and "iou\\_road" not in latex and "\\toprule" in latex
+    out = tmp_path / "exports" / "ablation.tex"
+    assert main(["export", str(study.root), "--format", "latex", "--out", str(out)]) == 0
+    assert "iou\\_road" in out.read_text() and "\\textbf{" in out.read_text()
+
+
+def test_html_report_is_one_self_contained_file(tmp_path, capsys):
+    study = make_study(tmp_path / "html", arms=["baseline", "kd", "kd+fakd"], seeds=(1, 2, 3), pending=1)
+    before = tree_digest(study.root)
+    out = tmp_path / "out" / "report.html"
+    assert main(["export", str(study.root), "--format", "html", "--out", str(out)]) == 0
+    capsys.readouterr()
+    text = out.read_text()
+    assert text.startswith("<!DOCTYPE html>") and text.rstrip().endswith("</html>")
+    sources = re.findall(r"""\b(?:src|href)\s*=\s*["']([^"']*)""", text)
+    assert sources and all(s.startswith("data:image/png;base64,") for s in sources), sources
+    assert "<script" not in text and "<link" not in text and "@import" not in text and "url(" not in text
+    assert len(sources) == len(list(out.parent.glob("*.png"))) >= 3  # every plot written is embedded
+    for name in ("miou_vs_strength", "importances", "retrain_curves"):
+        assert f'alt="{name}"' in text
+    assert "Ablation report: html" in text
+    assert f"<pre>{html.escape(study.spec.read_text())}</pre>" in text  # the spec, verbatim
+    assert "1 of 10 retrained runs are missing" in text
+    assert "Teacher <code>test_resnet</code>: validation mIoU <b>61.23%</b>" in text
+    assert re.search(r"kd\+fakd vs kd: [+−]\d+\.\d+ mIoU \[−?\d+\.\d+, −?\d+\.\d+\], p [=<] ?[\d.]+ \(Holm\): ", text)
+    assert "seeds would detect 1 mIoU" in text and "smallest detectable Δ" in text
+    assert "iou_road" in text and "p_holm" in text  # the full table
+    # printed without --out: the same report, its plots drawn in a temporary directory
+    assert main(["export", str(study.root), "--format", "html"]) == 0
+    printed = capsys.readouterr().out
+    assert printed.count("data:image/png;base64,") == len(sources)
+    assert tree_digest(study.root) == before
+    check_balanced(text)
+
+
+class TagBalance(HTMLParser):
+    """Records every end tag that does not close the innermost open element."""
+
+    VOID = frozenset({"meta", "img", "br", "hr", "link", "input", "col", "wbr"})
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.open: list[str] = []
+        self.errors: list[str] = []
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        if tag not in self.VOID:
+            self.open.append(tag)
+
+    def handle_endtag(self, tag: str) -> None:
+        if not self.open or self.open.pop() != tag:
+            self.errors.append(tag)
+
+
+def check_balanced(text: str) -> None:
+    """Well-formed: every element closed in order (no browser is needed for that much)."""
+    parser = TagBalance()
+    parser.feed(text)
+    parser.close()
+    assert parser.errors == [] and parser.open == [], (parser.errors, parser.open)
+
+
+def test_strength_plot_is_a_scatter(tmp_path, monkeypatch):
+    from fakd.export import plots
+    from fakd.results import read_trials
+
+    study = make_study(tmp_path / "plot", arms=["baseline", "kd", "kd+fakd"], seeds=(1, 2))
+    figures = []
+    monkeypatch.setattr(plots, "_save", lambda figure, path: figures.append(figure) or path)
+    assert plots.strength_plot(read_trials(study), tmp_path) is not None
+    (axis,) = figures[0].axes
+    assert axis.get_lines() == [] and len(axis.collections) == 1  # points only, no joining line
+
+
+def test_no_retrain_yet(tmp_path, capsys):
+    study = make_study(tmp_path / "fresh", arms=["baseline", "kd"], seeds=())
+    assert main(["export", str(study.root)]) == 0
+    captured = capsys.readouterr()
+    assert "no retrained runs yet" in captured.err
+    assert max(len(line) for line in captured.out.splitlines()) <= WIDTH
+    assert "kd vs baseline: no paired runs yet." in export_study(study.root, "md", tmp_path / "a.md").text
+
+
+def test_gpu_study_reports_gpu_hours(tmp_path, capsys):
+    study = make_study(tmp_path / "gpu", arms=["baseline", "kd"], seeds=(1, 2))
+    spec = yaml.safe_load(study.spec.read_text())
+    spec = copy.deepcopy(spec)
+    spec["resources"] = {"cpu": 4, "gpu": 0.5}
+    study.spec.write_text(yaml.safe_dump(spec))
+    rows = csv_rows(study, capsys)
+    assert "gpu_hours" in rows[0] and float(rows[1]["gpu_hours"]) == pytest.approx(0.5 * (3 * 60 + 2 * 120) / 3600)
+    assert main(["export", str(study.root)]) == 0
+    assert "GPU hours" in capsys.readouterr().out

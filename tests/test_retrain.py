@@ -1,0 +1,58 @@
+"""Retrain on demand: more seeds train only the missing ones, fewer is an error, and the equal-time
+budget converts the baseline's wall-clock into each arm's iterations from the arm's measured step time."""
+
+import json
+import shutil
+import statistics
+from pathlib import Path
+
+import pytest
+
+from fakd.cli import main
+from fakd.results import open_study_dir, read_trials
+
+pytestmark = pytest.mark.ray
+
+
+def retrain_files(study_dir: Path) -> dict[str, str]:
+    return {p.parent.name: p.read_text() for p in study_dir.glob("trials/retrain/*/results.jsonl")}
+
+
+def test_more_seeds_train_only_the_missing_ones(searched_study, tmp_path, ray_local, capsys):
+    _, study = searched_study
+    copy = tmp_path / "study"
+    shutil.copytree(study.root, copy)
+    before = retrain_files(copy)
+    assert len(before) == 6  # 3 arms × 2 seeds
+
+    assert main(["retrain", str(copy), "--seeds", "1"]) == 2
+    err = capsys.readouterr().err
+    assert "--seeds: the study already has 2 retrain seeds" in err and err.count("\n") == 1
+
+    assert main(["retrain", str(copy), "--seeds", "3"]) == 0
+    after = retrain_files(copy)
+    assert set(after) - set(before) == {f"{source}-seed3" for source in {k.rsplit("-", 1)[0] for k in before}}
+    assert all(after[key] == text for key, text in before.items()), "an existing seed trained again"
+    assert json.loads((copy / "study.json").read_text())["retrain_seeds"] == 3
+    capsys.readouterr()
+    assert main(["export", str(copy), "--format", "csv"]) == 0
+    out = capsys.readouterr()
+    assert "all 9 retrained runs finished" in out.err
+
+
+def test_equal_time_gives_each_arm_the_baselines_wall_clock(searched_study, tmp_path, ray_local):
+    _, study = searched_study
+    copy = tmp_path / "study"
+    shutil.copytree(study.root, copy)
+    assert main(["retrain", str(copy), "--seeds", "1", "--budget", "equal-time"]) == 0
+    records = read_trials(open_study_dir(copy))
+    step = {arm: statistics.median(r.seconds_per_iter for r in records if r.phase == "search" and r.arm == arm)
+            for arm in ("baseline", "kd", "kd+fakd")}
+    timed = [r for r in records if r.phase == "retrain" and r.budget == "equal-time"]
+    assert sorted(r.arm for r in timed) == ["baseline", "kd", "kd+fakd"]
+    for record in timed:
+        expected = max(1, round(4 * step["baseline"] / step[record.arm]))
+        assert record.run["train"]["iters"] == expected == record.iterations, (record.arm, step)
+        assert record.key.endswith("-seed1-time") and record.state == "COMPLETE"
+    untouched = [r for r in records if r.phase == "retrain" and r.budget == "equal-iters"]
+    assert len(untouched) == 6 and all(r.run["train"]["iters"] == 4 for r in untouched)
