@@ -45,7 +45,7 @@ ARM_TABLE: dict[str, Arm] = {
 }
 ARMS: tuple[str, ...] = tuple(ARM_TABLE)
 
-HEADS: tuple[str, ...] = ("deeplabv3", "pspnet", "fcn")
+HEADS: tuple[str, ...] = ("deeplabv3", "psp", "fcn")
 DATASETS: tuple[str, ...] = ("synthetic", "cityscapes", "voc", "ade20k", "camvid")
 BUDGETS: tuple[str, ...] = ("equal-iters", "equal-time")  # how long each arm's retrain runs
 

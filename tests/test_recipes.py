@@ -74,7 +74,7 @@ def test_mmseg_recipe_is_the_published_cwd_setting(tmp_path: Path) -> None:
     spec = load_spec(path, recipe_overrides(path, tmp_path))
     run = spec.defaults
     assert (run.teacher.source, run.teacher.output_stride) == ("mmseg", 8)
-    assert (run.student.backbone, run.student.head, run.student.output_stride) == ("resnet18d", "pspnet", 8)
+    assert (run.student.backbone, run.student.head, run.student.output_stride) == ("resnet18d", "psp", 8)
     assert run.data.name == "cityscapes" and run.data.crop_size == (512, 1024) and run.train.iters == 80000
     assert run.train.batch_size * run.train.accumulate in (8, 16)
     assert tuple(spec.settings.arms) == ("kd", "kd+fakd", "cwd", "cwd+fakd")

@@ -553,8 +553,8 @@ def test_matches_real_mmsegmentation_when_installed(tmp_path: Path) -> None:
 
 def test_pspnet_student_head_trains_with_batch_two_and_one_and_evaluates() -> None:
     torch.manual_seed(0)
-    model = build_segmenter("test_resnet", NUM_CLASSES, head="pspnet", output_stride=8, head_channels=16)
-    assert model.head_name == "pspnet" and model.feature_dim == 16
+    model = build_segmenter("test_resnet", NUM_CLASSES, head="psp", output_stride=8, head_channels=16)
+    assert model.head_name == "psp" and model.feature_dim == 16
     assert model.classifier_weight.shape == (NUM_CLASSES, 16)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
     before = model.head.classifier.weight.detach().clone()

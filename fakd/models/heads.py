@@ -1,6 +1,6 @@
 """Segmentation heads: a body that makes per-pixel features, then Dropout(0.1) and a 1x1 classifier.
 
-Bodies: `deeplabv3` (ASPP + 3x3 conv), `pspnet` (pyramid pooling + 3x3 conv) and `fcn` (one 3x3 conv).
+Bodies: `deeplabv3` (ASPP + 3x3 conv), `psp` (pyramid pooling + 3x3 conv) and `fcn` (one 3x3 conv).
 Global (1x1) pooled branches have no BatchNorm, so training with one image per batch works.
 """
 
@@ -112,14 +112,14 @@ class SegmentationHead(nn.Module):
 def build_head(
     name: str, in_channels: int, num_classes: int, output_stride: int, head_channels: int = 256
 ) -> SegmentationHead:
-    """A `deeplabv3` (ASPP + 3x3 conv), `pspnet` (pyramid pooling, branches of `head_channels`, + 3x3 conv
+    """A `deeplabv3` (ASPP + 3x3 conv), `psp` (pyramid pooling, branches of `head_channels`, + 3x3 conv
     to `head_channels`) or `fcn` (one 3x3 conv) head."""
     if name == "deeplabv3":
         body: nn.Module = nn.Sequential(
             ASPP(in_channels, head_channels, aspp_rates(output_stride)),
             conv_bn_relu(head_channels, head_channels, 3),
         )
-    elif name == "pspnet":
+    elif name == "psp":
         pyramid = PyramidPooling(in_channels, head_channels)
         body = nn.Sequential(pyramid, conv_bn_relu(pyramid.out_channels, head_channels, 3))
     elif name == "fcn":
