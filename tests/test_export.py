@@ -47,6 +47,10 @@ def test_export_of_a_real_study(searched_study, capsys, tmp_path):
         header)
     assert {r["budget"] for r in rows[1:]} == {"equal-iters"} and "repeat_sd" not in header
     assert sum(h.startswith("iou_") for h in header) == 4
+    # effective batch: train.batch_size × train.accumulate of the retrain runs' own configurations
+    trains = [json.loads(p.read_text())["run"]["train"] for p in study.root.glob("trials/retrain/*/trial.json")]
+    (effective,) = {t["batch_size"] * t.get("accumulate", 1) for t in trains}
+    assert rows[0]["effective_batch"] == "" and {r["effective_batch"] for r in rows[1:]} == {str(effective)}
 
     by_arm = {r["arm"]: r for r in rows}
     for arm, slug in (("baseline", "baseline"), ("kd", "kd"), ("kd+fakd", "kd_fakd")):
@@ -82,9 +86,10 @@ def test_export_of_a_real_study(searched_study, capsys, tmp_path):
         text = out.read_text()
         assert marker in text and ("iou\\_" if fmt == "latex" else "iou_") in text  # every column
     plots = {p.name for p in tmp_path.glob("*.png")}
-    assert {"miou_vs_strength.png", "importances.png", "retrain_curves.png"} <= plots
+    assert {"miou_vs_strength.png", "importances.png", "best_so_far.png", "retrain_curves.png"} <= plots
     report = (tmp_path / "table.html").read_text()
     assert report.count('src="data:image/png;base64,') == len(plots) and "kd+fakd vs kd: " in report
+    assert f"<th>Effective batch</th><td>{effective} (train.batch_size" in report and "retrain finished 2" in report
     assert tree_digest(study.root) == before, "export changed the study directory"
 
 

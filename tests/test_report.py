@@ -4,6 +4,7 @@ budgets, divergence counts, the compact table's widths and the self-contained HT
 
 from __future__ import annotations
 
+import base64
 import copy
 import csv
 import hashlib
@@ -12,6 +13,8 @@ import io
 import json
 import math
 import re
+import shutil
+import subprocess
 from collections import defaultdict
 from html.parser import HTMLParser
 from pathlib import Path
@@ -37,11 +40,19 @@ ARMS = ["baseline", "kd", "kd+fakd", "cwd", "cwd+fakd"]
 EFFECT = {"baseline": 0.400, "kd": 0.412, "kd+fakd": 0.430, "cwd": 0.405, "cwd+fakd": 0.409}
 
 
+DATES = {"created": "2025-01-30T09:15:00+0100", "search_finished": "2025-01-30T11:02:41+0100",
+         "retrain_finished": "2025-01-30T12:47:05+0100"}
+
+
 def make_study(root: Path, *, arms: list[str] = ARMS, students: tuple[str, ...] = ("mobilenetv3_small_050",),
                seeds: tuple[int, ...] = (1, 2, 3, 4), repeats: int = 1,
                budgets: tuple[str | None, ...] = ("equal-iters",), diverged: dict[str, int] | None = None,
-               pending: int = 0, seed: int = 0) -> StudyDir:
-    """A study directory as the driver leaves it: spec.yaml, study.json, search and retrain trial records."""
+               pending: int = 0, seed: int = 0, batch: dict[str, tuple[int, int | None]] | None = None,
+               retrain_values: bool = True) -> StudyDir:
+    """A study directory as the driver leaves it: spec.yaml, study.json, search and retrain trial records.
+
+    batch: arm → (train.batch_size, train.accumulate) of its retrain runs (None: no accumulate key, as older
+    records); default 8 × 1. retrain_values=False leaves the retrain records' values empty (older records)."""
     rng = np.random.default_rng(seed)
     study = StudyDir(root)
     spec = searched_spec(arms, selection_repeats=repeats, retrain_seeds=len(seeds))
@@ -50,12 +61,13 @@ def make_study(root: Path, *, arms: list[str] = ARMS, students: tuple[str, ...] 
         spec["loss"]["cwd"]["temperature"] = {"choice": [2.0, 4.0]}
     root.mkdir(parents=True)
     study.spec.write_text(yaml.safe_dump(spec, sort_keys=False))
-    meta = {"format": FORMAT, "name": root.name, "data": {"class_names": CLASSES},
+    meta = {"format": FORMAT, "name": root.name, "data": {"class_names": CLASSES}, **DATES,
             "teacher": {"path": "teachers/x/teacher.pt", "metrics": {"val_miou": 0.6123, "val_iou": [0.9, 0.6, 0.7,
                                                                                                        0.25]}}}
     study.marker.write_text(json.dumps(meta))
     run = {"train": {"iters": 4, "eval_every": 2}}
     diverged = diverged or {}
+    chosen: dict[str, dict[str, Any]] = {}  # search key → values of the trial each retrain run retrains
     for student in students:
         for arm in arms:
             slug = ARM_TABLE[arm].slug
@@ -74,18 +86,24 @@ def make_study(root: Path, *, arms: list[str] = ARMS, students: tuple[str, ...] 
                                          repeat=repeat, state="FAILED" if failed else "COMPLETE",
                                          reason="diverged" if failed else None)
                     write_trial(study, record)
+                    chosen[record.key] = values
                     for iteration in (2, 4):
                         row = {"iteration": iteration, "window_seconds": 30.0, "params": 1_000_000 + 1000 * index}
                         row["val_miou"] = math.nan if failed else float(EFFECT[arm] + rng.normal(0, 0.01))
                         append_result(study, record.key, row)
             for repeat in range(repeats):
                 selection = rng.normal(0, 0.004)  # what the repeat's selected configuration adds
+                source = f"search/{student}-{slug}-r{repeat}-000"
+                size, accumulate = (batch or {}).get(arm, (8, 1))
+                train = {**run["train"], "batch_size": size} | ({} if accumulate is None else
+                                                                {"accumulate": accumulate})
                 for budget in budgets:
                     for s in seeds:
                         key = f"retrain/{student}-{slug}-r{repeat}-{budget}-seed{s}"
-                        record = TrialRecord(key=key, phase="retrain", arm=arm, index=s, values={}, run=run,
-                                             student=student, seed=s, repeat=repeat, state="COMPLETE",
-                                             source=f"search/{student}-{slug}-r{repeat}-000", budget=budget)
+                        record = TrialRecord(key=key, phase="retrain", arm=arm, index=s,
+                                             values=dict(chosen[source]) if retrain_values else {},
+                                             run={"train": train}, student=student, seed=s, repeat=repeat,
+                                             state="COMPLETE", source=source, budget=budget)
                         write_trial(study, record)
                         # seeds shift every arm alike (pairing removes it); budgets differ a little
                         miou = EFFECT[arm] + 0.01 * math.sin(7 * s) + selection + rng.normal(0, 0.003)
@@ -375,25 +393,198 @@ def check_balanced(text: str) -> None:
     assert parser.errors == [] and parser.open == [], (parser.errors, parser.open)
 
 
-def test_strength_plot_is_a_scatter(tmp_path, monkeypatch):
+@pytest.mark.parametrize("retrain_values", [True, False], ids=["values", "older-records"])
+def test_strength_plot_scatters_search_and_retrain_points(tmp_path, monkeypatch, retrain_values):
     from fakd.export import plots
     from fakd.results import read_trials
 
-    study = make_study(tmp_path / "plot", arms=["baseline", "kd", "kd+fakd"], seeds=(1, 2))
+    study = make_study(tmp_path / "plot", arms=["baseline", "kd", "kd+fakd"], seeds=(1, 2),
+                       retrain_values=retrain_values)
     figures = []
     monkeypatch.setattr(plots, "_save", lambda figure, path: figures.append(figure) or path)
-    assert plots.strength_plot(read_trials(study), tmp_path) is not None
+    records = read_trials(study)
+    assert plots.strength_plot(records, tmp_path) is not None
     (axis,) = figures[0].axes
-    assert axis.get_lines() == [] and len(axis.collections) == 1  # points only, no joining line
+    assert axis.get_lines() == [], "points only, no joining line"
+    found = {c.get_label(): c for c in axis.collections}
+    search, retrained = found["kd+fakd: search (held-out)"], found["kd+fakd: retrained (validation)"]
+    assert len(found) == 2
+    by_key = {r.key: r for r in records}
+    expected = sorted((by_key[r.source].values["loss.fakd.max_strength"], r.final_miou) for r in records
+                      if r.phase == "retrain" and r.arm == "kd+fakd")  # the selected λ, validation mIoU
+    assert np.allclose(sorted(map(tuple, retrained.get_offsets().tolist())), expected)
+    assert len(search.get_offsets()) == 3
+    # one colour per arm, two marker styles: filled search points, open retrain markers
+    assert tuple(search.get_facecolor()[0]) == tuple(retrained.get_edgecolor()[0])
+    assert len(retrained.get_facecolor()) == 0 or retrained.get_facecolor()[0][3] == 0
+    assert search.get_paths()[0].vertices.shape != retrained.get_paths()[0].vertices.shape
 
 
-def test_no_retrain_yet(tmp_path, capsys):
+def search_trial(arm: str, index: int, state: str, miou: float) -> TrialRecord:
+    record = TrialRecord(key=f"search/{arm}-{index}", phase="search", arm=arm, index=index, values={}, run={},
+                         student="s", seed=0, state=state)
+    record.results = [{"iteration": 2, "val_miou": miou}]
+    return record
+
+
+def test_best_so_far_counts_every_finished_trial_in_index_order(tmp_path, monkeypatch):
+    from fakd.export import plots
+
+    records = [search_trial("kd", 10, "COMPLETE", 0.41), search_trial("kd", 3, "COMPLETE", 0.42),
+               search_trial("kd", 1, "PRUNED", 0.55), search_trial("kd", 0, "COMPLETE", 0.40),
+               search_trial("kd", 2, "FAILED", math.nan), search_trial("kd", 4, "RUNNING", 0.60),
+               search_trial("baseline", 1, "COMPLETE", 0.30), search_trial("baseline", 0, "PRUNED", 0.35)]
+    figures = []
+    monkeypatch.setattr(plots, "_save", lambda figure, path: figures.append(figure) or path)
+    assert plots.best_so_far_plot(records, tmp_path) is not None
+    (axis,) = figures[0].axes
+    curves = {line.get_label(): line for line in axis.get_lines() if line.get_drawstyle() == "steps-post"}
+    # index order (0, 1, 2, 3, 10, not the keys' order); the pruned 0.55 and the running trial never count
+    assert list(curves["kd"].get_xdata()) == [1, 2, 3, 4, 5]
+    assert list(curves["kd"].get_ydata()) == pytest.approx([0.40, 0.40, 0.40, 0.42, 0.42])
+    assert list(curves["baseline"].get_xdata()) == [1, 2]
+    assert math.isnan(curves["baseline"].get_ydata()[0]) and curves["baseline"].get_ydata()[1] == 0.30
+    assert curves["kd"].get_color() != curves["baseline"].get_color()
+
+
+def test_export_without_retrain_runs_says_what_to_run(tmp_path, capsys):
+    from fakd.export import FORMATS
+
     study = make_study(tmp_path / "fresh", arms=["baseline", "kd"], seeds=())
+    before = tree_digest(study.root)
+    elsewhere = tmp_path / "out"
+    for fmt in FORMATS:
+        for out in (None, elsewhere / f"table.{fmt}", study.exports / f"table.{fmt}"):
+            assert main(["export", str(study.root), "--format", fmt, *(["--out", str(out)] if out else [])]) == 2
+            captured = capsys.readouterr()
+            assert captured.out == "" and captured.err.count("\n") == 1, captured
+            assert "has no retrain runs" in captured.err
+            assert f"`launch.py retrain {study.root} --seeds N`" in captured.err
+    assert not elsewhere.exists() and not study.exports.exists()
+    assert tree_digest(study.root) == before
+    assert main(["status", str(study.root)]) == 0 and "6 search COMPLETE" in capsys.readouterr().out
+    # planned retrain runs, none finished yet: a table (of empty rows) and a note saying what is missing
+    write_trial(study, TrialRecord(key="retrain/planned", phase="retrain", arm="kd", index=1, values={},
+                                   run={"train": {"iters": 4, "eval_every": 2}}, student="mobilenetv3_small_050",
+                                   seed=1))
     assert main(["export", str(study.root)]) == 0
     captured = capsys.readouterr()
-    assert "no retrained runs yet" in captured.err
+    assert "1 of 1 retrained runs are missing" in captured.err
     assert max(len(line) for line in captured.out.splitlines()) <= WIDTH
     assert "kd vs baseline: no paired runs yet." in export_study(study.root, "md", tmp_path / "a.md").text
+
+
+def test_effective_batch_is_batch_size_times_accumulate(tmp_path, capsys):
+    study = make_study(tmp_path / "batch", arms=["baseline", "kd", "kd+fakd"], seeds=(1, 2),
+                       batch={"baseline": (16, None), "kd": (4, 4), "kd+fakd": (8, 2)})
+    rows = {row["arm"]: row for row in csv_rows(study, capsys)}
+    assert rows["teacher"]["effective_batch"] == ""
+    assert [rows[arm]["effective_batch"] for arm in ("baseline", "kd", "kd+fakd")] == ["16", "16", "16"]
+    report = export_study(study.root, "html").text
+    assert ("16 (train.batch_size 4 × train.accumulate 4): kd; 16 (train.batch_size 8 × train.accumulate 2): "
+            "kd+fakd; 16 (train.batch_size 16 × train.accumulate 1): baseline") in report
+    # one run of kd+fakd retrained with another batch: the row says so
+    trial = next((study.trials / "retrain").glob("*kd_fakd*seed2")) / "trial.json"
+    record = json.loads(trial.read_text())
+    record["run"]["train"].update(batch_size=16, accumulate=2)
+    trial.write_text(json.dumps(record))
+    rows = {row["arm"]: row for row in csv_rows(study, capsys)}
+    assert rows["kd+fakd"]["effective_batch"] == "16/32" and rows["kd"]["effective_batch"] == "16"
+
+
+def test_report_states_the_study_and_marks_significant_comparisons(tmp_path, capsys):
+    study = make_study(tmp_path / "facts")
+    rows = {row["arm"]: row for row in csv_rows(study, capsys)}
+    report = export_study(study.root, "html").text
+    facts = dict(re.findall(r"<tr><th>([^<]+)</th><td>([^<]*)</td></tr>", report))
+    assert facts["Study"] == "facts"
+    assert facts["Teacher"] == "test_resnet, validation mIoU 61.23%"
+    assert facts["Dates"] == ("created 2025-01-30 09:15 +0100; search finished 2025-01-30 11:02 +0100; "
+                              "retrain finished 2025-01-30 12:47 +0100")
+    assert facts["Budgets"] == ("search: 2 trials per arm, selected on held-out mIoU; retrain: 4 seeds per "
+                                "selected configuration, scored on the validation split; equal-iters: 4 iterations "
+                                "per run, every arm")
+    assert facts["Effective batch"] == "8 (train.batch_size 8 × train.accumulate 1) in every retrained run"
+    significant = {arm for arm, row in rows.items() if row["p_holm"] and float(row["p_holm"]) < 0.05}
+    assert significant and significant != {arm for arm, row in rows.items() if row["p_holm"]}, "data: both kinds"
+    summary = re.search(r'<table class="compact">.*?</table>', report, re.S).group(0)
+    marked = set()
+    for row in re.findall(r"<tr>(.*?)</tr>", summary, re.S)[1:]:
+        cells = re.findall(r"<td[^>]*>(.*?)</td>", row)
+        if 'class="sig"' in row:
+            marked.add(html.unescape(cells[1]))
+            assert cells[4].startswith('<b class="sig">') and cells[5].startswith('<b class="sig">')  # Δ and p
+    assert marked == significant
+    full = re.search(r'<table class="full">.*?</table>', report, re.S).group(0)
+    assert full.count('class="sig"') == 2 * len(significant)
+    assert report.count('<b class="sig">Bold<sup>*</sup></b>: a significant difference from the base arm, '
+                        "Holm-adjusted p &lt; 0.05") == 2  # the legend under both tables
+    names = re.findall(r'<img alt="(\w+)"', report)
+    assert names == ["miou_vs_strength", "importances", "best_so_far", "retrain_curves", "pareto"]
+
+
+def chromium() -> str | None:
+    """Debian's chromium, where it is installed."""
+    return shutil.which("chromium") or ("/usr/bin/chromium" if Path("/usr/bin/chromium").is_file() else None)
+
+
+CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+IMAGE_CHECK = """<script>
+addEventListener("load", () => {
+  const seen = [...document.images].map(i => i.alt + "=" +
+    (i.complete && i.naturalWidth > 0 ? i.naturalWidth + "x" + i.naturalHeight : "broken"));
+  document.body.setAttribute("data-images", seen.join(" "));
+});
+</script>"""
+"""Injected into a copy of the report only (the report itself has no scripts): each image's decoded size."""
+
+
+def run_chromium(binary: str, profile: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    try:
+        return subprocess.run([binary, *CHROMIUM_FLAGS, f"--user-data-dir={profile}", *args], capture_output=True,
+                              text=True, timeout=120, check=True)
+    except subprocess.CalledProcessError as exc:
+        pytest.fail(f"chromium exited {exc.returncode}: {exc.stderr[-2000:]}")
+    except subprocess.TimeoutExpired:
+        pytest.fail("chromium did not finish within 120 s")
+
+
+@pytest.mark.skipif(chromium() is None, reason="Debian's chromium is not installed (/usr/bin/chromium; .ci/run "
+                    "installs it): the report is not rendered in a browser")
+def test_report_renders_in_a_headless_browser(tmp_path):
+    from PIL import Image
+
+    binary = chromium()
+    study = make_study(tmp_path / "browser", arms=["baseline", "kd", "kd+fakd"], seeds=(1, 2, 3))
+    report = tmp_path / "out" / "report.html"
+    text = export_study(study.root, "html", report).text
+    images = re.findall(r'<img alt="(\w+)" src="data:image/png;base64,([^"]+)"', text)
+    expected = []
+    for alt, data in images:
+        width, height = Image.open(io.BytesIO(base64.b64decode(data))).size
+        expected.append(f"{alt}={width}x{height}")
+    assert len(expected) == 5
+
+    # every image decodes in the browser, at its own size
+    probe = tmp_path / "probe.html"
+    probe.write_text(text.replace("</body>", IMAGE_CHECK + "\n</body>"))
+    dom = run_chromium(binary, tmp_path / "profile-dom", "--virtual-time-budget=10000", "--dump-dom",
+                       probe.as_uri()).stdout
+    seen = re.search(r'data-images="([^"]*)"', dom)
+    assert seen, "the page's load event never ran: " + dom[:500]
+    assert seen.group(1).split(" ") == expected
+    assert "<title>fakd study browser: ablation report</title>" in dom
+
+    # the report itself, as a person sees it: a page, not a blank window
+    shot = tmp_path / "report.png"
+    run_chromium(binary, tmp_path / "profile-shot", f"--screenshot={shot}", "--window-size=1280,2000",
+                 report.as_uri())
+    image = Image.open(shot).convert("RGB")
+    assert image.width >= 1000 and image.height >= 1500, image.size
+    colours = image.getcolors(maxcolors=image.width * image.height)
+    background = max(count for count, _ in colours) / (image.width * image.height)
+    assert len(colours) > 50 and background < 0.97, (len(colours), background)
 
 
 def test_gpu_study_reports_gpu_hours(tmp_path, capsys):

@@ -145,8 +145,9 @@ def test_a_second_driver_is_refused_naming_the_first(interrupted, tmp_path, caps
         err = capsys.readouterr().err
         assert time.monotonic() - started < 30, "the second driver waited instead of refusing"
         assert err.count("\n") == 1 and f"PID {first.pid}" in err and "launch.py resume" in err
-        for command in (["status", str(study_dir)], ["export", str(study_dir), "--format", "csv"]):
-            assert main(command) == 0  # readers never wait for the lock
+        assert main(["status", str(study_dir)]) == 0  # readers never wait for the lock
+        code = main(["export", str(study_dir), "--format", "csv"])  # mid-search: no retrain runs to tabulate yet
+        assert code == 0 or (code == 2 and "has no retrain runs" in capsys.readouterr().err)
         assert main(["retrain", str(study_dir), "--seeds", "1"]) == 2
         assert f"PID {first.pid}" in capsys.readouterr().err
         assert first.wait(timeout=400) == 0, (tmp_path / "first.log").read_text()[-3000:]

@@ -1,6 +1,7 @@
 """Rendering an ablation table: the full table (Markdown, CSV, LaTeX, HTML: every column, best mean per student
-and budget in bold) and the compact decision table (mIoU and Δ in percent, Holm p, compute hours; lines of at
-most `WIDTH` characters) with its footnotes and plain-words decisions."""
+and budget in bold; in HTML also the significant comparisons' Δ and Holm p, marked) and the compact decision
+table (mIoU and Δ in percent, Holm p, compute hours; lines of at most `WIDTH` characters) with its footnotes and
+plain-words decisions."""
 
 from __future__ import annotations
 
@@ -16,6 +17,8 @@ from fakd.export.table import ALPHA, POWER, TARGET_DELTA, AblationTable
 
 FORMATS = ("md", "csv", "latex", "html")
 BOLD = {"md": "**{}**", "latex": "\\textbf{{{}}}", "html": "<b>{}</b>"}
+SIGNIFICANT = "*"
+"""The HTML tables' mark of a significant comparison (Holm-adjusted p < ALPHA), next to bold type."""
 WIDTH = 120
 """The widest line of the compact table and its footnotes."""
 MIN_NAME = 8
@@ -28,6 +31,17 @@ _LATEX_SPECIAL = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$",
 def missing(value: Any) -> bool:
     """None, NaN and pandas' NA."""
     return value is None or value is pd.NA or (isinstance(value, float) and math.isnan(value))
+
+
+def significant(row: pd.Series) -> bool:
+    """Whether a row's comparison with its base arm is significant: Holm-adjusted p below `ALPHA`."""
+    p_holm = row.get("p_holm")
+    return not missing(p_holm) and float(p_holm) < ALPHA
+
+
+def mark_significant(cell: str) -> str:
+    """An (escaped) HTML cell in bold with the significance mark."""
+    return f'<b class="sig">{cell}<sup>{SIGNIFICANT}</sup></b>' if cell else cell
 
 
 def latex_escape(text: str) -> str:
@@ -56,7 +70,8 @@ def _best_rows(frame: pd.DataFrame) -> set[int]:
 
 
 def render(frame: pd.DataFrame, fmt: str) -> str:
-    """The full table in `fmt`: CSV unrounded, the others with four decimals (fractions, not percent)."""
+    """The full table in `fmt`: CSV unrounded, the others with four decimals (fractions, not percent); HTML
+    marks the Δ and Holm p of significant comparisons (`mark_significant`)."""
     if fmt not in FORMATS:
         raise ValueError(f"unknown format {fmt!r}; accepted: {', '.join(FORMATS)}")
     if fmt == "csv":
@@ -68,6 +83,12 @@ def render(frame: pd.DataFrame, fmt: str) -> str:
     for position, index in enumerate(frame.index):
         if index in best and cells[position][mean]:
             cells[position][mean] = BOLD[fmt].format(cells[position][mean])
+    if fmt == "html":
+        marked = [list(frame.columns).index(c) for c in ("delta_vs_base", "p_holm") if c in frame.columns]
+        for position, (_, row) in enumerate(frame.iterrows()):
+            if significant(row):
+                for column in marked:
+                    cells[position][column] = mark_significant(cells[position][column])
     header = [escape(str(column)) for column in frame.columns]
     numeric = [pd.api.types.is_numeric_dtype(frame[column]) for column in frame.columns]
     if fmt == "md":

@@ -5,11 +5,27 @@ from __future__ import annotations
 
 import base64
 import html
+from collections import defaultdict
+from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 from fakd.export.plots import CAPTIONS
-from fakd.export.render import compact, decisions, html_table, missing, percent, render
-from fakd.export.table import AblationTable
+from fakd.export.render import (
+    SIGNIFICANT,
+    compact,
+    decisions,
+    html_table,
+    mark_significant,
+    missing,
+    percent,
+    render,
+    significant,
+)
+from fakd.export.table import ALPHA, AblationTable, budget_of
+from fakd.results import TrialRecord
+from fakd.spec import StudySpec
 
 STYLE = """
 body { font-family: system-ui, -apple-system, "Segoe UI", Roboto, sans-serif; margin: 2rem auto; max-width: 75rem;
@@ -26,7 +42,81 @@ figure { display: inline-block; margin: .5rem 1rem 1rem 0; vertical-align: top; 
 figure img { max-width: 100%; height: auto; border: 1px solid #eee; }
 figcaption { font-size: .85rem; max-width: 36rem; }
 pre { background: #f6f8fa; padding: .8rem; overflow-x: auto; font-size: .85rem; }
+table.facts th { background: none; font-weight: 600; vertical-align: top; }
+table.facts td { white-space: normal; }
+b.sig { color: #0a5c2a; } b.sig sup { font-size: .75em; }
 """
+
+
+@dataclass(frozen=True)
+class StudyFacts:
+    """What the report's header states: (label, plain text) rows, e.g. ("Teacher", "resnet50, ...")."""
+
+    name: str
+    rows: list[tuple[str, str]]
+
+
+def when(value: Any) -> str:
+    """A study.json timestamp ("2025-01-31T14:05:09+0100") as "2025-01-31 14:05 +0100"; "not yet" when absent."""
+    if not value:
+        return "not yet"
+    try:
+        return datetime.strptime(str(value), "%Y-%m-%dT%H:%M:%S%z").strftime("%Y-%m-%d %H:%M %z")
+    except ValueError:
+        return str(value)
+
+
+def _joined(values: set[int]) -> str:
+    return "/".join(str(v) for v in sorted(values))
+
+
+def study_facts(name: str, meta: dict[str, Any], spec: StudySpec, records: list[TrialRecord],
+                table: AblationTable) -> StudyFacts:
+    """The header of the report: study, teacher, dates, search and retrain budgets, effective batch."""
+    teacher = table.frame[table.frame["arm"] == "teacher"].iloc[0]
+    score = ("no validation mIoU recorded" if missing(teacher["miou_mean"])
+             else f"validation mIoU {percent(teacher['miou_mean'], 2)}%")
+    dates = (f"created {when(meta.get('created'))}; search finished {when(meta.get('search_finished'))}; "
+             f"retrain finished {when(meta.get('retrain_finished'))}")
+    search = spec.settings.search
+    repeats = f" × {table.repeats} selection repeats" if table.repeats > 1 else ""
+    retrain = [r for r in records if r.phase == "retrain"]
+    seeds = len({r.seed for r in retrain})
+    budgets = [f"search: {search.num_samples} trials per arm{repeats}, selected on held-out mIoU",
+               f"retrain: {seeds} seed{'s' if seeds != 1 else ''} per selected configuration, scored on the "
+               "validation split"]
+    for budget in table.budgets:
+        iters: dict[str, set[int]] = defaultdict(set)
+        for r in retrain:
+            if budget_of(r) == budget and isinstance(r.run.get("train", {}).get("iters"), int):
+                iters[r.arm].add(r.run["train"]["iters"])
+        if len({_joined(v) for v in iters.values()}) == 1:
+            budgets.append(f"{budget}: {_joined(next(iter(iters.values())))} iterations per run, every arm")
+        elif iters:
+            arms = [arm for arm in spec.settings.arms if arm in iters]
+            budgets.append(f"{budget}: " + ", ".join(f"{arm} {_joined(iters[arm])}" for arm in arms) + " iterations")
+    return StudyFacts(name, [("Study", name), ("Teacher", f"{teacher['student']}, {score}"), ("Dates", dates),
+                             ("Budgets", "; ".join(budgets)), ("Effective batch", batch_text(table))])
+
+
+def batch_text(table: AblationTable) -> str:
+    """The effective batch (train.batch_size × train.accumulate) of the retrained runs, and which rows use it
+    where they differ."""
+    students = len({student for student, _, _ in table.batches}) > 1
+    several = len(table.budgets) > 1
+    rows: dict[tuple[int, int], set[str]] = defaultdict(set)
+    for (student, arm, budget), pairs in table.batches.items():
+        for pair in pairs:
+            rows[pair].add(" ".join([student] * students + [arm] + [f"({budget})"] * several))
+
+    def text(pair: tuple[int, int]) -> str:
+        return f"{pair[0] * pair[1]} (train.batch_size {pair[0]} × train.accumulate {pair[1]})"
+
+    if not rows:
+        return "not recorded by the retrained runs"
+    if len(rows) == 1:
+        return f"{text(next(iter(rows)))} in every retrained run"
+    return "; ".join(f"{text(pair)}: {', '.join(sorted(labels))}" for pair, labels in sorted(rows.items()))
 
 
 def data_uri(png: Path) -> str:
@@ -52,10 +142,28 @@ def _teacher(table: AblationTable) -> str:
     return text
 
 
-def html_report(name: str, spec_text: str, table: AblationTable, note: str, plots: list[Path],
+LEGEND = (f'<p class="small"><b class="sig">Bold<sup>{SIGNIFICANT}</sup></b>: a significant difference from the '
+          f"base arm, Holm-adjusted p &lt; {ALPHA:g} (paired t-test, adjusted across the study's comparisons).</p>")
+
+
+def _summary_cells(table: AblationTable) -> list[list[str]]:
+    """The compact table's escaped cells, the Δ and p of significant comparisons marked."""
+    parts = compact(table)
+    marked = [i for i, h in enumerate(parts.header) if h.startswith("Δ") or h.startswith("p (Holm)")]
+    cells = [[html.escape(c) for c in row] for row in parts.rows]
+    for row_cells, (_, row) in zip(cells, table.frame.iterrows(), strict=True):
+        if significant(row):
+            for i in marked:
+                row_cells[i] = mark_significant(row_cells[i])
+    return cells
+
+
+def html_report(facts: StudyFacts, spec_text: str, table: AblationTable, note: str, plots: list[Path],
                 skipped: list[str]) -> str:
-    """The report's HTML: decisions, compact and full tables, teacher, plots (embedded), spec, notes."""
+    """The report's HTML: the study's facts, decisions, compact and full tables (significant comparisons
+    marked), teacher, plots (embedded), spec, notes."""
     esc = html.escape
+    name = facts.name
     parts = compact(table)
     out = ["<!DOCTYPE html>", '<html lang="en">', "<head>", '<meta charset="utf-8">',
            '<meta name="viewport" content="width=device-width, initial-scale=1">',
@@ -63,7 +171,9 @@ def html_report(name: str, spec_text: str, table: AblationTable, note: str, plot
            f"<h1>Ablation report: {esc(name)}</h1>",
            '<p class="small">Validation-split results of the retrained runs of each arm\'s selected configuration '
            "(select-then-retrain); made by <code>launch.py export</code> from the study directory alone.</p>",
-           f'<div class="note">{esc(note)}</div>']
+           '<table class="facts">',
+           *(f"<tr><th>{esc(label)}</th><td>{esc(text)}</td></tr>" for label, text in facts.rows),
+           "</table>", f'<div class="note">{esc(note)}</div>']
 
     out += ["<h2>Decisions</h2>", '<ul class="decisions">']
     sentences = decisions(table)
@@ -73,8 +183,8 @@ def html_report(name: str, spec_text: str, table: AblationTable, note: str, plot
             "mIoU differences are in percentage points.</p>"]
 
     out += ["<h2>Summary</h2>", '<div class="scroll">',
-            html_table([esc(h) for h in parts.header], [[esc(c) for c in row] for row in parts.rows], parts.right,
-                       "compact"), "</div>"]
+            html_table([esc(h) for h in parts.header], _summary_cells(table), parts.right, "compact"), "</div>",
+            LEGEND]
     out += [f'<p class="small">{esc(footnote)}</p>' for footnote in parts.footnotes]
     for title, header, rows, right in parts.blocks:
         out += [f"<p>{esc(title)}</p>", '<div class="scroll">',
@@ -85,13 +195,14 @@ def html_report(name: str, spec_text: str, table: AblationTable, note: str, plot
 
     out += ["<h2>Full table</h2>", '<p class="small">Every column: scores, deltas, SDs and MDEs are mIoU fractions '
             f"(0–1); hours are {esc(table.hours_column.split('_')[0].upper())} hours; the best mean of each student "
-            "and budget in bold. The CSV export has the same columns unrounded.</p>", '<div class="scroll">',
-            render(table.frame, "html"), "</div>"]
+            "and budget in bold; effective_batch is train.batch_size × train.accumulate. The CSV export has the "
+            "same columns unrounded.</p>", '<div class="scroll">', render(table.frame, "html"), "</div>", LEGEND]
 
     out.append("<h2>Plots</h2>")
     if not plots:
         out.append("<p>No plots: the study has no data for them yet.</p>")
-    for plot in plots:
+    order = list(CAPTIONS)
+    for plot in sorted(plots, key=lambda p: order.index(p.name) if p.name in order else len(order)):
         caption = CAPTIONS.get(plot.name, plot.stem.replace("_", " "))
         out += [f'<figure><img alt="{esc(plot.stem)}" src="{data_uri(plot)}">',
                 f"<figcaption>{esc(caption)}</figcaption></figure>"]

@@ -16,7 +16,7 @@ from fakd.spec import StudySpec, load_spec
 
 @dataclass(frozen=True)
 class Export:
-    """text: what was written to `out`, or what to print without it. note: how complete the retrain is (and
+    """text: what was written to `out`, or what to print without it. note: how many retrained runs finished (and
     which plots were skipped). plots: the PNG files written beside `out`. compact: the compact table with its
     footnotes (Markdown; what `make demo` prints)."""
 
@@ -52,6 +52,7 @@ def export_study(study_path: str | Path, fmt: str = "md", out: str | Path | None
     html the whole self-contained report (its plots drawn in a temporary directory). With `out`: md writes the
     compact table, the decisions and the full table; csv and latex the full table; html the report; and every
     format writes the plots beside the file (`plots=False` skips them, except for html which embeds them).
+    A study without retrain runs has no table: a `UserError` saying what to run, and nothing is written.
     """
     if fmt not in FORMATS:
         raise UserError(f"unknown format {fmt!r}; accepted: {', '.join(FORMATS)}", key="--format")
@@ -59,11 +60,12 @@ def export_study(study_path: str | Path, fmt: str = "md", out: str | Path | None
     target = check_output(study, out) if out is not None else None
     spec = load_spec(study.spec)
     records = read_trials(study)
+    if not any(r.phase == "retrain" for r in records):
+        raise UserError(f"{study.root} has no retrain runs, so there is no ablation table to export; run "
+                        f"`launch.py retrain {study.root} --seeds N` first (N fresh seeds per arm)", key="STUDY_DIR")
     table = build_table(study, spec, records)
     summary = compact_markdown(table)
-    if table.expected == 0:
-        note = "no retrained runs yet: run `launch.py retrain STUDY_DIR --seeds N` for the table's statistics"
-    elif table.missing:
+    if table.missing:
         note = f"{table.missing} of {table.expected} retrained runs are missing (not finished yet)"
     else:
         note = f"all {table.expected} retrained runs finished"
@@ -104,8 +106,9 @@ def _report(study: StudyDir, spec: StudySpec, records: list[TrialRecord], table:
             plot_dir: Path) -> tuple[str, list[Path], list[str]]:
     """The HTML report with its plots drawn into `plot_dir` and embedded; the plot files and skip notes."""
     from fakd.export.plots import write_plots
-    from fakd.export.report import html_report
+    from fakd.export.report import html_report, study_facts
 
     written, skipped = write_plots(spec, records, plot_dir)
-    name = str(study.metadata().get("name") or spec.name)
-    return html_report(name, study.spec.read_text(), table, note, written, skipped), written, skipped
+    meta = study.metadata()
+    facts = study_facts(str(meta.get("name") or spec.name), meta, spec, records, table)
+    return html_report(facts, study.spec.read_text(), table, note, written, skipped), written, skipped

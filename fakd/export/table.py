@@ -16,7 +16,7 @@ from __future__ import annotations
 import math
 from collections import defaultdict
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -49,8 +49,10 @@ class AblationTable:
 
     frame columns: student, arm, budget, n, miou_mean, miou_ci_low, miou_ci_high, [repeats, repeat_sd,
     seed_sd when repeats > 1], base_arm, paired_n, delta_vs_base, delta_ci_low, delta_ci_high, delta_sd,
-    p_value, p_holm, mde, seeds_needed, <unit>_hours, retrain_<unit>_hours, diverged, iou_<class>...
-    Scores, deltas, SDs and MDEs are mIoU fractions.
+    p_value, p_holm, mde, seeds_needed, effective_batch, <unit>_hours, retrain_<unit>_hours, diverged,
+    iou_<class>... Scores, deltas, SDs and MDEs are mIoU fractions. effective_batch is train.batch_size ×
+    train.accumulate of the row's retrain runs ("8/16" when they differ, empty when not recorded).
+    batches: (batch_size, accumulate) of each (student, arm, budget)'s retrain runs.
     """
 
     frame: pd.DataFrame
@@ -60,11 +62,29 @@ class AblationTable:
     repeats: int = 1
     budgets: tuple[str, ...] = (DEFAULT_BUDGET,)
     class_names: tuple[str, ...] = ()
+    batches: Mapping[Group, tuple[tuple[int, int], ...]] = field(default_factory=dict)
 
 
 def budget_of(record: TrialRecord) -> str:
     """The retrain budget of a record (records written before budgets existed were equal-iters)."""
     return record.budget or DEFAULT_BUDGET
+
+
+def batch_of(record: TrialRecord) -> tuple[int, int] | None:
+    """(train.batch_size, train.accumulate) of a record's run (accumulate 1 where older records lack it);
+    None where the run does not record its batch size."""
+    train = record.run.get("train") if isinstance(record.run, dict) else None
+    if not isinstance(train, dict) or train.get("batch_size") is None:
+        return None
+    return int(train["batch_size"]), int(train.get("accumulate") or 1)
+
+
+def effective_batch(pairs: tuple[tuple[int, int], ...]) -> int | str | None:
+    """The effective batch (batch_size × accumulate) of a row's runs: one number, "8/16" where they differ."""
+    sizes = sorted({size * accumulate for size, accumulate in pairs})
+    if not sizes:
+        return None
+    return sizes[0] if len(sizes) == 1 else "/".join(str(size) for size in sizes)
 
 
 def build_table(study: StudyDir, spec: StudySpec | None = None,
@@ -89,6 +109,7 @@ def build_table(study: StudyDir, spec: StudySpec | None = None,
     retrain_diverged: dict[Group, int] = defaultdict(int)
     scores: dict[Group, dict[Run, float]] = defaultdict(dict)
     ious: dict[Group, list[list[float]]] = defaultdict(list)
+    batches: dict[Group, set[tuple[int, int]]] = defaultdict(set)
     for record in records:
         if record.phase != "retrain":
             search_seconds[(record.student, record.arm)] += record.seconds
@@ -97,6 +118,8 @@ def build_table(study: StudyDir, spec: StudySpec | None = None,
         group = (record.student, record.arm, budget_of(record))
         retrain_seconds[group] += record.seconds
         retrain_diverged[group] += record.diverged
+        if (batch := batch_of(record)) is not None:
+            batches[group].add(batch)
         if record.state == COMPLETE and record.final_miou is not None:
             scores[group][(record.repeat, record.seed)] = record.final_miou
             iou = record.last.get("val_iou") if record.last else None
@@ -117,6 +140,7 @@ def build_table(study: StudyDir, spec: StudySpec | None = None,
                 base = ARM_TABLE[arm].base
                 if base in spec.settings.arms:
                     row.update(_comparison(base, scores[group], scores[(student, base, budget)]))
+                row["effective_batch"] = effective_batch(tuple(batches[group]))
                 seconds = search_seconds[(student, arm)] + retrain_seconds[group]
                 row[hours_column] = seconds * per_unit / 3600
                 row[f"retrain_{hours_column}"] = retrain_seconds[group] * per_unit / 3600
@@ -127,16 +151,18 @@ def build_table(study: StudyDir, spec: StudySpec | None = None,
     for row, p_holm in zip((row for row in rows if "p_value" in row), adjusted, strict=True):
         row["p_holm"] = p_holm
 
-    columns = KEYS + (STABILITY if repeats > 1 else []) + COMPARISON
+    columns = KEYS + (STABILITY if repeats > 1 else []) + COMPARISON + ["effective_batch"]
     columns += [hours_column, f"retrain_{hours_column}", "diverged"] + [f"iou_{name}" for name in class_names]
     frame = pd.DataFrame([_teacher_row(spec, meta, class_names), *rows], columns=columns)
     for column in COUNTS:
         if column in frame:
             frame[column] = frame[column].astype("Int64")
+    if not any(isinstance(value, str) for value in frame["effective_batch"]):
+        frame["effective_batch"] = frame["effective_batch"].astype("Int64")
     done = sum(len(runs) for runs in scores.values())
     failed = sum(r.state == FAILED for r in retrain)
     return AblationTable(frame, max(0, len(retrain) - done - failed), len(retrain), hours_column, repeats, budgets,
-                         tuple(class_names))
+                         tuple(class_names), {group: tuple(sorted(pairs)) for group, pairs in batches.items()})
 
 
 def _comparison(base: str, arm_scores: Mapping[Run, float], base_scores: Mapping[Run, float]) -> dict[str, Any]:
