@@ -1,4 +1,4 @@
-"""Run every benchmark: `python -m benchmarks [name ...]` (names: train_step, losses, harness)."""
+"""Run every benchmark: `python -m benchmarks [name ...]` (names: train_step, losses, harness, cluster)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import time
 
 import torch
 
-BENCHMARKS = ("train_step", "losses", "harness")
+BENCHMARKS = ("train_step", "losses", "harness", "cluster")
 
 
 def machine() -> str:
