@@ -74,7 +74,7 @@ TV = {"source": "torchvision", "arch": "lraspp_mobilenet_v3_large", "checkpoint"
     ("teacher", "key", "message"),
     [
         ({**MMSEG, "backbone": "resnet101"}, "teacher.backbone", "has no effect with teacher.source: mmseg"),
-        ({**MMSEG, "head": "pspnet"}, "teacher.head", "has no effect with teacher.source: mmseg"),
+        ({**MMSEG, "head": "psp"}, "teacher.head", "has no effect with teacher.source: mmseg"),
         ({**MMSEG, "head_channels": 512}, "teacher.head_channels", "has no effect"),
         ({**MMSEG, "pretrained": False}, "teacher.pretrained", "has no effect"),
         ({**MMSEG, "iters": 80000}, "teacher.iters", "never trained"),
