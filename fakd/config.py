@@ -161,10 +161,10 @@ def _no_effect(source: str) -> str:
 class TrainConfig(Strict):
     iters: int = Field(300, gt=0)
     eval_every: int = Field(100, gt=0)
-    batch_size: int = Field(8, gt=0)
+    batch_size: int = Field(8, gt=0, description="per process (per worker with resources.workers > 1)")
     accumulate: int = Field(
         1, ge=1, description="micro-batches of batch_size per optimizer step (effective batch batch_size x "
-        "accumulate); iters counts optimizer steps")
+        "accumulate x resources.workers); iters counts optimizer steps")
     eval_batch_size: int = Field(8, gt=0)
     optimizer: Literal["sgd", "adamw"] = "sgd"
     lr: float = Field(0.02, gt=0.0)

@@ -88,6 +88,10 @@ class SearchConfig(Strict):
 class ResourcesConfig(Strict):
     cpu: float = Field(1.0, gt=0.0)
     gpu: float = Field(0.0, ge=0.0)
+    workers: int = Field(
+        1, ge=1, description="data-parallel processes per trial, each with cpu and gpu (a Ray Train run; the teacher "
+        "trains the same way); each takes train.batch_size, so the effective batch is batch_size x accumulate x "
+        "workers")
 
 
 class TrackingConfig(Strict):

@@ -245,3 +245,25 @@ def test_retrain_plan_selects_the_best_finished_trial_and_adds_seeds(tmp_path):
     bigger = RetrainPhase(study, spec, lambda line: None, more)
     assert sorted(k for k, r in bigger.records.items() if r.state != COMPLETE) == [
         "retrain/" + p.key.split("/")[-1] for p in more if p.seed == 3]
+
+
+def test_selection_repeats_search_each_arm_again_with_its_own_optuna_study(tmp_path):
+    spec = make_spec(scheduler="asha", num_samples=3, selection_repeats=2)
+    study, phase = search(tmp_path, spec, slots=3)
+    records = read_trials(study)
+    assert phase.budget() == 12 and len(records) == 12
+    for arm in ("baseline", "kd"):
+        for repeat in (0, 1):
+            assert sum(r.arm == arm and r.repeat == repeat for r in records) == 3
+    states = optuna_states(study)
+    assert set(states) == {"tiny/baseline", "tiny/kd", "tiny/baseline/repeat-1", "tiny/kd/repeat-1"}
+    assert all(sum(counts.values()) == 3 for counts in states.values())
+    first = sorted(r.values["train.lr"] for r in records if r.arm == "kd" and r.repeat == 0)
+    second = sorted(r.values["train.lr"] for r in records if r.arm == "kd" and r.repeat == 1)
+    assert first != second, "a repeat is an independent search, with other suggestions"
+    plan, _ = plan_retrain(spec, records, retrain_seeds(spec, 2))
+    assert sorted((p.arm, p.repeat) for p in plan) == sorted(
+        [(arm, repeat) for arm in ("baseline", "kd") for repeat in (0, 1)] * 2)
+    for p in plan:
+        source = next(r for r in records if r.key == p.source)
+        assert source.repeat == p.repeat and source.arm == p.arm

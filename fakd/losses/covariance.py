@@ -15,6 +15,7 @@ All are matrix products, never a C×C×D×D tensor: a full Σ goes through A_y =
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -119,16 +120,30 @@ class ClassCovariance(nn.Module):
     """Running per-class mean and (diagonal or full) population covariance of student features.
 
     State lives in float64 buffers (``n_seen``, ``running_mean``, ``running_m2``) so it checkpoints with
-    ``state_dict``. ``update`` first computes the batch statistics, then merges them exactly; a distributed
-    reduction of the batch statistics fits between the two steps.
+    ``state_dict``. ``update`` first computes the batch statistics, then merges them exactly.
+
+    ``all_reduce`` (a function returning the element-wise sum of a tensor over every data-parallel process, e.g.
+    ``fakd.train.distributed.DistContext.all_reduce_sum``) pools the batch statistics of all processes before the
+    merge, so every process holds the exact moments of the global batch: the per-class counts and sums are
+    all-reduced first, then each process centres its features on the pooled class means and the centred second
+    moments are all-reduced (two reductions, no cancellation-prone raw second moments). Every process must call
+    ``update`` the same number of times. Without it the statistics are this process's own.
     """
 
-    def __init__(self, num_classes: int, dim: int, full: bool = False, ignore_index: int = 255) -> None:
+    def __init__(
+        self,
+        num_classes: int,
+        dim: int,
+        full: bool = False,
+        ignore_index: int = 255,
+        all_reduce: Callable[[Tensor], Tensor] | None = None,
+    ) -> None:
         super().__init__()
         self.num_classes = num_classes
         self.dim = dim
         self.full = full
         self.ignore_index = ignore_index
+        self.all_reduce = all_reduce
         moment_shape = (num_classes, dim, dim) if full else (num_classes, dim)
         self.register_buffer("n_seen", torch.zeros(num_classes, dtype=torch.int64))
         self.register_buffer("running_mean", torch.zeros(num_classes, dim, dtype=torch.float64))
@@ -169,13 +184,21 @@ class ClassCovariance(nn.Module):
 
     @torch.no_grad()
     def batch_statistics(self, features: Tensor, labels: Tensor) -> ClassStatistics:
-        """Count, sum and centred second moment per class of one batch (ignore pixels skipped)."""
+        """Count, sum and centred second moment per class of one batch (ignore pixels skipped); with `all_reduce`,
+        of the global batch of every process."""
         values, classes = self._labelled_pixels(features, labels)
         count = torch.bincount(classes, minlength=self.num_classes)
         total = values.new_zeros(self.num_classes, self.dim).index_add_(0, classes, values)
+        local_count = count
+        if self.all_reduce is not None:  # counts travel as float64: exact below 2**53 pixels
+            pooled = self.all_reduce(torch.cat([count.to(total.dtype)[:, None], total], dim=1))
+            count, total = pooled[:, 0].round().to(torch.int64), pooled[:, 1:]
         batch_mean = total / count.clamp_min(1)[:, None].to(total.dtype)
         centred = values - batch_mean[classes]
-        return ClassStatistics(count=count, total=total, m2=self._centred_moment(centred, classes, count))
+        m2 = self._centred_moment(centred, classes, local_count)
+        if self.all_reduce is not None:
+            m2 = self.all_reduce(m2)
+        return ClassStatistics(count=count, total=total, m2=m2)
 
     @torch.no_grad()
     def merge(self, stats: ClassStatistics) -> None:

@@ -27,7 +27,7 @@ from fakd.preflight import DataFacts, preflight
 from fakd.results import FORMAT, StudyDir, front_json, open_study_dir, pareto_front, read_trials
 from fakd.results.layout import check_new_study_dir, now, write_atomic, write_json
 from fakd.spec import NAME_PATTERN, STORAGE_FILES, StudySpec, load_spec
-from fakd.study.cluster import check_cluster_resources, check_local_resources, ray_runtime
+from fakd.study.cluster import check_cluster_resources, check_local_resources, largest_node_cpus, ray_runtime
 from fakd.study.lock import StudyLock
 from fakd.study.optuna_link import OptunaLink, open_storage
 from fakd.study.phases import Phase, RetrainPhase, SearchPhase
@@ -72,10 +72,11 @@ def sweep(
     facts = preflight(spec)
     if spec.settings.search.storage not in STORAGE_FILES:
         open_storage(spec, StudyDir(root))  # an unreachable database fails before anything is written
+    resources = spec.settings.resources
     if address is None:
-        check_local_resources(spec.settings.resources.cpu, spec.settings.resources.gpu, spec.path)
+        check_local_resources(resources.cpu, resources.gpu, spec.path, resources.workers)
     with ray_runtime(address):
-        check_cluster_resources(spec.settings.resources.cpu, spec.settings.resources.gpu, spec.path)
+        check_cluster_resources(resources.cpu, resources.gpu, spec.path, resources.workers)
         root.mkdir(parents=True, exist_ok=True)
         study = StudyDir(root)
         with StudyLock(study, "sweep"), StopSignals(log) as signals:
@@ -125,10 +126,11 @@ def _driving(study: StudyDir, command: str, address: str | None) -> Iterator[tup
         stack.enter_context(StudyLock(study, command))
         spec = load_spec(study.spec)
         preflight(spec, teacher_checkpoint=False)  # the teacher is in the study already
+        resources = spec.settings.resources
         if address is None:
-            check_local_resources(spec.settings.resources.cpu, spec.settings.resources.gpu, spec.path)
+            check_local_resources(resources.cpu, resources.gpu, spec.path, resources.workers)
         stack.enter_context(ray_runtime(address))
-        check_cluster_resources(spec.settings.resources.cpu, spec.settings.resources.gpu, spec.path)
+        check_cluster_resources(resources.cpu, resources.gpu, spec.path, resources.workers)
         yield spec, stack.enter_context(StopSignals(_print))
 
 
@@ -205,7 +207,7 @@ def _run(phase: Phase, study: StudyDir, spec: StudySpec, context: TrialContext, 
     started = time.perf_counter()
     run_phase(phase, context, cpu=resources.cpu, gpu=resources.gpu, max_concurrent=search.max_concurrent,
               max_failures=search.max_failures, tune_dir=study.tune,
-              callbacks=_callbacks(spec, study, phase, teacher["key"]), signals=signals)
+              callbacks=_callbacks(spec, study, phase, teacher["key"]), signals=signals, workers=resources.workers)
     signals.check()
     if not phase.is_finished():
         unfinished = sorted(k for k, r in phase.records.items() if r.state not in ("COMPLETE", "PRUNED", "FAILED"))
@@ -278,9 +280,18 @@ def _teacher(study: StudyDir, spec: StudySpec, log: Log) -> dict[str, Any]:
         from fakd.train import ensure_teacher
 
         resources = spec.settings.resources
-        task = ray.remote(num_cpus=resources.cpu, num_gpus=resources.gpu)(ensure_teacher)
         cfg = spec.run_config(spec.settings.arms[0])
-        artifact = ray.get(task.remote(cfg, study.teachers, progress=False, log=_print))
+        if resources.workers > 1:  # data-parallel, as the trials: a Ray Train run (its workers take the resources)
+            from fakd.study.data_parallel import Scaling, ensure_teacher_data_parallel
+
+            scaling = Scaling(resources.workers, resources.cpu, resources.gpu)
+            task = ray.remote(num_cpus=0)(ensure_teacher_data_parallel)
+            artifact = ray.get(task.remote(cfg, study.teachers, scaling, study.tune))
+        else:
+            # nothing else runs while the teacher trains: on CPU it may take a whole node's cores
+            cpus = resources.cpu if resources.gpu > 0 else max(resources.cpu, largest_node_cpus())
+            task = ray.remote(num_cpus=cpus, num_gpus=resources.gpu)(ensure_teacher)
+            artifact = ray.get(task.remote(cfg, study.teachers, progress=False, log=_print))
         teacher = {"key": artifact.key, "path": study.relative(artifact.path), "metrics": artifact.metrics}
     study.update_metadata(teacher=teacher)
     miou = teacher["metrics"].get("val_miou", float("nan"))

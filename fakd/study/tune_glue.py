@@ -93,6 +93,11 @@ class SignalStopper(Stopper):
             return True
         return False
 
+    def __getstate__(self) -> dict[str, Any]:
+        """Tune pickles its stopper into the experiment state at every checkpoint; that state is never read
+        back (a study resumes from its records), so the signals and the whole phase are left out."""
+        return {}
+
 
 def _error_text(trial: Trial, lines: int = 12) -> str:
     """The end of the trial's traceback."""
@@ -105,15 +110,18 @@ def _error_text(trial: Trial, lines: int = 12) -> str:
 
 def run_phase(phase: Phase, context: TrialContext, *, cpu: float, gpu: float, max_concurrent: int,
               max_failures: int, tune_dir: Path, callbacks: list[tune.Callback], signals: StopSignals,
-              trainable: Any = None) -> None:
+              trainable: Any = None, workers: int = 1) -> None:
     """Run the phase's remaining trials as one Tune experiment (returns when the phase is finished or
-    the driver was asked to stop). `trainable` replaces the training of a trial (benchmarks emulate it)."""
+    the driver was asked to stop). `trainable` replaces the training of a trial (benchmarks emulate it). With
+    `workers` > 1 each trial is a data-parallel Ray Train run of that many processes of `cpu` and `gpu` each; its
+    trial actors are not reused, since Tune keeps a finished trial's actor for reuse without stopping it, and the
+    Train run it drives would hold its workers' resources meanwhile."""
     attempt = 1 + sum(1 for _ in tune_dir.glob(f"{phase.name}-*"))
     tuner = tune.Tuner(
-        trainable or make_trainable(context, cpu, gpu),
+        trainable or make_trainable(context, cpu, gpu, workers),
         tune_config=tune.TuneConfig(
             search_alg=PhaseSearcher(phase), scheduler=PhaseScheduler(phase), num_samples=-1,
-            max_concurrent_trials=max_concurrent, reuse_actors=True,
+            max_concurrent_trials=max_concurrent, reuse_actors=workers == 1,
             trial_name_creator=lambda t: _key(t).split("/")[-1],
             trial_dirname_creator=lambda t: f"{_key(t).split('/')[-1]}-{t.trial_id}",
         ),

@@ -1,5 +1,6 @@
 """Training: the loop, checkpoints, the teacher cache and whole runs. Imports no Ray, Optuna or W&B."""
 
+from fakd.train.distributed import DistContext
 from fakd.train.loop import NonFiniteLossError, Reporter, evaluate, fit
 from fakd.train.run import check_models, run_distillation, train_student
 from fakd.train.teacher import (
@@ -15,6 +16,7 @@ from fakd.train.teacher import (
 )
 
 __all__ = [
+    "DistContext",
     "NonFiniteLossError",
     "Reporter",
     "TeacherArtifact",

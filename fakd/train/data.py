@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Sampler, Subset
 
 from fakd.config import DataConfig, RunConfig
 from fakd.data import get_dataset
-from fakd.data.transforms import EvalTransform, IterationSampler, TrainSampleView, TrainTransform
+from fakd.data.transforms import EvalTransform, IterationSampler, SampleKey, TrainSampleView, TrainTransform
+from fakd.train.distributed import DistContext
 
 
 class IndexedSubset(Dataset):
@@ -65,18 +67,44 @@ def build_splits(cfg: RunConfig) -> Splits:
     return Splits(train, evaluation, full_train.num_classes, list(full_train.class_names))
 
 
-def train_loader(cfg: RunConfig, dataset: Any, total_iters: int, start_iteration: int) -> DataLoader:
+class RankSlice(Sampler[list[SampleKey]]):
+    """Process `rank`'s part of every global batch of `batches`: its `rank`-th run of len(batch) / world_size
+    consecutive keys (the global batch size is a multiple of the world size)."""
+
+    def __init__(self, batches: IterationSampler, rank: int, world_size: int) -> None:
+        if batches.batch_size % world_size or not 0 <= rank < world_size:
+            raise ValueError(f"cannot give rank {rank} of {world_size} an equal part of batches of "
+                             f"{batches.batch_size}")
+        self.batches, self.rank, self.size = batches, rank, batches.batch_size // world_size
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+    def __iter__(self) -> Iterator[list[SampleKey]]:
+        for batch in self.batches:
+            yield batch[self.rank * self.size : (self.rank + 1) * self.size]
+
+
+def train_loader(
+    cfg: RunConfig, dataset: Any, total_iters: int, start_iteration: int, dist: DistContext | None = None
+) -> DataLoader:
     """Batches of `train.batch_size` for iterations [start, total): batch i is a pure function of (seed, i). With
     gradient accumulation the trainer asks for micro-batches: step s uses batches s·accumulate … s·accumulate + a − 1,
-    which hold exactly the samples of step s with accumulate 1 and batch size batch_size·accumulate."""
+    which hold exactly the samples of step s with accumulate 1 and batch size batch_size·accumulate.
+
+    Data-parallel (`dist` of W processes): global batch i holds batch_size·W samples, a pure function of (seed, i)
+    as above, and process r takes its r-th consecutive slice of batch_size; so W processes × batch b see exactly the
+    samples of one process × batch W·b, and a resumed run (with the same W) continues the same stream."""
+    world = dist.world_size if dist is not None else 1
     transform = TrainTransform(cfg.data.crop_size, scale_range=cfg.data.scale_range)
     view = TrainSampleView(dataset, transform, seed=cfg.train.seed)
     sampler = IterationSampler(
-        len(dataset), cfg.train.batch_size, cfg.train.seed, start_iteration=start_iteration,
+        len(dataset), cfg.train.batch_size * world, cfg.train.seed, start_iteration=start_iteration,
         total_iterations=total_iters,
     )
+    batches = RankSlice(sampler, dist.rank, world) if dist is not None and world > 1 else sampler
     return DataLoader(
-        view, batch_sampler=sampler, num_workers=cfg.data.num_workers, pin_memory=torch.cuda.is_available(),
+        view, batch_sampler=batches, num_workers=cfg.data.num_workers, pin_memory=torch.cuda.is_available(),
         generator=torch.Generator().manual_seed(cfg.train.seed), persistent_workers=False,
     )
 
@@ -92,9 +120,12 @@ class _Transformed(Dataset):
         return self.transform(*self.dataset[i])
 
 
-def eval_loader(cfg: RunConfig, dataset: Any) -> DataLoader:
-    """Whole images in order; real datasets have images of several sizes, so they go one at a time."""
+def eval_loader(cfg: RunConfig, dataset: Any, dist: DistContext | None = None) -> DataLoader:
+    """Whole images in order; real datasets have images of several sizes, so they go one at a time. Data-parallel
+    (`dist` of W processes), process r evaluates images r, r + W, r + 2W, …: together the whole split once."""
     batch_size = cfg.train.eval_batch_size if cfg.data.name == "synthetic" else 1
+    if dist is not None and dist.distributed:
+        dataset = Subset(dataset, range(dist.rank, len(dataset), dist.world_size))
     return DataLoader(
         _Transformed(dataset, EvalTransform()), batch_size=batch_size, shuffle=False,
         num_workers=cfg.data.num_workers, generator=torch.Generator().manual_seed(0),

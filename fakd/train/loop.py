@@ -29,6 +29,7 @@ from fakd.train.checkpoint import (
     write_checkpoint,
 )
 from fakd.train.data import Splits, eval_loader, train_loader
+from fakd.train.distributed import DistContext, sync_batchnorm
 from fakd.train.objective import SegmentationObjective
 from fakd.train.optim import build_optimizer, poly_schedule
 
@@ -80,8 +81,11 @@ class Accelerator:
 
 
 @torch.no_grad()
-def evaluate(model: Segmenter, loader: DataLoader, num_classes: int, accelerator: Accelerator) -> dict[str, Any]:
-    """mIoU and per-class IoU from one confusion matrix summed over the whole split."""
+def evaluate(
+    model: Segmenter, loader: DataLoader, num_classes: int, accelerator: Accelerator, dist: DistContext | None = None
+) -> dict[str, Any]:
+    """mIoU and per-class IoU from one confusion matrix summed over the whole split (data-parallel: each process
+    scores its part of the split, see `eval_loader`, and the matrices are summed over the processes)."""
     was_training = model.training
     model.eval()
     matrix = ConfusionMatrix(num_classes)
@@ -90,6 +94,8 @@ def evaluate(model: Segmenter, loader: DataLoader, num_classes: int, accelerator
             logits = model(accelerator.images(images)).logits
         logits = F.interpolate(logits.float(), size=labels.shape[-2:], mode="bilinear", align_corners=False)
         matrix.update(logits.argmax(1).cpu(), labels)
+    if dist is not None and dist.distributed:
+        matrix.matrix = dist.all_reduce_sum(matrix.matrix)
     model.train(was_training)
     summary = matrix.summary()
     return {"val_miou": summary["miou"], "val_pixel_acc": summary["pixel_acc"], "val_iou": summary["per_class_iou"]}
@@ -104,23 +110,35 @@ class TrainingState:
     optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.LRScheduler
 
-    def state_dict(self, iteration: int, metrics: dict[str, Any]) -> dict[str, Any]:
-        return {
+    def state_dict(
+        self, iteration: int, metrics: dict[str, Any], rng_by_rank: list[dict[str, Any]] | None = None
+    ) -> dict[str, Any]:
+        """The checkpoint; data-parallel, with the world size and every process's RNG streams (`rng_by_rank`)."""
+        state = {
             "iteration": iteration,
             "model": self.model.state_dict(),
             "objective": self.objective.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
             "metrics": metrics,
-            "rng": capture_rng(),
+            "rng": capture_rng() if rng_by_rank is None else rng_by_rank[0],
         }
+        if rng_by_rank is not None:
+            state.update(world_size=len(rng_by_rank), rng_by_rank=rng_by_rank)
+        return state
 
-    def load(self, state: dict[str, Any]) -> int:
+    def load(self, state: dict[str, Any], dist: DistContext | None = None) -> int:
+        """Restore a checkpoint in every process (each gets its own RNG streams back); the iteration it holds."""
+        dist = dist or DistContext()
+        saved_world = int(state.get("world_size", 1))
+        if saved_world != dist.world_size:
+            raise ValueError(f"the checkpoint was written by a run of {saved_world} worker(s) and this run has "
+                             f"{dist.world_size}: the data stream would not continue where it stopped")
         self.model.load_state_dict(state["model"])
         self.objective.load_state_dict(state["objective"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
-        restore_rng(state["rng"])
+        restore_rng(state["rng_by_rank"][dist.rank] if dist.distributed else state["rng"])
         return int(state["iteration"])
 
 
@@ -133,10 +151,11 @@ def training_step(
     step: int,
     teacher: nn.Module | None = None,
     accelerator: Accelerator | None = None,
+    dist: DistContext | None = None,
 ) -> dict[str, torch.Tensor | float]:
     """One update: student forward (and the frozen teacher's, when the objective distills), loss, backward,
     optimizer step. Returns the loss terms, left on the device."""
-    return accumulated_step(model, objective, optimizer, [(images, labels)], step, teacher, accelerator)
+    return accumulated_step(model, objective, optimizer, [(images, labels)], step, teacher, accelerator, dist)
 
 
 def accumulated_step(
@@ -147,6 +166,7 @@ def accumulated_step(
     step: int,
     teacher: nn.Module | None = None,
     accelerator: Accelerator | None = None,
+    dist: DistContext | None = None,
 ) -> dict[str, torch.Tensor | float]:
     """One optimizer update from the micro-batches `batches` (moved to the device one at a time): each is forwarded
     (with the frozen teacher's `teacher(images).logits` when the objective distills) and back-propagated with its
@@ -157,6 +177,13 @@ def accumulated_step(
     micro-batch losses and samples do not interact: KD and CWD terms (equal pixel and map counts per micro-batch)
     and CE without ignored pixels; BatchNorm in train mode normalises each micro-batch with its own statistics,
     and FAKD's bound for an early micro-batch uses a covariance that has not yet seen the later ones.
+
+    Data-parallel (`dist` of W processes, each with its slice of the global micro-batches): the gradients are
+    averaged over the processes before the optimizer step, and the objective's covariance pools every process's
+    statistics before the bound uses it, so W processes × batch b make the update of one process × batch W·b under
+    the conditions above, FAKD at any strength included (per-process train-mode BatchNorm aside: SyncBatchNorm,
+    which `fit` switches on for GPU runs, normalises with the global batch). The returned terms are this
+    process's own.
     """
     optimizer.zero_grad(set_to_none=True)
     count = len(batches)
@@ -174,6 +201,8 @@ def accumulated_step(
         (loss if count == 1 else loss / count).backward()
         for name, value in terms.items():  # floats (the FAKD strength) are the same for every micro-batch
             sums[name] = sums[name] + value if isinstance(value, torch.Tensor) and name in sums else value
+    if dist is not None:
+        dist.average_gradients(model.parameters())
     optimizer.step()
     if count == 1:
         return sums
@@ -203,6 +232,7 @@ def fit(
     log: Callable[[str], None] | None = None,
     label: str | None = None,
     replay: bool = False,
+    dist: DistContext | None = None,
 ) -> dict[str, Any]:
     """Train `model` for `cfg.train.iters` iterations (optimizer steps, each over `cfg.train.accumulate`
     micro-batches of `cfg.train.batch_size`) on `splits` with the arm's objective; `teacher` is frozen and called
@@ -213,12 +243,23 @@ def fit(
     directory, or "latest" for the newest one in `work_dir`), training continues exactly where it stopped;
     with `replay` the resumed checkpoint's metrics are reported once more first (for a consumer that may
     have missed them). `label` names the run in logs (default: the arm). Returns the last metrics.
+
+    Data-parallel (`dist`, by default `DistContext.current()`: every process of an initialised `torch.distributed`
+    group calls `fit` alike): each process trains on its slice of every global batch (`train_loader`), gradients
+    and the FAKD covariance statistics are pooled over the processes, GPU runs use SyncBatchNorm, the metrics
+    cover the whole evaluation split and the window's losses are averaged over the processes; rank 0 alone writes
+    checkpoints and logs, every process reads a checkpoint it resumes from and calls `report` (after the checkpoint
+    is complete). The effective batch is batch_size × accumulate × world size.
     """
+    dist = dist if dist is not None else DistContext.current()
     accelerator = Accelerator.for_run(cfg)
     total = cfg.train.iters
     model = accelerator.model(model)
+    if dist.distributed and accelerator.device.type == "cuda":
+        model = sync_batchnorm(model)
     objective = SegmentationObjective(
-        cfg.effective_loss, splits.num_classes, model.feature_dim, total_steps=total
+        cfg.effective_loss, splits.num_classes, model.feature_dim, total_steps=total,
+        all_reduce=dist.all_reduce_sum if dist.distributed else None,
     ).to(accelerator.device)
     if objective.needs_teacher and teacher is None:
         raise ValueError(f"arm {cfg.arm!r} distills: pass a teacher")
@@ -228,28 +269,31 @@ def fit(
     state = TrainingState(model, objective, optimizer, poly_schedule(optimizer, total, cfg.train.poly_power))
     checkpoints = work_dir / "checkpoints"
     if resume_from == "latest":
-        resume_from = latest_checkpoint(checkpoints)
+        resume_from = dist.broadcast_object(latest_checkpoint(checkpoints) if dist.is_main else None)
+    if dist.distributed:  # one model everywhere; per-process RNG streams (dropout masks differ between processes)
+        dist.broadcast_module_(model)
+        torch.manual_seed(cfg.train.seed * 1_000_003 + dist.rank)
     start, metrics = 0, {}
     if resume_from:
         saved = load_checkpoint(resume_from)
-        start, metrics = state.load(saved), saved["metrics"]
+        start, metrics = state.load(saved, dist), saved["metrics"]
         if replay and report is not None:
             report(metrics, str(resume_from))
     if start >= total:
         return metrics
 
-    evaluation = eval_loader(cfg, splits.evaluation)
+    evaluation = eval_loader(cfg, splits.evaluation, dist)
     label = label or cfg.arm
     parameters = count_parameters(model)
-    bar = _progress(total, start, progress, f"{label} {cfg.student.backbone}")
+    bar = _progress(total, start, progress, f"{label} {cfg.student.backbone}") if dist.is_main else None
     sums: dict[str, torch.Tensor | float] = defaultdict(float)
     window_start, window_iters = time.perf_counter(), 0
     model.train()
     accumulate = cfg.train.accumulate  # micro-batch j = step * accumulate + k: a pure function of (seed, j)
-    micro_batches = iter(train_loader(cfg, splits.train, total * accumulate, start * accumulate))
+    micro_batches = iter(train_loader(cfg, splits.train, total * accumulate, start * accumulate, dist))
     for iteration in range(start + 1, total + 1):
         batches = [next(micro_batches) for _ in range(accumulate)]
-        terms = accumulated_step(model, objective, optimizer, batches, iteration - 1, teacher, accelerator)
+        terms = accumulated_step(model, objective, optimizer, batches, iteration - 1, teacher, accelerator, dist)
         state.scheduler.step()
         for name, value in terms.items():
             sums[name] = sums[name] + value  # tensors stay on the device: no sync per step
@@ -258,30 +302,53 @@ def fit(
             bar.update(1)
         if iteration % cfg.train.eval_every and iteration != total:
             continue
-        averages = {name: float(value) / window_iters for name, value in sums.items()}
+        averages = _window_averages(sums, window_iters, dist)
         if not math.isfinite(averages["loss"]):
             raise NonFiniteLossError(f"non-finite loss in iterations {iteration - window_iters + 1}-{iteration} "
                                      f"({cfg.arm}): {averages}", iteration)
         if bar is not None:
             bar.set_postfix(loss=f"{averages['loss']:.3f}")
         seconds = time.perf_counter() - window_start
+        if dist.distributed:  # per-process BatchNorm statistics (CPU) differ: evaluate and save rank 0's
+            dist.broadcast_buffers_(model)
         metrics = {
             "iteration": iteration,
             **averages,
             "lr": optimizer.param_groups[0]["lr"],
             "seconds_per_iter": seconds / window_iters,
             "params": parameters,
-            **evaluate(model, evaluation, splits.num_classes, accelerator),
+            **evaluate(model, evaluation, splits.num_classes, accelerator, dist),
         }
         metrics["window_seconds"] = time.perf_counter() - window_start
-        directory = write_checkpoint(state.state_dict(iteration, metrics), checkpoints, iteration)
-        if log is not None:
+        rng_by_rank = dist.all_gather_object(capture_rng()) if dist.distributed else None
+        directory = None
+        if dist.is_main:
+            directory = write_checkpoint(state.state_dict(iteration, metrics, rng_by_rank), checkpoints, iteration)
+        directory = dist.broadcast_object(directory)  # no process reports a checkpoint before it is complete
+        if log is not None and dist.is_main:
             log(f"[{label}] iter {iteration}/{total} loss {metrics['loss']:.4f} val mIoU {metrics['val_miou']:.4f}")
         if report is not None:
             report(metrics, str(directory))
-        prune_checkpoints(checkpoints, keep=directory)
+        if dist.is_main:
+            prune_checkpoints(checkpoints, keep=directory)
         sums.clear()
         window_start, window_iters = time.perf_counter(), 0
     if bar is not None:
         bar.close()
     return metrics
+
+
+def _window_averages(
+    sums: dict[str, torch.Tensor | float], window_iters: int, dist: DistContext
+) -> dict[str, float]:
+    """Each term's mean over the window's iterations; data-parallel, also over the processes (floats, the FAKD
+    strength, are the same in every process and stay as they are)."""
+    if not dist.distributed:
+        return {name: float(value) / window_iters for name, value in sums.items()}
+    names = sorted(name for name, value in sums.items() if isinstance(value, torch.Tensor))
+    averages = {name: float(value) / window_iters for name, value in sums.items() if name not in names}
+    if names:
+        pooled = dist.all_reduce_sum(torch.stack([sums[name].detach().double() for name in names]))
+        averages.update({name: float(value) / (window_iters * dist.world_size)
+                         for name, value in zip(names, pooled.tolist(), strict=True)})
+    return {name: averages[name] for name in sums}

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -22,18 +24,25 @@ class SegmentationObjective(nn.Module):
     """CE against the labels, plus KD / CWD against a teacher (as FAKD bounds when FAKD is on).
 
     The class-conditional covariance of the student's features is a buffer of this module, so it is
-    saved and restored with the rest of the training state.
+    saved and restored with the rest of the training state. `all_reduce` (the element-wise sum over the processes
+    of a data-parallel run) pools the covariance's batch statistics over every process.
     """
 
     def __init__(
-        self, loss: LossConfig, num_classes: int, feature_dim: int, total_steps: int, ignore_index: int = 255
+        self,
+        loss: LossConfig,
+        num_classes: int,
+        feature_dim: int,
+        total_steps: int,
+        ignore_index: int = 255,
+        all_reduce: Callable[[torch.Tensor], torch.Tensor] | None = None,
     ) -> None:
         super().__init__()
         self.loss = loss
         self.total_steps = total_steps
         self.ignore_index = ignore_index
         self.covariance = (
-            ClassCovariance(num_classes, feature_dim, full=loss.fakd.covariance == "full")
+            ClassCovariance(num_classes, feature_dim, full=loss.fakd.covariance == "full", all_reduce=all_reduce)
             if loss.fakd.enabled and loss.distills
             else None
         )

@@ -11,6 +11,7 @@ from fakd.config import RunConfig
 from fakd.errors import UserError
 from fakd.train.checkpoint import checkpoint_iteration, latest_checkpoint
 from fakd.train.data import build_splits
+from fakd.train.distributed import DistContext
 from fakd.train.loop import Reporter, fit
 from fakd.train.teacher import TeacherArtifact, build_model, ensure_teacher, load_teacher, model_config
 
@@ -25,10 +26,12 @@ def train_student(
     progress: bool | None = None,
     log: Callable[[str], None] | None = None,
     replay: bool = False,
+    dist: DistContext | None = None,
 ) -> dict[str, Any]:
     """Train the student of `cfg` (distilled from `teacher` when its arm distills); the last metrics.
 
-    `resume_from` and `replay` are as in `fit`."""
+    `resume_from`, `replay` and `dist` (data-parallel training: every process calls this alike) are as in `fit`;
+    every process runs the teacher's forward pass on its own slice of the batch."""
     splits = build_splits(cfg)
     frozen = None
     if cfg.effective_loss.distills:
@@ -37,7 +40,7 @@ def train_student(
         frozen = load_teacher(teacher, cfg, splits.num_classes)
     model = build_model(cfg.student, splits.num_classes, cfg.train.seed)
     return fit(cfg, model, splits, work_dir, teacher=frozen, report=report, resume_from=resume_from,
-               progress=progress, log=log, replay=replay)
+               progress=progress, log=log, replay=replay, dist=dist)
 
 
 def run_distillation(

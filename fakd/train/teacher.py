@@ -23,8 +23,9 @@ from fakd.config import ModelConfig, RunConfig, TeacherConfig, config_hash
 from fakd.errors import UserError
 from fakd.models import Segmenter, build_segmenter
 from fakd.models.zoo import ZooSegmenter, ZooTeacher, load_mmseg, load_torchvision
-from fakd.train.checkpoint import atomic_save, latest_checkpoint, safe_load
+from fakd.train.checkpoint import atomic_save, safe_load
 from fakd.train.data import build_splits, eval_loader
+from fakd.train.distributed import DistContext
 from fakd.train.loop import Accelerator, Reporter, evaluate, fit
 
 TEACHER_FILE = "teacher.pt"
@@ -40,18 +41,23 @@ class TeacherArtifact:
     metrics: dict[str, Any]
 
 
-def teacher_key(cfg: RunConfig) -> str:
-    """Hash of everything that determines the teacher's weights (a trained teacher: `teacher.source: timm`).
+def teacher_key(cfg: RunConfig, workers: int = 1) -> str:
+    """Hash of everything that determines the teacher's weights (a trained teacher: `teacher.source: timm`), the
+    number of data-parallel `workers` it trains with included (each takes a batch of `train.batch_size`).
 
-    Keys added later (`source`, `arch`; `accumulate` while it is 1) are left out, so existing caches keep their key.
+    Keys added later (`source`, `arch`; `accumulate` while it is 1; `workers` while it is 1) are left out, so
+    existing caches keep their key.
     """
     run = cfg.teacher_run()
     train_exclude = {"device", "eval_batch_size"} | ({"accumulate"} if run.train.accumulate == 1 else set())
-    return config_hash(
+    parts: list[Any] = [
         cfg.teacher.model_dump(exclude={"checkpoint", "source", "arch"}),
         run.train.model_dump(exclude=train_exclude),
         run.data.model_dump(exclude={"num_workers", "holdout_fraction"}),
-    )
+    ]
+    if workers > 1:
+        parts.append({"workers": workers})
+    return config_hash(*parts)
 
 
 def model_config(cfg: ModelConfig | TeacherConfig) -> ModelConfig:
@@ -86,38 +92,45 @@ def ensure_teacher(
     report: Reporter | None = None,
     progress: bool | None = None,
     log: Callable[[str], None] | None = None,
+    dist: DistContext | None = None,
 ) -> TeacherArtifact:
     """The teacher of `cfg`: the named checkpoint, the cached one, or one trained now and cached.
 
-    A zoo teacher's file is copied to `cache_root/<key>/teacher.pt` and evaluated once there (see `zoo_teacher`)."""
+    A zoo teacher's file is copied to `cache_root/<key>/teacher.pt` and evaluated once there (see `zoo_teacher`).
+    Data-parallel (`dist`, by default `DistContext.current()`; every process calls this alike), rank 0 holds the
+    cache lock and decides whether to train, every process trains, rank 0 writes the teacher."""
     if cfg.teacher.is_zoo:
         return zoo_teacher(cfg, cache_root, log=log)
     if cfg.teacher.checkpoint:
         path = Path(cfg.teacher.checkpoint)
         payload = read_teacher_file(path)
         return TeacherArtifact(path, payload.get("key", "external"), payload.get("metrics", {}))
-    key = teacher_key(cfg)
+    dist = dist if dist is not None else DistContext.current()
+    key = teacher_key(cfg, dist.world_size)
     directory = cache_root / key
     path = directory / TEACHER_FILE
-    with _exclusive(directory):
-        if not path.is_file():
-            _train(cfg, directory, key, report=report, progress=progress, log=log)
+    with _exclusive(directory) if dist.is_main else contextlib.nullcontext():
+        if dist.broadcast_object(not path.is_file() if dist.is_main else None):
+            _train(cfg, directory, key, report=report, progress=progress, log=log, dist=dist)
+        dist.barrier()  # the teacher file is complete before any process reads it
     return TeacherArtifact(path, key, read_teacher_file(path).get("metrics", {}))
 
 
 def _train(
     cfg: RunConfig, directory: Path, key: str, *, report: Reporter | None, progress: bool | None,
-    log: Callable[[str], None] | None,
+    log: Callable[[str], None] | None, dist: DistContext,
 ) -> None:
     run = cfg.teacher_run()
     splits = build_splits(run)
     model = build_model(run.student, splits.num_classes, run.train.seed)
     work = directory / "work"
-    if log is not None:
-        log(f"training teacher {run.student.backbone} ({key}) for {run.train.iters} iterations")
-    resume = "latest" if latest_checkpoint(work / "checkpoints") else None
-    metrics = fit(run, model, splits, work, report=report, resume_from=resume, progress=progress, log=log,
-                  label="teacher")
+    if log is not None and dist.is_main:
+        workers = f" on {dist.world_size} workers" if dist.distributed else ""
+        log(f"training teacher {run.student.backbone} ({key}) for {run.train.iters} iterations{workers}")
+    metrics = fit(run, model, splits, work, report=report, resume_from="latest", progress=progress, log=log,
+                  label="teacher", dist=dist)
+    if not dist.is_main:
+        return
     payload = {
         "key": key,
         "model": {k: v.cpu() for k, v in model.state_dict().items()},
