@@ -1,4 +1,5 @@
-"""Run every benchmark: `python -m benchmarks [name ...]` (names: train_step, losses, harness, cluster)."""
+"""Run every benchmark: `python -m benchmarks [name ...]` (names: train_step, losses, harness, cluster, search,
+cityscapes_step)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import time
 
 import torch
 
-BENCHMARKS = ("train_step", "losses", "harness", "cluster")
+BENCHMARKS = ("train_step", "losses", "harness", "cluster", "search", "cityscapes_step")
 
 
 def machine() -> str:

@@ -7,9 +7,10 @@ import signal
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import NoReturn
 
 from fakd.errors import UserError
-from fakd.vocab import ARMS, BUDGETS
+from fakd.vocab import ARMS, BUDGETS, DEFAULT_ARM
 
 EXIT_USER_ERROR = 2
 
@@ -20,6 +21,7 @@ def _log(message: str) -> None:
 
 def command_train(args: argparse.Namespace) -> int:
     from fakd.preflight import preflight
+    from fakd.results.layout import check_writable_parent, enclosing_study
     from fakd.spec import load_spec
 
     spec = load_spec(args.spec, args.set)
@@ -28,6 +30,11 @@ def command_train(args: argparse.Namespace) -> int:
 
     cfg = spec.run_config(args.arm or _default_arm(spec.settings.arms), phase="final")
     out = Path(args.out or Path("runs") / f"{spec.name}-train-{cfg.arm.replace('+', '_')}").resolve()
+    inside = enclosing_study(out)
+    if inside is not None:
+        raise UserError(f"{out} is inside the study directory {inside}, which only its driver writes; choose an "
+                        "--out outside every study", key="--out")
+    check_writable_parent(out / "student", "--out")
     out.mkdir(parents=True, exist_ok=True)
     _log(f"run directory: {out}")
     try:
@@ -42,18 +49,26 @@ def command_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _log_table(study: Path | str) -> None:
+    """After a driver finished: the ablation table to W&B (when the study tracks and has retrain runs)."""
+    from fakd.export.wandb_table import log_ablation_table
+
+    log_ablation_table(study)
+
+
 def command_sweep(args: argparse.Namespace) -> int:
     from fakd.study import sweep
 
-    sweep(args.spec, args.set, storage=args.storage, name=args.name, address=args.address,
-          teacher_checkpoint=args.teacher, no_wandb=args.no_wandb)
+    study = sweep(args.spec, args.set, storage=args.storage, name=args.name, address=args.address,
+                  teacher_checkpoint=args.teacher, no_wandb=args.no_wandb)
+    _log_table(study.root)
     return 0
 
 
 def command_resume(args: argparse.Namespace) -> int:
     from fakd.study import resume
 
-    resume(args.study_dir, address=args.address, no_wandb=args.no_wandb)
+    _log_table(resume(args.study_dir, address=args.address, no_wandb=args.no_wandb).root)
     return 0
 
 
@@ -70,7 +85,8 @@ def command_status(args: argparse.Namespace) -> int:
 def command_retrain(args: argparse.Namespace) -> int:
     from fakd.study import retrain
 
-    retrain(args.study_dir, args.seeds, budget=args.budget, address=args.address, no_wandb=args.no_wandb)
+    study = retrain(args.study_dir, args.seeds, budget=args.budget, address=args.address, no_wandb=args.no_wandb)
+    _log_table(study.root)
     return 0
 
 
@@ -101,6 +117,7 @@ def command_demo(args: argparse.Namespace) -> int:
         resume(study_dir)
     else:
         sweep(args.spec, storage=args.storage)
+    _log_table(study_dir)
     exports = StudyDir(study_dir).exports
     result = export_study(study_dir, "md", exports / "ablation.md", plots=False)
     export_study(study_dir, "csv", exports / "ablation.csv", plots=False)
@@ -116,11 +133,19 @@ def command_demo(args: argparse.Namespace) -> int:
 
 
 def _default_arm(arms: Sequence[str]) -> str:
-    return "kd+fakd" if "kd+fakd" in arms else arms[-1]
+    return DEFAULT_ARM if DEFAULT_ARM in arms else arms[-1]
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """Bad arguments are one line naming the command, the argument and what is accepted (exit 2), not a usage
+    block; `--help` still prints the usage."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_USER_ERROR, f"error: {self.prog}: {message} (see {self.prog} --help)\n")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="launch.py", description=__doc__)
+    parser = OneLineParser(prog="launch.py", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
 
     train = commands.add_parser("train", help="one teacher→student run with the spec's default values")

@@ -13,7 +13,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
-from fakd.vocab import ARM_TABLE, ARMS, DATASETS, HEADS
+from fakd.vocab import ARM_TABLE, ARMS, DATASETS, DEFAULT_ARM, HEADS, REFERENCE_ARM
 
 ArmName = Literal[ARMS]  # type: ignore[valid-type]
 HeadName = Literal[HEADS]  # type: ignore[valid-type]
@@ -222,7 +222,7 @@ class RunConfig(Strict):
     student: ModelConfig
     train: TrainConfig = TrainConfig()
     loss: LossConfig = LossConfig()
-    arm: ArmName = "kd+fakd"
+    arm: ArmName = DEFAULT_ARM
     phase: Phase = Field("final", description="search: train minus holdout, evaluate on holdout; final: val")
 
     @property
@@ -235,7 +235,7 @@ class RunConfig(Strict):
             update={"iters": self.teacher.iters or self.train.iters, "lr": self.teacher.lr or self.train.lr}
         )
         model = ModelConfig(**self.teacher.model_dump(include=set(ModelConfig.model_fields)))
-        return self.model_copy(update={"student": model, "train": train, "arm": "baseline", "phase": "final"})
+        return self.model_copy(update={"student": model, "train": train, "arm": REFERENCE_ARM, "phase": "final"})
 
 
 def config_hash(*parts: BaseModel | dict[str, Any], length: int = 12) -> str:

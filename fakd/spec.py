@@ -24,7 +24,7 @@ from pydantic import BaseModel, Field, ValidationError, field_validator
 
 from fakd.config import ArmName, RunConfig, Strict
 from fakd.errors import UserError
-from fakd.vocab import ARM_TABLE, ARMS, BUDGETS
+from fakd.vocab import ARM_TABLE, ARMS, BUDGETS, DEFAULT_BUDGET, REFERENCE_ARM
 
 DISTRIBUTION_KINDS = ("uniform", "loguniform", "int", "choice")
 SEARCHABLE_SECTIONS = ("data", "student", "train", "loss")
@@ -41,6 +41,9 @@ class SearchConfig(Strict):
     num_samples: int = Field(4, ge=1, description="trials per arm (per selection repeat)")
     max_concurrent: int = Field(2, ge=1, description="trials running at once, all arms together")
     seed: int = 0
+    sampler: Literal["tpe", "random"] = Field(
+        "tpe", description="tpe (Optuna's TPE, constant liar for concurrent suggestions) or random (a baseline for "
+        "the search itself)")
     scheduler: Literal["asha", "none"] = "asha"
     grace_period: int = Field(1, ge=1, description="evaluations before successive halving may stop a trial")
     reduction_factor: int = Field(2, ge=2)
@@ -230,10 +233,19 @@ def _check_effects(spec: StudySpec) -> None:
                             file=spec.path, key=key)
     forms = spec.space["loss.fakd.form"].bounds if "loss.fakd.form" in spec.space else (
         spec.defaults.loss.fakd.form,)
-    if "label_row" in forms and "cwd+fakd" in spec.settings.arms:
-        raise UserError("label_row has no effect on the cwd+fakd arm (the CWD bound has one form); use form: exact, "
-                        "or study label_row with kd+fakd only", file=spec.path, key="loss.fakd.form")
+    for arm in arms:
+        unused = [form for form in forms if arm.fakd and form not in arm.fakd_forms]
+        if unused:
+            accepted = [a.name for a in ARM_TABLE.values() if unused[0] in a.fakd_forms]
+            raise UserError(f"{unused[0]} has no effect on the {arm.name} arm (its bound has the forms "
+                            f"{', '.join(arm.fakd_forms)}); use form: exact, or study {unused[0]} with "
+                            f"{' or '.join(accepted)} only", file=spec.path, key="loss.fakd.form")
     search = spec.raw.get("search") or {}
+    if spec.settings.search.retrain_budget != DEFAULT_BUDGET and REFERENCE_ARM not in spec.settings.arms:
+        raise UserError(f"{spec.settings.search.retrain_budget} gives every arm the wall-clock of the "
+                        f"{REFERENCE_ARM}'s iterations, and the arms ({', '.join(spec.settings.arms)}) have no "
+                        f"{REFERENCE_ARM}; add it or use {DEFAULT_BUDGET}", file=spec.path,
+                        key="search.retrain_budget")
     if spec.settings.search.scheduler == "none":
         for option in ("grace_period", "reduction_factor"):
             if option in search:

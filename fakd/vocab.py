@@ -18,6 +18,13 @@ class Arm:
     fakd: bool
     base: str | None  # the arm this one is compared against in the ablation table
 
+    @property
+    def fakd_forms(self) -> tuple[str, ...]:
+        """The `loss.fakd.form`s this arm's bound has (the CWD bound has one form only)."""
+        if not self.fakd:
+            return ()
+        return ("exact", "label_row") if self.distill == "kd" else ("exact",)
+
     def uses(self, key: str) -> bool:
         """Whether the dotted spec key changes anything in this arm (a baseline has no KD temperature)."""
         for term in ("kd", "cwd"):
@@ -48,6 +55,10 @@ ARMS: tuple[str, ...] = tuple(ARM_TABLE)
 HEADS: tuple[str, ...] = ("deeplabv3", "psp", "fcn")
 DATASETS: tuple[str, ...] = ("synthetic", "cityscapes", "voc", "ade20k", "camvid")
 BUDGETS: tuple[str, ...] = ("equal-iters", "equal-time")  # how long each arm's retrain runs
+DEFAULT_BUDGET = BUDGETS[0]
+REFERENCE_ARM = next(a.name for a in ARM_TABLE.values() if a.base is None)  # CE only: the teacher's training, and
+# the arm whose wall-clock an equal-time retrain gives every arm
+DEFAULT_ARM = next(a.name for a in ARM_TABLE.values() if a.fakd and a.distill == "kd")  # of `launch.py train`
 
 
 def arm(name: str) -> Arm:

@@ -6,6 +6,11 @@ import hashlib
 import io
 import json
 import math
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 from scipy import stats
@@ -14,6 +19,7 @@ from fakd.cli import main
 from fakd.export.render import WIDTH
 
 pytestmark = pytest.mark.ray
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def tree_digest(root) -> str:
@@ -96,10 +102,40 @@ def test_export_of_a_real_study(searched_study, capsys, tmp_path):
 def test_export_refuses_to_write_into_the_study(searched_study, capsys, tmp_path):
     _, study = searched_study
     before = tree_digest(study.root)
-    for out in (study.root / "study.json", study.root / "trials" / "t.md", study.root, tmp_path):
-        assert main(["export", str(study.root), "--out", str(out)]) == 2
+    other = tmp_path / "other-study"
+    shutil.copytree(study.root, other)
+    refused = (study.root / "study.json", study.root / "trials" / "t.md", study.root, tmp_path,
+               study.exports,  # the folder itself: it would become a file, with the plots in the study root
+               other / "study.json", other / "exports" / "a.md")  # another study's files, even its exports
+    for out in refused:
+        assert main(["export", str(study.root), "--out", str(out)]) == 2, out
         err = capsys.readouterr().err
         assert err.count("\n") == 1 and "--out:" in err, err
-    assert tree_digest(study.root) == before
+    assert tree_digest(study.root) == before and not (other / "exports" / "a.md").exists()
     assert main(["export", str(study.root), "--out", str(study.exports / "ablation.md")]) == 0
     assert (study.exports / "ablation.md").is_file()
+
+
+def test_the_ablation_table_goes_to_wandb_once_a_study_has_retrain_runs(searched_study, tmp_path):
+    """In a process of its own, as the CLI does after a driver: a W&B service started in the test process would be
+    inherited (WANDB_SERVICE) by the drivers that later tests start."""
+    _, study = searched_study
+    copy = tmp_path / "tracked"
+    shutil.copytree(study.root, copy)
+    spec = (copy / "spec.yaml").read_text().replace("wandb: false", "wandb: true\n  project: fakd-test")
+    (copy / "spec.yaml").write_text(spec)
+    script = f"from fakd.export.wandb_table import log_ablation_table; print(log_ablation_table({str(copy)!r}))"
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "WANDB_MODE": "offline"}
+
+    def logged() -> str:
+        result = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, check=True)
+        return result.stdout.strip().splitlines()[-1]
+
+    assert logged() == "True"
+    (run,) = (copy / "wandb").glob("offline-run-*-tiny-ablation")
+    (table,) = run.glob("files/media/table/ablation_*.table.json")
+    data = json.loads(table.read_text())
+    assert "kd+fakd" in json.dumps(data["data"]) and "miou_mean" in data["columns"]
+    meta = json.loads((copy / "study.json").read_text())
+    (copy / "study.json").write_text(json.dumps({**meta, "no_wandb": True}))
+    assert logged() == "False", "a study run with --no-wandb logs nothing"

@@ -492,6 +492,20 @@ def test_effective_batch_is_batch_size_times_accumulate(tmp_path, capsys):
     assert rows["kd+fakd"]["effective_batch"] == "16/32" and rows["kd"]["effective_batch"] == "16"
 
 
+def test_data_parallel_trials_count_every_worker_in_batch_and_hours(tmp_path, capsys):
+    study = make_study(tmp_path / "one", arms=["baseline", "kd"], seeds=(1, 2))
+    single = {row["arm"]: row for row in csv_rows(study, capsys)}
+    spec = yaml.safe_load(study.spec.read_text())
+    spec["resources"] = {"cpu": 2, "workers": 3}  # three processes of 2 CPUs each per trial
+    study.spec.write_text(yaml.safe_dump(spec, sort_keys=False))
+    rows = {row["arm"]: row for row in csv_rows(study, capsys)}
+    for arm in ("baseline", "kd"):
+        assert rows[arm]["effective_batch"] == str(3 * int(single[arm]["effective_batch"])) == "24"
+        assert number(rows[arm]["cpu_hours"]) == pytest.approx(6 * number(single[arm]["cpu_hours"]))
+    assert "24 (train.batch_size 8 × train.accumulate 1 × resources.workers 3)" in export_study(study.root,
+                                                                                               "html").text
+
+
 def test_report_states_the_study_and_marks_significant_comparisons(tmp_path, capsys):
     study = make_study(tmp_path / "facts")
     rows = {row["arm"]: row for row in csv_rows(study, capsys)}

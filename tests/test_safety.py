@@ -31,7 +31,7 @@ from fakd.errors import UserError
 from fakd.spec import validate_spec
 from fakd.train import ensure_teacher, fit
 from fakd.train.checkpoint import capture_rng, load_checkpoint, restore_rng, write_checkpoint
-from fakd.train.data import build_splits
+from fakd.train.data import build_splits, train_loader
 from fakd.train.teacher import TeacherArtifact, build_model, check_teacher_checkpoint, load_teacher, model_config
 
 NUM_CLASSES = TINY_SPEC["data"]["num_classes"]
@@ -293,3 +293,22 @@ def test_unreadable_or_truncated_files_are_named(
     with pytest.raises(UserError, match=f"cannot read {what} ") as info:
         dataset[index]
     assert info.value.key == "data.root" and str(path) in one_line(info.value)
+
+
+@pytest.mark.parametrize("num_workers", [0, 2])
+def test_data_errors_from_loader_workers_stay_one_line_naming_the_file(tmp_path: Path, num_workers: int) -> None:
+    """torch re-raises a worker process's error around the worker's traceback: the loader gives the line back."""
+    MAKERS["camvid"](tmp_path)
+    label = tmp_path / FIRST_LABEL["camvid"]
+    cut_in_half(label)
+    cfg = RunConfig(
+        data=DataConfig(name="camvid", root=str(tmp_path), image_size=16, num_workers=num_workers),
+        teacher=TeacherConfig(backbone="test_resnet"), student=ModelConfig(backbone="test_resnet"), phase="final",
+    )
+    splits = build_splits(cfg)
+    loader = train_loader(cfg, splits.train, total_iters=len(splits.train.pairs), start_iteration=0)
+    with pytest.raises(UserError) as info:
+        for _ in loader:
+            pass
+    assert "cannot read label file" in one_line(info.value) and str(label) in str(info.value)
+    assert "DataLoader worker" not in str(info.value) and "Traceback" not in str(info.value)

@@ -91,6 +91,40 @@ def test_a_moved_study_is_read_without_its_data_its_spec_or_ray(searched_study, 
     assert tree_digest(moved) == before, "reading a study changed it"
 
 
+def test_a_moved_study_of_real_data_reads_with_its_data_root_and_spec_gone(tmp_path, ray_local):
+    """A study of a dataset on disk (a CamVid tree), moved; its data root and its spec file deleted: status and
+    export still work in a fresh process without Ray, and change nothing."""
+    from test_datasets import make_camvid
+
+    data = tmp_path / "camvid"
+    make_camvid(data)
+    raw = searched_spec(["baseline"], num_samples=1, max_concurrent=1, scheduler="none", retrain_seeds=1)
+    raw["data"] = {"name": "camvid", "root": str(data), "image_size": 16}
+    raw["teacher"]["iters"] = 2
+    raw["train"].update(iters=2, eval_every=2)
+    spec = write_spec(tmp_path, raw, "camvid.yaml")
+    study = sweep(str(spec), storage=tmp_path / "studies")
+    moved = tmp_path / "laptop" / "camvid-study"
+    moved.parent.mkdir()
+    shutil.move(str(study.root), moved)
+    shutil.rmtree(data)
+    spec.unlink()
+    before = tree_digest(moved)
+    script = (
+        "import sys\n"
+        "from fakd.cli import main\n"
+        f"codes = [main(['status', {str(moved)!r}]), main(['status', {str(moved)!r}, '--json'])]\n"
+        f"codes += [main(['export', {str(moved)!r}, '--format', f]) for f in ('md', 'csv', 'latex', 'html')]\n"
+        "assert codes == [0] * 6, codes\n"
+        "assert 'ray' not in sys.modules and 'torch' not in sys.modules\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    result = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "baseline" in result.stdout and "sky" in result.stdout.lower()  # CamVid's class names, from study.json
+    assert tree_digest(moved) == before, "reading a study changed it"
+
+
 def tree_digest(root: Path) -> str:
     import hashlib
 
@@ -141,6 +175,7 @@ def test_bad_input_creates_nothing(tmp_path, capsys):
         "arms=[]": "arms",
         "search.objectives=[params]": "search.objectives",
         "search.scheduler=pbt": "search.scheduler",
+        "search.sampler=grid": "search.sampler",
         "search.metric=not_a_metric": "search.metric",
         "search.storage=nosuchdb://x/y": "search.storage",
         "search.storage=postgresql+psycopg://nobody@127.0.0.1:9/none": "search.storage",  # unreachable server
@@ -157,6 +192,10 @@ def test_bad_input_creates_nothing(tmp_path, capsys):
         assert main(["sweep", str(spec), "--storage", str(storage), "--set", override]) == 2, override
         err = capsys.readouterr().err
         assert err.count("\n") == 1 and f"{spec}: {key}:" in err, (override, err)
+    no_baseline = ["--set", "arms=[kd, kd+fakd]", "--set", "search.retrain_budget=equal-time"]
+    assert main(["sweep", str(spec), "--storage", str(storage), *no_baseline]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"{spec}: search.retrain_budget: equal-time gives every arm" in err, err
     label_row = ["--set", "arms=[kd+fakd, cwd+fakd]", "--set", "loss.fakd.form=label_row"]
     assert main(["sweep", str(spec), "--storage", str(storage), *label_row]) == 2
     assert "loss.fakd.form: label_row has no effect on the cwd+fakd arm" in capsys.readouterr().err
@@ -178,6 +217,31 @@ def test_bad_input_creates_nothing(tmp_path, capsys):
     assert str(garbage) in err and err.count("\n") == 1
     assert not storage.exists() and not (tmp_path / "escape").exists() and not (tmp_path / "abs").exists()
     assert afile.read_text() == "keep"
+
+
+def test_no_new_study_or_run_inside_a_study(searched_study, tmp_path, capsys):
+    """`sweep --storage` and `train --out` inside an existing study are refused: only its driver writes there."""
+    spec, study = searched_study
+    before = tree_digest(study.root)
+    assert main(["sweep", str(spec), "--storage", str(study.root / "trials")]) == 2
+    assert "--storage:" in capsys.readouterr().err
+    assert main(["train", str(spec), "--out", str(study.root / "exports" / "run")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"--out: {study.root / 'exports' / 'run'} is inside the study" in err, err
+    assert tree_digest(study.root) == before
+
+
+def test_a_sweep_stopped_before_it_created_its_study_can_be_run_again(tmp_path, ray_local):
+    """What a sweep stopped between making the directory and writing study.json leaves (the lock, the spec) does
+    not block the next sweep of that name."""
+    spec = write_spec(tmp_path, searched_spec(["baseline"], num_samples=1, max_concurrent=1, scheduler="none"))
+    half = tmp_path / "studies" / "tiny"
+    half.mkdir(parents=True)
+    (half / ".lock").write_text("")
+    (half / "spec.yaml").write_text("name: tiny\n")
+    study = sweep(str(spec), storage=tmp_path / "studies")
+    assert [r.state for r in read_trials(open_study_dir(study.root))] == ["COMPLETE"]
+    assert "arms:" in (half / "spec.yaml").read_text(), "the leftover spec was replaced by the study's"
 
 
 def test_resume_refuses_a_directory_that_is_not_a_study(tmp_path, capsys):
@@ -217,7 +281,8 @@ def test_multi_objective_study_stores_its_pareto_front_and_retrains_each_student
     assert students == searched
 
 
-def test_a_study_on_postgresql(tmp_path, ray_local, postgres_url):
+@pytest.mark.postgres
+def test_a_study_on_postgresql(tmp_path, ray_local, postgres_url, capsys):
     raw = searched_spec(["baseline", "kd"], num_samples=2, scheduler="none", storage=postgres_url)
     study = sweep(str(write_spec(tmp_path, raw)), storage=tmp_path)
     prefix = json.loads((study.root / "study.json").read_text())["optuna_prefix"]
@@ -228,3 +293,16 @@ def test_a_study_on_postgresql(tmp_path, ray_local, postgres_url):
         assert [t.state.name for t in trials] == ["COMPLETE", "COMPLETE"]
         assert all(t.intermediate_values for t in trials)
     assert not (study.root / "optuna.db").exists()
+    # the database is shared, not copied with the study: a copy refuses to drive the original's Optuna studies,
+    # a moved study resumes (and from then on a copy of it refuses as well)
+    copy = tmp_path / "copy"
+    shutil.copytree(study.root, copy)
+    assert main(["resume", str(copy)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"{copy} is a copy of the study {study.root}" in err, err
+    moved = tmp_path / "moved"
+    study.root.rename(moved)
+    assert main(["resume", str(moved)]) == 0
+    assert main(["resume", str(copy)]) == 2 and f"is a copy of the study {moved}" in capsys.readouterr().err
+    for arm in ("baseline", "kd"):
+        assert len(optuna.load_study(study_name=f"{prefix}/{arm}", storage=storage).trials) == 2

@@ -43,8 +43,9 @@ def finished_and_running(study_dir: Path) -> bool:
 
 def start_driver(args: list[str], log: Path) -> subprocess.Popen:
     """`launch.py ARGS` in a process group of its own, like a command typed in a terminal."""
+    env = {k: v for k, v in os.environ.items() if k != "WANDB_SERVICE"}  # a W&B service of its own, as a user's
     return subprocess.Popen([sys.executable, str(ROOT / "launch.py"), *args], cwd=ROOT,
-                            env={**os.environ, "PYTHONUNBUFFERED": "1"}, stdout=open(log, "w"),
+                            env={**env, "PYTHONUNBUFFERED": "1"}, stdout=open(log, "w"),
                             stderr=subprocess.STDOUT, start_new_session=True)
 
 
@@ -119,18 +120,63 @@ def test_sigint_stops_cleanly_and_resume_completes_exactly_the_budget(interrupte
         assert results(study_dir / "trials" / key) == rows, f"finished trial {key} ran again"
 
 
+def test_two_ctrl_c_during_the_retrain_leave_a_study_that_retrains_every_seed_once(interrupted, tmp_path):
+    """The retrain phase stopped by a first Ctrl-C and, before the trials have stopped, a second one (the hard
+    abort): exit 130, the retrain not marked finished, and a second `retrain` trains every seed exactly once."""
+    study_dir = tmp_path / "tiny"
+    shutil.copytree(interrupted[0], study_dir, symlinks=True)
+    resume(study_dir)  # finish the search first
+    retrain_dir = study_dir / "trials" / "retrain"
+
+    def one_finished_and_one_running() -> bool:
+        trials = list(retrain_dir.glob("*"))
+        return any(state(t) == "COMPLETE" for t in trials) and any(
+            state(t) == "RUNNING" and results(t) for t in trials)
+
+    driver = start_driver(["retrain", str(study_dir), "--seeds", "2"], tmp_path / "retrain.log")
+    try:
+        wait_for(one_finished_and_one_running, 300, "a finished and a running retrain trial")
+        os.killpg(driver.pid, signal.SIGINT)
+        time.sleep(0.3)
+        os.killpg(driver.pid, signal.SIGINT)
+        code = driver.wait(timeout=120)
+    finally:
+        if driver.poll() is None:
+            os.killpg(driver.pid, signal.SIGKILL)
+    output = (tmp_path / "retrain.log").read_text()
+    assert code == 130, output[-3000:]
+    assert output.strip().splitlines()[-1].startswith("stopped by SIGINT; resume with:"), output[-2000:]
+    assert "retrain_finished" not in json.loads((study_dir / "study.json").read_text())
+    before = {t.name: results(t) for t in retrain_dir.glob("*") if state(t) == "COMPLETE"}
+    time.sleep(3)  # let Ray notice the dead driver
+
+    assert main(["retrain", str(study_dir), "--seeds", "2"]) == 0
+
+    records = read_trials(open_study_dir(study_dir), "retrain")
+    assert sorted((r.arm, r.seed, r.state) for r in records) == [
+        (arm, seed, "COMPLETE") for arm in ("baseline", "kd") for seed in (1, 2)]
+    for record in records:
+        iterations = [row["iteration"] for row in results(study_dir / "trials" / record.key)]
+        assert iterations == list(range(2, ITERS + 1, 2)), (record.key, iterations)
+    for name, rows in before.items():
+        assert results(retrain_dir / name) == rows, f"finished retrain trial {name} ran again"
+
+
 def test_a_copy_resumes_into_itself_and_leaves_the_original_unchanged(interrupted, tmp_path):
+    """`cp -a` of an interrupted study, then the copy moved (`mv`) away from where it was copied to: it resumes at
+    its new place, into itself, and the original stays byte for byte as it was."""
     original = interrupted[0]
     before = tree_digest(original)
     copy = tmp_path / "copy"
     subprocess.run(["cp", "-a", str(original), str(copy)], check=True)
-    driver = start_driver(["resume", str(copy)], tmp_path / "resume.log")
+    moved = tmp_path / "elsewhere" / "moved"
+    moved.parent.mkdir()
+    subprocess.run(["mv", str(copy), str(moved)], check=True)
+    driver = start_driver(["resume", str(moved)], tmp_path / "resume.log")
     assert driver.wait(timeout=400) == 0, (tmp_path / "resume.log").read_text()[-3000:]
-    assert_exact_budget(copy)
+    assert_exact_budget(moved)
     assert tree_digest(original) == before, "resuming a copy wrote into the original"
-    moved = tmp_path / "moved"
-    shutil.move(str(copy), moved)
-    assert main(["status", str(moved)]) == 0  # a moved study still reads
+    assert not copy.exists(), "the resumed study wrote to the place it had been copied to"
 
 
 def test_a_second_driver_is_refused_naming_the_first(interrupted, tmp_path, capsys):

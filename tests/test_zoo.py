@@ -472,7 +472,8 @@ def _torchvision_reference(arch: str, aux: bool, seed: int = 0) -> torch.nn.Modu
 
 @pytest.mark.parametrize(
     ("arch", "wrapper"),
-    [("lraspp_mobilenet_v3_large", None), ("deeplabv3_mobilenet_v3_large", "model"), ("fcn_resnet50", None)],
+    [("lraspp_mobilenet_v3_large", None), ("deeplabv3_mobilenet_v3_large", "model"), ("fcn_resnet50", None),
+     ("fcn_resnet101", "model"), ("deeplabv3_resnet50", None), ("deeplabv3_resnet101", None)],
 )
 def test_torchvision_matches_the_torchvision_model(tmp_path: Path, arch: str, wrapper: str | None) -> None:
     reference = _torchvision_reference(arch, aux=True)

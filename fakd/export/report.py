@@ -100,8 +100,8 @@ def study_facts(name: str, meta: dict[str, Any], spec: StudySpec, records: list[
 
 
 def batch_text(table: AblationTable) -> str:
-    """The effective batch (train.batch_size × train.accumulate) of the retrained runs, and which rows use it
-    where they differ."""
+    """The effective batch (train.batch_size × train.accumulate × resources.workers) of the retrained runs, and
+    which rows use it where they differ."""
     students = len({student for student, _, _ in table.batches}) > 1
     several = len(table.budgets) > 1
     rows: dict[tuple[int, int], set[str]] = defaultdict(set)
@@ -110,7 +110,8 @@ def batch_text(table: AblationTable) -> str:
             rows[pair].add(" ".join([student] * students + [arm] + [f"({budget})"] * several))
 
     def text(pair: tuple[int, int]) -> str:
-        return f"{pair[0] * pair[1]} (train.batch_size {pair[0]} × train.accumulate {pair[1]})"
+        workers = f" × resources.workers {table.workers}" if table.workers > 1 else ""
+        return f"{pair[0] * pair[1] * table.workers} (train.batch_size {pair[0]} × train.accumulate {pair[1]}{workers})"
 
     if not rows:
         return "not recorded by the retrained runs"
@@ -195,8 +196,9 @@ def html_report(facts: StudyFacts, spec_text: str, table: AblationTable, note: s
 
     out += ["<h2>Full table</h2>", '<p class="small">Every column: scores, deltas, SDs and MDEs are mIoU fractions '
             f"(0–1); hours are {esc(table.hours_column.split('_')[0].upper())} hours; the best mean of each student "
-            "and budget in bold; effective_batch is train.batch_size × train.accumulate. The CSV export has the "
-            "same columns unrounded.</p>", '<div class="scroll">', render(table.frame, "html"), "</div>", LEGEND]
+            "and budget in bold; effective_batch is train.batch_size × train.accumulate × resources.workers. The CSV "
+            "export has the same columns unrounded.</p>", '<div class="scroll">', render(table.frame, "html"), "</div>",
+            LEGEND]
 
     out.append("<h2>Plots</h2>")
     if not plots:

@@ -11,6 +11,7 @@ from fakd.errors import UserError
 from fakd.export.render import FORMATS, compact_latex, compact_markdown, decisions, render
 from fakd.export.table import AblationTable, build_table
 from fakd.results import StudyDir, TrialRecord, open_study_dir, read_trials
+from fakd.results.layout import check_writable_parent, enclosing_study
 from fakd.spec import StudySpec, load_spec
 
 
@@ -28,19 +29,19 @@ class Export:
 
 
 def check_output(study: StudyDir, out: str | Path) -> Path:
-    """`--out` may not overwrite a directory or a study file: inside the study only `exports/` is allowed."""
+    """`--out` names a file to write, never a directory or a file of a study: inside any study directory only a
+    file under the exported study's own `exports/` folder is accepted."""
     path = Path(out).expanduser().resolve()
     if path.is_dir():
         raise UserError(f"{path} is a directory; --out names the table file to write", key="--out")
-    root = study.root.resolve()
-    if path.is_relative_to(root) and not path.is_relative_to(study.exports.resolve()):
-        raise UserError(f"{path} is inside the study directory; write exports outside it or under "
-                        f"{study.exports}", key="--out")
-    existing = path.parent
-    while not existing.exists():
-        existing = existing.parent
-    if not existing.is_dir():
-        raise UserError(f"cannot create {path.parent}: {existing} is a file", key="--out")
+    exports = study.exports.resolve()
+    inside = enclosing_study(path.parent)
+    if inside is not None and not (inside == study.root.resolve() and path.parent.is_relative_to(exports)
+                                   and path != exports):
+        which = "the study directory" if inside == study.root.resolve() else f"the study directory {inside}"
+        raise UserError(f"{path} is inside {which}; write exports outside every study, or to a file under "
+                        f"{study.exports}/", key="--out")
+    check_writable_parent(path, "--out")
     return path
 
 

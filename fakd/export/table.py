@@ -25,14 +25,12 @@ import pandas as pd
 from fakd.export.stats import compare_paired, holm, mean_ci
 from fakd.results import COMPLETE, FAILED, StudyDir, TrialRecord, read_trials
 from fakd.spec import StudySpec, load_spec
-from fakd.vocab import ARM_TABLE
+from fakd.vocab import ARM_TABLE, BUDGETS, DEFAULT_BUDGET
 
 __all__ = ["ALPHA", "AblationTable", "DEFAULT_BUDGET", "POWER", "TARGET_DELTA", "build_table", "mean_ci"]
 
 ALPHA, POWER, TARGET_DELTA = 0.05, 0.8, 0.01
 """Test level, power and the mIoU difference (a fraction: 0.01 is 1 mIoU point) of the power analysis."""
-DEFAULT_BUDGET = "equal-iters"
-BUDGETS = ("equal-iters", "equal-time")
 KEYS = ["student", "arm", "budget", "n", "miou_mean", "miou_ci_low", "miou_ci_high"]
 STABILITY = ["repeats", "repeat_sd", "seed_sd"]
 COMPARISON = ["base_arm", "paired_n", "delta_vs_base", "delta_ci_low", "delta_ci_high", "delta_sd", "p_value",
@@ -51,8 +49,9 @@ class AblationTable:
     seed_sd when repeats > 1], base_arm, paired_n, delta_vs_base, delta_ci_low, delta_ci_high, delta_sd,
     p_value, p_holm, mde, seeds_needed, effective_batch, <unit>_hours, retrain_<unit>_hours, diverged,
     iou_<class>... Scores, deltas, SDs and MDEs are mIoU fractions. effective_batch is train.batch_size ×
-    train.accumulate of the row's retrain runs ("8/16" when they differ, empty when not recorded).
-    batches: (batch_size, accumulate) of each (student, arm, budget)'s retrain runs.
+    train.accumulate × resources.workers of the row's retrain runs ("8/16" when they differ, empty when not
+    recorded); hours count every worker of a data-parallel trial.
+    batches: (batch_size, accumulate) of each (student, arm, budget)'s retrain runs; workers: processes per trial.
     """
 
     frame: pd.DataFrame
@@ -63,6 +62,7 @@ class AblationTable:
     budgets: tuple[str, ...] = (DEFAULT_BUDGET,)
     class_names: tuple[str, ...] = ()
     batches: Mapping[Group, tuple[tuple[int, int], ...]] = field(default_factory=dict)
+    workers: int = 1
 
 
 def budget_of(record: TrialRecord) -> str:
@@ -79,9 +79,10 @@ def batch_of(record: TrialRecord) -> tuple[int, int] | None:
     return int(train["batch_size"]), int(train.get("accumulate") or 1)
 
 
-def effective_batch(pairs: tuple[tuple[int, int], ...]) -> int | str | None:
-    """The effective batch (batch_size × accumulate) of a row's runs: one number, "8/16" where they differ."""
-    sizes = sorted({size * accumulate for size, accumulate in pairs})
+def effective_batch(pairs: tuple[tuple[int, int], ...], workers: int = 1) -> int | str | None:
+    """The effective batch (batch_size × accumulate × workers) of a row's runs: one number, "8/16" where they
+    differ."""
+    sizes = sorted({size * accumulate * workers for size, accumulate in pairs})
     if not sizes:
         return None
     return sizes[0] if len(sizes) == 1 else "/".join(str(size) for size in sizes)
@@ -96,7 +97,7 @@ def build_table(study: StudyDir, spec: StudySpec | None = None,
     class_names = [str(name) for name in meta.get("data", {}).get("class_names", [])]
     resources = spec.settings.resources
     hours_column = "gpu_hours" if resources.gpu > 0 else "cpu_hours"
-    per_unit = resources.gpu if resources.gpu > 0 else resources.cpu
+    per_unit = (resources.gpu if resources.gpu > 0 else resources.cpu) * resources.workers  # per trial
     retrain = [r for r in records if r.phase == "retrain"]
     repeats = max([spec.settings.search.selection_repeats] + [r.repeat + 1 for r in records])
     found = {budget_of(r) for r in retrain}
@@ -140,7 +141,7 @@ def build_table(study: StudyDir, spec: StudySpec | None = None,
                 base = ARM_TABLE[arm].base
                 if base in spec.settings.arms:
                     row.update(_comparison(base, scores[group], scores[(student, base, budget)]))
-                row["effective_batch"] = effective_batch(tuple(batches[group]))
+                row["effective_batch"] = effective_batch(tuple(batches[group]), resources.workers)
                 seconds = search_seconds[(student, arm)] + retrain_seconds[group]
                 row[hours_column] = seconds * per_unit / 3600
                 row[f"retrain_{hours_column}"] = retrain_seconds[group] * per_unit / 3600
@@ -162,7 +163,8 @@ def build_table(study: StudyDir, spec: StudySpec | None = None,
     done = sum(len(runs) for runs in scores.values())
     failed = sum(r.state == FAILED for r in retrain)
     return AblationTable(frame, max(0, len(retrain) - done - failed), len(retrain), hours_column, repeats, budgets,
-                         tuple(class_names), {group: tuple(sorted(pairs)) for group, pairs in batches.items()})
+                         tuple(class_names), {group: tuple(sorted(pairs)) for group, pairs in batches.items()},
+                         resources.workers)
 
 
 def _comparison(base: str, arm_scores: Mapping[Run, float], base_scores: Mapping[Run, float]) -> dict[str, Any]:

@@ -113,13 +113,42 @@ class StudyDir:
         write_json(self.marker, {**self.metadata(), **values})
 
 
+# What a sweep that stopped before it wrote the study's metadata can leave: the lock, the spec, their temporary files.
+UNSTARTED = (LOCK_FILE, "spec.yaml", ".spec.yaml.tmp-*", f".{MARKER}.tmp-*")
+
+
+def is_unstarted(root: Path) -> bool:
+    """Whether `root` holds only what a sweep stopped before creating its study leaves (nothing a study needs)."""
+    return all(any(p.match(pattern) for pattern in UNSTARTED) for p in root.iterdir())
+
+
 def check_new_study_dir(root: Path) -> None:
-    """A new study needs an absent or empty directory: an existing study is resumed, never overwritten."""
-    if root.exists() and (not root.is_dir() or any(root.iterdir())):
+    """A new study needs an absent or empty directory (or one a sweep stopped before it created the study): an
+    existing study is resumed, never overwritten."""
+    if root.exists() and (not root.is_dir() or not is_unstarted(root)):
         is_study = StudyDir(root).marker.exists()
         what = "a study" if is_study else "not an empty directory"
         hint = f"; resume it with: python launch.py resume {root}" if is_study else ""
         raise UserError(f"{root} is already {what}{hint}", key="--name")
+
+
+def enclosing_study(path: str | Path) -> Path | None:
+    """The study directory that `path` is (or lies inside), found by its metadata file; None outside every study."""
+    for candidate in [Path(path).expanduser().resolve(), *Path(path).expanduser().resolve().parents]:
+        if (candidate / MARKER).is_file():
+            return candidate
+    return None
+
+
+def check_writable_parent(path: Path, key: str) -> None:
+    """The nearest existing parent of `path` must be a directory we may write into (checked, nothing created)."""
+    existing = path.parent
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir():
+        raise UserError(f"cannot create {path.parent}: {existing} is a file, not a directory", key=key)
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise UserError(f"cannot write to {existing} (permission denied)", key=key)
 
 
 def open_study_dir(path: str | Path) -> StudyDir:

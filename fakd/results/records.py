@@ -147,12 +147,22 @@ def read_results(path: Path) -> list[dict[str, Any]]:
 
 
 def read_trial(directory: Path) -> TrialRecord:
-    data = read_json(directory / TRIAL_FILE, "trial record")
+    """The record in `directory` (`trials/<phase>/<name>/`); one that is not a record of this very directory is
+    refused, so no writer is ever pointed outside the study by a damaged or foreign file."""
+    path = directory / TRIAL_FILE
+    data = read_json(path, "trial record")
     try:
+        if not isinstance(data, dict):
+            raise TypeError(type(data).__name__)
         record = TrialRecord.from_json(data)
     except TypeError:
-        raise UserError(f"{directory / TRIAL_FILE}: not a trial record; restore it from a copy of the study",
+        raise UserError(f"{path}: not a trial record; restore it from a copy of the study, nothing was changed",
                         key="STUDY_DIR") from None
+    expected = f"{directory.parent.name}/{directory.name}"
+    if record.key != expected or record.phase != directory.parent.name:
+        raise UserError(f"{path}: the record names trial {record.key!r} of phase {record.phase!r}, not this "
+                        f"directory's {expected!r}; restore it from a copy of the study, nothing was changed",
+                        key="STUDY_DIR")
     record.results = read_results(directory / RESULTS_FILE)
     return record
 
@@ -163,5 +173,16 @@ def read_trials(study: StudyDir, phase: str | None = None) -> list[TrialRecord]:
     for name in (phase,) if phase else PHASES:
         base = study.trials / name
         if base.is_dir():
-            records += [read_trial(d) for d in sorted(base.iterdir()) if (d / TRIAL_FILE).is_file()]
+            records += [read_trial(d) for d in sorted(base.iterdir()) if _holds_record(d)]
     return records
+
+
+def _holds_record(directory: Path) -> bool:
+    """Whether `directory` is a trial's: its record, or (damage) its results or checkpoints without one. A
+    directory holding nothing but a record's temporary file (a crash before the first rename) is no trial."""
+    if (directory / TRIAL_FILE).is_file():
+        return True
+    if (directory / RESULTS_FILE).exists() or (directory / "checkpoints").exists():
+        raise UserError(f"{directory}: a trial's results without its {TRIAL_FILE}; restore it from a copy of the "
+                        "study, nothing was changed", key="STUDY_DIR")
+    return False

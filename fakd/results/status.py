@@ -29,6 +29,8 @@ def format_status(records: list[TrialRecord], driver: str | None) -> str:
         metric = "-" if r.best_miou is None else f"{r.best_miou:.4f}"
         config = ", ".join(f"{k}={_short(v)}" for k, v in sorted({**r.values, "seed": r.seed}.items()))
         status = r.state if r.state != "FAILED" else f"FAILED ({r.reason})"
+        if r.state == "RUNNING" and driver is None:
+            status = "STOPPED"  # it ran when its driver stopped: resume continues it from its checkpoint
         rows.append((r.key, r.arm, status, str(r.iterations), metric, config))
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]) - 1)]
     lines = ["  ".join(c.ljust(w) for c, w in zip(row[:-1], widths, strict=True)) + "  " + row[-1] for row in rows]

@@ -39,6 +39,11 @@ class StudyLock:
             os.close(fd)
             raise UserError(f"{self.study.root} is being driven by {describe_holder(read_lock_holder(self.study))}; "
                             "wait for it to finish or stop it first", key="STUDY_DIR") from None
+        except OSError as exc:  # ENOLCK, ENOSYS, EOPNOTSUPP: a file system mounted without lock support
+            os.close(fd)
+            raise UserError(f"cannot lock {self.study.lock_file}: {exc.strerror}; the file system does not support "
+                            "locks (mount it with locking, e.g. NFS without `nolock`), so two drivers could not be "
+                            "kept apart", key="STUDY_DIR") from None
         holder = {"host": socket.gethostname(), "pid": os.getpid(), "started": now(),
                   "command": f"launch.py {self.command}", "argv": sys.argv}
         os.ftruncate(fd, 0)

@@ -8,12 +8,15 @@ mIoU, and its parameter count for a Pareto study), PRUNED (stopped by successive
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
+import socket
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 import optuna
-from optuna.samplers import TPESampler
+from optuna.samplers import RandomSampler, TPESampler
 from optuna.trial import TrialState
 
 from fakd.errors import UserError
@@ -23,6 +26,7 @@ from fakd.results.space import arm_space
 from fakd.spec import STORAGE_FILES, StudySpec
 
 TRIAL_ATTR = "fakd_trial"  # the Optuna trial's user attribute naming its study trial
+HOME_ATTR = "fakd_home"  # an Optuna study's user attribute: the study directory that drives it (database storages)
 
 
 def derived_seed(*parts: object) -> int:
@@ -31,11 +35,18 @@ def derived_seed(*parts: object) -> int:
     return int.from_bytes(digest[:4], "little")
 
 
-def open_storage(spec: StudySpec, study: StudyDir) -> optuna.storages.BaseStorage:
-    """The Optuna storage: a file inside the study (addressed from its current location) or the spec's URL."""
+def open_storage(spec: StudySpec, study: StudyDir, *, existing: bool = False) -> optuna.storages.BaseStorage:
+    """The Optuna storage: a file inside the study (addressed from its current location) or the spec's URL.
+
+    `existing`: the study's trials were suggested from this storage already, so a file storage that is missing or
+    empty is damage (Optuna would silently start a new one), refused before anything is written."""
     logging.getLogger("optuna").setLevel(logging.WARNING)
     setting = spec.settings.search.storage
     where = str(study.root / STORAGE_FILES[setting]) if setting in STORAGE_FILES else setting
+    if existing and setting in STORAGE_FILES and (not Path(where).is_file() or Path(where).stat().st_size == 0):
+        state = "empty" if Path(where).is_file() else "missing"
+        raise UserError(f"{where}: the Optuna storage the study's trials were suggested from is {state}; restore "
+                        "it from a copy of the study, nothing was changed", key="STUDY_DIR")
     try:
         if setting == "journal":
             from optuna.storages.journal import JournalFileBackend
@@ -60,7 +71,50 @@ class OptunaLink:
         objectives = spec.settings.search.objectives
         self.directions = ["maximize"] + ["minimize"] * (len(objectives) - 1)
         self.studies: dict[tuple[str, int], optuna.Study] = {}
-        self.samplers: dict[tuple[str, int], TPESampler] = {}
+        self.samplers: dict[tuple[str, int], optuna.samplers.BaseSampler] = {}
+        self.home: dict[str, Any] | None = None
+
+    def claim(self, study: StudyDir) -> None:
+        """A database storage is shared: refuse to drive its Optuna studies from a copy of the study directory that
+        drives them (both would write the same Optuna studies), and record this directory as theirs.
+
+        A directory is known by its inode, so the same study mounted at another path (or moved within its file
+        system) is the same study; one with another inode is a copy while the recorded directory still holds a
+        study of the same Optuna studies, and the study's new place once that directory is gone (moved)."""
+        if self.spec.settings.search.storage in STORAGE_FILES:
+            return  # the file storage is copied and moved with the study
+        here = {"path": str(study.root), "inode": study.root.stat().st_ino, "host": socket.gethostname()}
+        for summary in self.storage.get_all_studies():
+            home = summary.user_attrs.get(HOME_ATTR)
+            if not summary.study_name.startswith(f"{self.prefix}/") or not isinstance(home, dict):
+                continue
+            other = Path(str(home.get("path")))
+            if home.get("inode") != here["inode"] and other != study.root and _drives(other, self.prefix):
+                raise UserError(
+                    f"{study.root} is a copy of the study {other}: both hold the Optuna studies {self.prefix}/* of "
+                    f"{self.spec.settings.search.storage}, so resuming the copy would write the original's search; "
+                    "resume the original, or move (not copy) a study to another place", key="STUDY_DIR")
+        self.home = here
+        for summary in self.storage.get_all_studies():
+            if summary.study_name.startswith(f"{self.prefix}/"):
+                self.storage.set_study_user_attr(summary._study_id, HOME_ATTR, here)
+
+    def verify(self, records: list[TrialRecord]) -> None:
+        """Every Optuna trial the records name is in the storage (read only: a missing study or trial is damage,
+        or another storage than the one the study was run with)."""
+        names = {summary.study_name: summary for summary in self.storage.get_all_studies()}
+        for (arm, repeat), numbers in _numbers_by_stream(records).items():
+            name = self.study_name(arm, repeat)
+            where = self.spec.settings.search.storage
+            if name not in names:
+                raise UserError(f"the Optuna storage ({where}) has no study {name!r}, from which the study's {arm} "
+                                "trials were suggested; restore the storage from a copy of the study, nothing was "
+                                "changed", key="search.storage")
+            count = len(self.storage.get_all_trials(names[name]._study_id, deepcopy=False))
+            if max(numbers) >= count:
+                raise UserError(f"the Optuna study {name!r} ({where}) holds {count} trials, but the study's records "
+                                f"name trial {max(numbers)}; restore the storage from a copy of the study, nothing "
+                                "was changed", key="search.storage")
 
     def study_name(self, arm: str, repeat: int) -> str:
         return f"{self.prefix}/{arm}" if repeat == 0 else f"{self.prefix}/{arm}/repeat-{repeat}"
@@ -70,6 +124,8 @@ class OptunaLink:
             self.studies[(arm, repeat)] = optuna.create_study(
                 study_name=self.study_name(arm, repeat), storage=self.storage, directions=self.directions,
                 load_if_exists=True)
+            if self.home is not None:
+                self.studies[(arm, repeat)].set_user_attr(HOME_ATTR, self.home)
         return self.studies[(arm, repeat)]
 
     def ask(self, arm: str, repeat: int, key: str, index: int | None = None) -> tuple[int, dict[str, Any]]:
@@ -81,15 +137,21 @@ class OptunaLink:
         search = self.spec.settings.search
         study = self.study(arm, repeat)
         if index is not None:
-            study.sampler = TPESampler(seed=derived_seed(search.seed, arm, repeat, index), constant_liar=True)
-        else:
+            study.sampler = self._sampler(derived_seed(search.seed, arm, repeat, index))
+        else:  # one sampler per driver run, seeded also by the trials asked before: a resumed driver never
+            # replays the random draws of the trials it already has
             if (arm, repeat) not in self.samplers:
-                self.samplers[(arm, repeat)] = TPESampler(seed=derived_seed(search.seed, arm, repeat),
-                                                          constant_liar=True)
+                asked = len(study.get_trials(deepcopy=False))
+                self.samplers[(arm, repeat)] = self._sampler(derived_seed(search.seed, arm, repeat, asked))
             study.sampler = self.samplers[(arm, repeat)]
         trial = study.ask(arm_space(self.spec, arm))
         trial.set_user_attr(TRIAL_ATTR, key)
         return trial.number, dict(trial.params)
+
+    def _sampler(self, seed: int) -> optuna.samplers.BaseSampler:
+        if self.spec.settings.search.sampler == "random":
+            return RandomSampler(seed=seed)
+        return TPESampler(seed=seed, constant_liar=True)
 
     def report(self, record: TrialRecord, evaluation: int, row: Mapping[str, Any]) -> None:
         """The evaluation as an intermediate value (single-objective studies: Optuna keeps learning curves
@@ -133,3 +195,19 @@ class OptunaLink:
             if trial.number not in recorded:
                 self.storage.set_trial_user_attr(trial._trial_id, "fakd_reason", "abandoned before it was recorded")
                 study.tell(trial.number, state=TrialState.FAIL)
+
+
+def _numbers_by_stream(records: list[TrialRecord]) -> dict[tuple[str, int], list[int]]:
+    found: dict[tuple[str, int], list[int]] = {}
+    for record in records:
+        if record.optuna_number is not None:
+            found.setdefault((record.arm, record.repeat), []).append(record.optuna_number)
+    return found
+
+
+def _drives(directory: Path, prefix: str) -> bool:
+    """Whether `directory` is a study whose Optuna studies are `prefix`/* (read only; any doubt is no)."""
+    try:
+        return json.loads((directory / "study.json").read_text()).get("optuna_prefix") == prefix
+    except (OSError, ValueError, AttributeError):
+        return False

@@ -55,6 +55,8 @@ class Phase:
         self.unfinished_ends: Counter[str] = Counter()
         self.stopping = False  # set when the study is interrupted: nothing new starts
         self.halving: AsyncHalving | SyncHalving | None = None
+        # every new evaluation gets the next number: a rebuilt scheduler sees the reports in their arrival order
+        self.sequence = 1 + max((row.get("seq", -1) for r in self.records.values() for row in r.results), default=-1)
 
     # --- what subclasses provide
     def budget(self) -> int:
@@ -81,6 +83,13 @@ class Phase:
             return record
         return FINISHED if self.is_finished() else None
 
+    def on_start(self, key: str) -> None:
+        """The trial's process started: it is RUNNING (from its last checkpoint, if it has one)."""
+        record = self.records[key]
+        if record.state == PENDING:
+            record.state = RUNNING
+            write_trial(self.study, record)
+
     def on_result(self, key: str, result: dict[str, Any]) -> bool:
         """Record one report of a running trial; False when the trial must stop now."""
         record = self.records[key]
@@ -89,10 +98,10 @@ class Phase:
         row = {k: result[k] for k in ROW_KEYS if k in result}
         if "node_ip" in result:
             row["node"] = result["node_ip"]
-        if record.state == PENDING:
-            record.state = RUNNING
-            write_trial(self.study, record)
+        self.on_start(key)
         if record.iterations < row["iteration"]:  # a resumed trial reports its checkpoint again: not new
+            row["seq"] = self.sequence
+            self.sequence += 1
             append_result(self.study, key, row)
             record.results.append(row)
             self.reported(record, evaluation_of(record, row["iteration"]), row)
@@ -182,13 +191,17 @@ class Phase:
         """Feed the recorded evaluations to a fresh scheduler: rungs as they were when the driver stopped."""
         if self.halving is None:
             return
-        for key in sorted(self.records):
+        reports = sorted(((row.get("seq", math.inf), key, row["iteration"], row)
+                          for key, record in self.records.items() for row in record.results),
+                         key=lambda report: report[:3])  # arrival order (key order for rows without one)
+        decisions = dict.fromkeys(self.records, CONTINUE)
+        for _, key, iteration, row in reports:
             record = self.records[key]
-            decision = CONTINUE
-            for row in record.results:
-                if not row.get("diverged"):
-                    decision = self.halving.decide((record.arm, record.repeat), key,
-                                                   evaluation_of(record, row["iteration"]), row.get("val_miou"))
+            if not row.get("diverged"):
+                decisions[key] = self.halving.decide((record.arm, record.repeat), key, evaluation_of(record, iteration),
+                                                     row.get("val_miou"))
+        for key in sorted(self.records):
+            record, decision = self.records[key], decisions[key]
             if record.state == FAILED:
                 self.halving.forget((record.arm, record.repeat), key)
             elif record.state not in TERMINAL and decision == WAIT:
@@ -218,12 +231,14 @@ class SearchPhase(Phase):
         if search.scheduler == "asha" and milestones:
             halving = SyncHalving if search.reproducible else AsyncHalving
             self.halving = halving(milestones, search.reduction_factor)
+        for arm, repeat in self.streams:
+            optuna.reconcile(arm, repeat, self._stream(arm, repeat))
+        if search.reproducible:
+            self._complete_generations()
         if isinstance(self.halving, SyncHalving):
             for (arm, repeat), generations in self._generations().items():
                 for generation, keys in generations.items():
                     self.halving.add_bracket((arm, repeat, generation), keys)
-        for arm, repeat in self.streams:
-            optuna.reconcile(arm, repeat, self._stream(arm, repeat))
         self.rebuild_halving()
 
     def budget(self) -> int:
@@ -250,6 +265,24 @@ class SearchPhase(Phase):
         arm, repeat = min(open_streams, key=lambda s: (counts[s], self.streams.index(s)))
         return self._new(arm, repeat, counts[(arm, repeat)], generation=0, fixed_order=False)
 
+    def _generation_size(self, generation: int) -> int:
+        """How many trials generation `generation` of a stream holds (the last one may be smaller)."""
+        size = self.spec.settings.search.generation
+        return min(size, self.per_stream - generation * size)
+
+    def _complete_generations(self) -> None:
+        """A driver stopped while it created a generation: create the rest of it now, before any trial runs, so
+        the generation is what an uninterrupted run makes (its suggestions are seeded by index, and the
+        suggestion the stopped driver had asked for but not recorded is failed in Optuna by `reconcile`)."""
+        for arm, repeat in self.streams:
+            existing = self._stream(arm, repeat)
+            if not existing:
+                continue
+            generation = existing[-1].generation
+            missing = self._generation_size(generation) - sum(r.generation == generation for r in existing)
+            for i in range(missing):
+                self._new(arm, repeat, len(existing) + i, generation, fixed_order=True)
+
     def _next_generation(self) -> TrialRecord | None:
         """Reproducible mode: an arm's next generation is suggested, all at once and in index order, when
         every trial of its earlier generations has ended."""
@@ -259,7 +292,7 @@ class SearchPhase(Phase):
             if len(existing) >= self.per_stream or any(r.state not in TERMINAL for r in existing):
                 continue
             generation = len(existing) // size
-            count = min(size, self.per_stream - len(existing))
+            count = self._generation_size(generation)
             created = [self._new(arm, repeat, len(existing) + i, generation, fixed_order=True) for i in range(count)]
             if isinstance(self.halving, SyncHalving):
                 self.halving.add_bracket((arm, repeat, generation), [r.key for r in created])

@@ -25,17 +25,27 @@ import ray
 from fakd.errors import UserError
 from fakd.preflight import DataFacts, preflight
 from fakd.results import FORMAT, StudyDir, front_json, open_study_dir, pareto_front, read_trials
-from fakd.results.layout import check_new_study_dir, now, write_atomic, write_json
+from fakd.results.layout import (
+    check_new_study_dir,
+    check_writable_parent,
+    enclosing_study,
+    is_unstarted,
+    now,
+    write_atomic,
+    write_json,
+)
 from fakd.spec import NAME_PATTERN, STORAGE_FILES, StudySpec, load_spec
 from fakd.study.cluster import check_cluster_resources, check_local_resources, largest_node_cpus, ray_runtime
+from fakd.study.integrity import check_resumable
 from fakd.study.lock import StudyLock
 from fakd.study.optuna_link import OptunaLink, open_storage
 from fakd.study.phases import Phase, RetrainPhase, SearchPhase
 from fakd.study.selection import outcome, plan_retrain, retrain_seeds, seeds_done
 from fakd.study.signals import StopSignals
-from fakd.study.tracking import WandbStreamer, git_commit, log_table, sync_hint
+from fakd.study.tracking import WandbStreamer, sync_hint
 from fakd.study.trainable import TrialContext
 from fakd.study.tune_glue import run_phase
+from fakd.tracking import effective_tracking, git_commit
 from fakd.vocab import BUDGETS
 
 Log = Callable[[str], None]
@@ -63,26 +73,27 @@ def sweep(
         overrides.append(f"teacher.checkpoint={teacher_checkpoint}")
     spec = load_spec(spec_path, overrides)
     name = name or spec.name
-    if not re.match(NAME_PATTERN, name):
+    if not re.fullmatch(NAME_PATTERN, name):
         raise UserError(f"{name!r} is not a study name: letters, digits, _ . + -, not starting with . "
                         "(no path separators)", key="--name")
     parent = _storage_dir(storage)
     root = parent / name
     check_new_study_dir(root)
-    facts = preflight(spec)
-    if spec.settings.search.storage not in STORAGE_FILES:
-        open_storage(spec, StudyDir(root))  # an unreachable database fails before anything is written
-    resources = spec.settings.resources
-    if address is None:
-        check_local_resources(resources.cpu, resources.gpu, spec.path, resources.workers)
-    with ray_runtime(address):
-        check_cluster_resources(resources.cpu, resources.gpu, spec.path, resources.workers)
-        root.mkdir(parents=True, exist_ok=True)
-        study = StudyDir(root)
-        with StudyLock(study, "sweep"), StopSignals(log) as signals:
-            _create(study, spec, facts, name, spec_path, overrides, no_wandb)
-            log(f"study directory: {study.root}")
-            _drive(study, spec, signals, log)
+    with StopSignals(log) as signals:  # from here on a signal stops the command with one line, exit 128 + signum
+        facts = preflight(spec)
+        if spec.settings.search.storage not in STORAGE_FILES:
+            open_storage(spec, StudyDir(root))  # an unreachable database fails before anything is written
+        resources = spec.settings.resources
+        if address is None:
+            check_local_resources(resources.cpu, resources.gpu, spec.path, resources.workers)
+        with ray_runtime(address):
+            signals.install()
+            check_cluster_resources(resources.cpu, resources.gpu, spec.path, resources.workers)
+            study = _make_study_dir(root)
+            with StudyLock(study, "sweep"):
+                _create(study, spec, facts, name, spec_path, overrides, no_wandb)
+                log(f"study directory: {study.root}")
+                _drive(study, spec, signals, log)
     return study
 
 
@@ -105,7 +116,7 @@ def retrain(
     finishing the search first if it was interrupted; more seeds than the study has train only the missing
     ones."""
     if seeds < 1:
-        raise UserError(f"--seeds must be at least 1, got {seeds}", key="--seeds")
+        raise UserError(f"must be at least 1, got {seeds}", key="--seeds")
     if budget is not None and budget not in BUDGETS:
         raise UserError(f"unknown budget {budget!r}; accepted: {', '.join(BUDGETS)}", key="--budget")
     study = open_study_dir(study_path)
@@ -123,6 +134,7 @@ def retrain(
 def _driving(study: StudyDir, command: str, address: str | None) -> Iterator[tuple[StudySpec, StopSignals]]:
     """The frame of resume and retrain: lock the study, check what it needs, connect to Ray, take signals."""
     with contextlib.ExitStack() as stack:
+        signals = stack.enter_context(StopSignals(_print))
         stack.enter_context(StudyLock(study, command))
         spec = load_spec(study.spec)
         preflight(spec, teacher_checkpoint=False)  # the teacher is in the study already
@@ -130,27 +142,36 @@ def _driving(study: StudyDir, command: str, address: str | None) -> Iterator[tup
         if address is None:
             check_local_resources(resources.cpu, resources.gpu, spec.path, resources.workers)
         stack.enter_context(ray_runtime(address))
+        signals.install()
         check_cluster_resources(resources.cpu, resources.gpu, spec.path, resources.workers)
-        yield spec, stack.enter_context(StopSignals(_print))
+        yield spec, signals
 
 
 def _storage_dir(storage: str | Path) -> Path:
-    """The absolute `--storage` directory, checked (not created) so that nothing is half-written."""
+    """The absolute `--storage` directory, checked (not created) so that nothing is half-written; never inside a
+    study."""
     path = Path(storage).expanduser().resolve()
-    existing = path
-    while not existing.exists():
-        existing = existing.parent
-    if not existing.is_dir():
-        raise UserError(f"cannot create {path}: {existing} is a file, not a directory", key="--storage")
-    if not os.access(existing, os.W_OK | os.X_OK):
-        raise UserError(f"cannot write to {existing} (permission denied)", key="--storage")
+    inside = enclosing_study(path)
+    if inside is not None:
+        raise UserError(f"{path} is inside the study directory {inside}; put new studies beside it, not in it",
+                        key="--storage")
+    check_writable_parent(path / "study", "--storage")
     return path
+
+
+def _make_study_dir(root: Path) -> StudyDir:
+    """Create the new study's directory (its parent checked writable by `_storage_dir`): one line if that fails."""
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UserError(f"cannot create {root}: {exc.strerror}", key="--storage") from None
+    return StudyDir(root)
 
 
 def _create(study: StudyDir, spec: StudySpec, facts: DataFacts, name: str, spec_path: str,
             overrides: list[str], no_wandb: bool) -> None:
     """Write the new study's spec and metadata (under its lock, into an empty directory)."""
-    if any(p.name != study.lock_file.name for p in study.root.iterdir()):
+    if not is_unstarted(study.root):
         raise UserError(f"{study.root} is no longer empty (another sweep created it)", key="--name")
     external = spec.settings.search.storage not in STORAGE_FILES
     import yaml
@@ -170,8 +191,17 @@ def _drive(study: StudyDir, spec: StudySpec, signals: StopSignals, log: Log, *, 
     """Teacher, search, then retrain when seeds are asked for: whatever of it is not done yet.
 
     Nothing is written before the study's files (metadata, Optuna storage, every record) were read."""
-    optuna = OptunaLink(spec, open_storage(spec, study), study.metadata()["optuna_prefix"])
-    search = SearchPhase(study, spec, log, optuna)  # reads every record: a corrupt one stops us here
+    prefix = study.metadata().get("optuna_prefix")
+    if not isinstance(prefix, str):
+        raise UserError(f"{study.marker}: the study's metadata has no optuna_prefix; restore it from a copy of the "
+                        "study, nothing was changed", key="STUDY_DIR")
+    records = read_trials(study)  # a corrupt record stops us here, before anything is written
+    searched = [r for r in records if r.phase == "search"]
+    optuna = OptunaLink(spec, open_storage(spec, study, existing=bool(searched)), prefix)
+    optuna.verify(searched)
+    optuna.claim(study)
+    check_resumable(study, spec, records)
+    search = SearchPhase(study, spec, log, optuna)
     if no_wandb:
         study.update_metadata(no_wandb=True)
     if seeds:
@@ -191,7 +221,7 @@ def _drive(study: StudyDir, spec: StudySpec, signals: StopSignals, log: Log, *, 
         front = pareto_front(list(search.records.values()))
         write_json(study.root / "pareto.json", front_json(front))
         log(f"Pareto front of mIoU vs parameters ({len(front)} trials): {study.root / 'pareto.json'}")
-    hint = sync_hint(study.root) if _tracking(spec, study).wandb else None
+    hint = sync_hint(study.root) if effective_tracking(study).wandb else None
     if hint:
         log(hint)
     meta = study.metadata()
@@ -235,9 +265,6 @@ def _retrain(study: StudyDir, spec: StudySpec, context: TrialContext, teacher: d
             + ", ".join(f"{arm} {n} iterations" for arm, n in iters.items()) + ")")
         _run(phase, study, spec, context, teacher, signals, log)
         study.update_metadata(retrain_finished=now())
-    from fakd.export.table import build_table  # the export reads the study, it does not drive it
-
-    log_table(_tracking(spec, study), spec.name, str(study.root), build_table(study).frame)
     if problems:
         arm, reason = next(iter(problems.items()))
         raise UserError(reason + (f" (and {len(problems) - 1} more arms)" if len(problems) > 1 else ""),
@@ -300,16 +327,9 @@ def _teacher(study: StudyDir, spec: StudySpec, log: Log) -> dict[str, Any]:
     return teacher
 
 
-def _tracking(spec: StudySpec, study: StudyDir) -> Any:
-    """The spec's tracking settings, switched off when the study was run with --no-wandb."""
-    if study.metadata().get("no_wandb"):
-        return spec.settings.tracking.model_copy(update={"wandb": False})
-    return spec.settings.tracking
-
-
 def _callbacks(spec: StudySpec, study: StudyDir, phase: Phase, teacher_key: str) -> list[Any]:
     """Driver-side callbacks of a phase: W&B streaming when the spec asks for it."""
-    tracking = _tracking(spec, study)
+    tracking = effective_tracking(study)
     if not tracking.wandb:
         return []
     shared = {"teacher_id": teacher_key, "git_commit": git_commit(), "study": spec.name, "phase": phase.name}

@@ -2,8 +2,8 @@
 scored best on the held-out split, retrained with fresh seeds on the full training split.
 
 Budgets: `equal-iters` retrains every arm for `train.iters` iterations; `equal-time` gives every arm the
-wall-clock the baseline's iterations cost, converted to iterations from each arm's measured time per
-iteration in the search (a distilling arm also pays for the teacher's forward pass, so it gets fewer).
+wall-clock the baseline's iterations cost (with the same student), converted to iterations from each arm's
+measured time per iteration in the search (a distilling arm also pays for the teacher's forward pass, so it gets fewer).
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from fakd.config import RunConfig
 from fakd.errors import UserError
 from fakd.results import FAILED, TrialRecord
 from fakd.spec import StudySpec
+from fakd.vocab import DEFAULT_BUDGET, REFERENCE_ARM
 
 Group = tuple[str, int, str]  # (arm, repeat, student)
 KEY_SUFFIX = {"equal-iters": "", "equal-time": "-time"}
@@ -44,40 +45,45 @@ def select_best(records: list[TrialRecord]) -> dict[Group, TrialRecord]:
     return best
 
 
-def seeds_done(records: list[TrialRecord], budget: str = "equal-iters") -> int:
+def seeds_done(records: list[TrialRecord], budget: str = DEFAULT_BUDGET) -> int:
     """How many seeds the study's retrain at `budget` has planned (the most of any configuration)."""
     per_source = Counter(r.source for r in records if r.phase == "retrain" and r.budget == budget)
     return max(per_source.values(), default=0)
 
 
-def step_seconds(records: list[TrialRecord]) -> dict[str, float]:
-    """Each arm's measured wall time per training iteration: the median over its search trials."""
-    per_arm: dict[str, list[float]] = defaultdict(list)
+def step_seconds(records: list[TrialRecord]) -> dict[tuple[str, str], float]:
+    """Each (arm, student)'s measured wall time per training iteration: the median over its search trials."""
+    found: dict[tuple[str, str], list[float]] = defaultdict(list)
     for record in records:
         if record.phase == "search" and record.seconds_per_iter is not None:
-            per_arm[record.arm].append(record.seconds_per_iter)
-    return {arm: statistics.median(values) for arm, values in per_arm.items()}
+            found[(record.arm, record.student)].append(record.seconds_per_iter)
+    return {group: statistics.median(values) for group, values in found.items()}
 
 
-def budget_iters(spec: StudySpec, records: list[TrialRecord], budget: str) -> dict[str, int]:
-    """Iterations each arm retrains for: `train.iters`, or at equal time the baseline's `train.iters` worth of
-    wall-clock divided by the arm's own time per iteration."""
+def budget_iters(spec: StudySpec, records: list[TrialRecord], budget: str) -> dict[tuple[str, str], int]:
+    """Iterations each (arm, student) of the search retrains for: `train.iters`, or at equal time the wall-clock
+    of `train.iters` iterations of the reference arm with the same student, divided by the arm's own time per
+    iteration with that student."""
     iters = spec.defaults.train.iters
-    if budget == "equal-iters":
-        return {arm: iters for arm in spec.settings.arms}
-    if "baseline" not in spec.settings.arms:
-        raise UserError("equal-time gives every arm the wall-clock of the baseline's iterations; this study has no "
-                        "baseline arm", key="--budget")
+    groups = sorted({(r.arm, r.student) for r in records if r.phase == "search"})
+    if budget == DEFAULT_BUDGET:
+        return dict.fromkeys(groups, iters)
+    if REFERENCE_ARM not in spec.settings.arms:
+        raise UserError(f"equal-time gives every arm the wall-clock of the {REFERENCE_ARM}'s iterations; this study "
+                        f"has no {REFERENCE_ARM} arm", key="--budget")
     seconds = step_seconds(records)
-    missing = [arm for arm in spec.settings.arms if arm not in seconds]
+    missing = [f"{arm} ({student})" for arm, student in groups
+               if (arm, student) not in seconds or (REFERENCE_ARM, student) not in seconds]
     if missing:
-        raise UserError(f"equal-time needs each arm's measured time per iteration; {', '.join(missing)} has no "
-                        "finished search evaluation", key="--budget")
-    return {arm: max(1, round(iters * seconds["baseline"] / seconds[arm])) for arm in spec.settings.arms}
+        raise UserError(f"equal-time needs the measured time per iteration of each arm and of the {REFERENCE_ARM} "
+                        f"with the same student; {', '.join(missing)} has none (no finished search evaluation)",
+                        key="--budget")
+    return {(arm, student): max(1, round(iters * seconds[(REFERENCE_ARM, student)] / seconds[(arm, student)]))
+            for arm, student in groups}
 
 
 def plan_retrain(spec: StudySpec, records: list[TrialRecord], seeds: list[int],
-                 budget: str = "equal-iters") -> tuple[list[TrialRecord], dict[str, str]]:
+                 budget: str = DEFAULT_BUDGET) -> tuple[list[TrialRecord], dict[str, str]]:
     """Every retrain trial of `seeds` at `budget` (existing ones as recorded), and why an arm has nothing
     to retrain."""
     search = [r for r in records if r.phase == "search"]
@@ -92,7 +98,7 @@ def plan_retrain(spec: StudySpec, records: list[TrialRecord], seeds: list[int],
     for source in sorted(selected.values(), key=lambda r: (spec.settings.arms.index(r.arm), r.repeat, r.index)):
         base = RunConfig.model_validate(source.run)
         for seed in seeds:
-            train = base.train.model_copy(update={"seed": seed, "iters": iters[source.arm]})
+            train = base.train.model_copy(update={"seed": seed, "iters": iters[(source.arm, source.student)]})
             cfg = base.model_copy(update={"phase": "final", "train": train})
             plan.append(TrialRecord(
                 key=f"retrain/{source.key.split('/')[-1]}-seed{seed}{KEY_SUFFIX[budget]}", phase="retrain",

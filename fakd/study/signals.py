@@ -39,6 +39,11 @@ class StopSignals:
             self.previous[signum] = signal.signal(signum, self._handle)
         return self
 
+    def install(self) -> None:
+        """Take the signals back from whoever replaced the handlers since (`ray.init` sets its own for SIGTERM)."""
+        for signum in HANDLED:
+            signal.signal(signum, self._handle)
+
     def __exit__(self, kind: type[BaseException] | None, error: BaseException | None,
                  trace: TracebackType | None) -> None:
         for signum, handler in self.previous.items():

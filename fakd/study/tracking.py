@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import json
-import os
 import re
-import subprocess
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -13,28 +11,7 @@ from typing import Any
 from ray.tune import Callback
 
 from fakd.spec import TrackingConfig
-
-REPO = Path(__file__).resolve().parents[2]
-
-
-def git_commit() -> str:
-    try:
-        return subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True,
-                              timeout=5).stdout.strip() or "unknown"
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
-
-
-def has_api_key() -> bool:
-    if os.environ.get("WANDB_API_KEY"):
-        return True
-    netrc = Path.home() / ".netrc"
-    return netrc.is_file() and "api.wandb.ai" in netrc.read_text(errors="ignore")
-
-
-def wandb_mode() -> str:
-    """The user's WANDB_MODE, else online with a configured key and offline without one."""
-    return os.environ.get("WANDB_MODE") or ("online" if has_api_key() else "offline")
+from fakd.tracking import wandb_mode
 
 
 class WandbStreamer(Callback):
@@ -99,20 +76,6 @@ class WandbStreamer(Callback):
         for run in self.runs.values():
             run.finish()
         self.runs.clear()
-
-
-def log_table(tracking: TrackingConfig, study_name: str, directory: str, frame: Any) -> None:
-    """Log a pandas table (the ablation table) as a W&B table in a run of its own."""
-    if not tracking.wandb:
-        return
-    import wandb
-
-    run_id = re.sub(r"[^A-Za-z0-9_-]", "_", f"{study_name}-ablation")
-    run = wandb.init(project=tracking.project, entity=tracking.entity, group=study_name, job_type="summary",
-                     id=run_id, name=f"{study_name}-ablation", dir=directory, resume="allow", mode=wandb_mode(),
-                     reinit="create_new", settings=wandb.Settings(console="off", silent=True))
-    run.log({"ablation": wandb.Table(dataframe=frame.astype(str))})
-    run.finish()
 
 
 def sync_hint(directory: Path) -> str | None:

@@ -66,10 +66,13 @@ class PhaseScheduler(FIFOScheduler):
 
 
 class PhaseRecorder(tune.Callback):
-    """Tells the phase when a trial's process ended, and with which error."""
+    """Tells the phase when a trial's process started, when it ended, and with which error."""
 
     def __init__(self, phase: Phase) -> None:
         self.phase = phase
+
+    def on_trial_start(self, iteration: int, trials: list, trial: Trial, **info: Any) -> None:
+        self.phase.on_start(_key(trial))
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Trial, **info: Any) -> None:
         self.phase.on_end(_key(trial), None)

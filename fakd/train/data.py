@@ -12,6 +12,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler, Subset
 from fakd.config import DataConfig, RunConfig
 from fakd.data import get_dataset
 from fakd.data.transforms import EvalTransform, IterationSampler, SampleKey, TrainSampleView, TrainTransform
+from fakd.errors import UserError
 from fakd.train.distributed import DistContext
 
 
@@ -67,6 +68,30 @@ def build_splits(cfg: RunConfig) -> Splits:
     return Splits(train, evaluation, full_train.num_classes, list(full_train.class_names))
 
 
+class Loader(DataLoader):
+    """A DataLoader whose worker processes' `UserError`s (an unreadable image, a label outside the table) arrive as the
+    one line they were: torch re-raises an error of a worker as the same type around the worker's whole traceback."""
+
+    def __iter__(self) -> Iterator[Any]:
+        batches = super().__iter__()
+        while True:
+            try:
+                batch = next(batches)
+            except StopIteration:
+                return
+            except UserError as exc:
+                raise _unwrapped(exc) from None
+            yield batch
+
+
+def _unwrapped(error: UserError) -> UserError:
+    """The worker's own one-line error out of torch's "Caught UserError in DataLoader worker ..." text."""
+    if error.file or error.key or "DataLoader worker" not in error.message:
+        return error
+    last = error.message.strip().splitlines()[-1]
+    return UserError(last.split("UserError: ", 1)[-1])
+
+
 class RankSlice(Sampler[list[SampleKey]]):
     """Process `rank`'s part of every global batch of `batches`: its `rank`-th run of len(batch) / world_size
     consecutive keys (the global batch size is a multiple of the world size)."""
@@ -103,7 +128,7 @@ def train_loader(
         total_iterations=total_iters,
     )
     batches = RankSlice(sampler, dist.rank, world) if dist is not None and world > 1 else sampler
-    return DataLoader(
+    return Loader(
         view, batch_sampler=batches, num_workers=cfg.data.num_workers, pin_memory=torch.cuda.is_available(),
         generator=torch.Generator().manual_seed(cfg.train.seed), persistent_workers=False,
     )
@@ -126,7 +151,7 @@ def eval_loader(cfg: RunConfig, dataset: Any, dist: DistContext | None = None) -
     batch_size = cfg.train.eval_batch_size if cfg.data.name == "synthetic" else 1
     if dist is not None and dist.distributed:
         dataset = Subset(dataset, range(dist.rank, len(dataset), dist.world_size))
-    return DataLoader(
+    return Loader(
         _Transformed(dataset, EvalTransform()), batch_size=batch_size, shuffle=False,
         num_workers=cfg.data.num_workers, generator=torch.Generator().manual_seed(0),
     )
