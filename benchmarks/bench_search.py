@@ -9,13 +9,15 @@ successive halving as the quickstart configures it) with two trials at a time on
 evaluations are the grid run's recorded ones (a search trial trains with the spec's fixed seed, so a trial of a
 configuration is that grid run, evaluation for evaluation). Compute is training + evaluation wall time of the
 windows the trials ran (CPU-seconds at one CPU per trial); trial start-up and checkpoint reloads are left out here
-(the cluster benchmark measures those).
+(the cluster benchmark measures those). `FAKD_SEARCH_CURVES=FILE` keeps the grid's recorded evaluations in FILE
+(JSON) and reuses them when it exists, so the replays can be run again without training the grid.
 """
 
 from __future__ import annotations
 
 import copy
 import itertools
+import json
 import multiprocessing
 import os
 import tempfile
@@ -223,14 +225,26 @@ def main() -> list[dict[str, Any]]:
     raw = _raw_spec()
     spec = validate_spec(copy.deepcopy(raw), str(SPEC))
     points = [dict(zip(GRID, combo, strict=True)) for combo in itertools.product(*GRID.values())]
+    cache = Path(os.environ["FAKD_SEARCH_CURVES"]) if os.environ.get("FAKD_SEARCH_CURVES") else None
     with tempfile.TemporaryDirectory() as root:
-        started = time.perf_counter()
-        teacher = ensure_teacher(spec.run_config(ARM), Path(root) / "teachers", progress=False)
-        teacher_seconds = time.perf_counter() - started
-        started = time.perf_counter()
-        with multiprocessing.get_context("spawn").Pool(SLOTS) as pool:
-            curves = dict(pool.map(_grid_run, [(copy.deepcopy(raw), values, teacher) for values in points]))
-        grid_seconds = time.perf_counter() - started
+        if cache is not None and cache.is_file():
+            saved = json.loads(cache.read_text())
+            curves = {_point(item["values"]): item["rows"] for item in saved["curves"]}
+            teacher_seconds, grid_seconds = saved["teacher_seconds"], saved["grid_seconds"]
+            print(f"(grid evaluations read from {cache}, recorded {saved['recorded']})\n")
+        else:
+            started = time.perf_counter()
+            teacher = ensure_teacher(spec.run_config(ARM), Path(root) / "teachers", progress=False)
+            teacher_seconds = time.perf_counter() - started
+            started = time.perf_counter()
+            with multiprocessing.get_context("spawn").Pool(SLOTS) as pool:
+                curves = dict(pool.map(_grid_run, [(copy.deepcopy(raw), values, teacher) for values in points]))
+            grid_seconds = time.perf_counter() - started
+            if cache is not None:
+                cache.write_text(json.dumps({
+                    "recorded": time.strftime("%Y-%m-%d %H:%M"), "teacher_seconds": teacher_seconds,
+                    "grid_seconds": grid_seconds,
+                    "curves": [{"values": dict(point), "rows": rows} for point, rows in curves.items()]}))
         total_iters = spec.defaults.train.iters
         grid = replay(GridPhase([_point(p) for p in points], total_iters), curves)
         searches = {(name, seed): search_replay(*METHODS[name], seed, curves, Path(root) / "replays")
@@ -238,16 +252,24 @@ def main() -> list[dict[str, Any]]:
 
     finals = {point: curve[-1]["val_miou"] for point, curve in curves.items()}
     target = max(finals.values())
+    ordered = sorted(finals.values(), reverse=True)
+
+    def rank(best: float) -> int:
+        """1 for the grid's best: the position of a held-out mIoU among the grid's."""
+        return 1 + sum(value > best + 1e-12 for value in ordered)
+
     best_point = max(finals, key=finals.get)
     within = sum(value >= target - TOLERANCE for value in finals.values())
+    top = ", ".join(f"{100 * value:.2f}" for value in ordered[:5])
     print(f"Grid: {len(points)} points ({', '.join(f'{k} {v}' for k, v in GRID.items())}), trained for real in "
           f"{grid_seconds:.0f} s ({SLOTS} at a time; teacher {teacher_seconds:.0f} s). Best held-out mIoU "
           f"{100 * target:.2f} at {dict(best_point)}; {within} of {len(points)} points within "
-          f"{100 * TOLERANCE:.1f} mIoU of it. Held-out mIoU across the grid: {100 * min(finals.values()):.2f}–"
-          f"{100 * target:.2f}. Each method: {TRIALS} trials, {SLOTS} at a time, search seeds {SEEDS}.\n")
+          f"{100 * TOLERANCE:.1f} mIoU of it; the five best: {top}. Held-out mIoU across the grid: "
+          f"{100 * min(finals.values()):.2f}–{100 * target:.2f}. Each method: {TRIALS} trials, {SLOTS} at a time, "
+          f"search seeds {SEEDS}.\n")
     rows = [{"method": "grid (all 27, in order)", "seed": "-", "trials": grid.trials, "pruned": 0,
              "reached": "yes", "compute to reach s": grid.reached(target)[0], "total compute s": grid.compute,
-             "compute / grid": 1.0, "best mIoU %": 100 * grid.best, "gap to grid best": 0.0}]
+             "compute / grid": 1.0, "best mIoU %": 100 * grid.best, "rank in grid": 1, "gap to grid best": 0.0}]
     summary = []
     for name in METHODS:
         reached = []
@@ -258,14 +280,16 @@ def main() -> list[dict[str, Any]]:
             rows.append({"method": name, "seed": seed, "trials": result.trials, "pruned": result.pruned,
                          "reached": "yes" if hit else "no", "compute to reach s": hit[0] if hit else "-",
                          "total compute s": result.compute, "compute / grid": result.compute / grid.compute,
-                         "best mIoU %": 100 * result.best, "gap to grid best": 100 * (target - result.best)})
+                         "best mIoU %": 100 * result.best, "rank in grid": rank(result.best),
+                         "gap to grid best": 100 * (target - result.best)})
         hits = [hit[0] for hit in reached if hit]
         totals = [searches[(name, seed)].compute for seed in SEEDS]
         summary.append({"method": name, "reached (of 3)": len(hits),
                         "mean compute to reach s": sum(hits) / len(hits) if hits else "-",
                         "mean total compute s": sum(totals) / len(totals),
                         "total / grid": sum(totals) / len(totals) / grid.compute,
-                        "mean gap to grid best": sum(100 * (target - searches[(name, s)].best) for s in SEEDS) / 3})
+                        "mean gap to grid best": sum(100 * (target - searches[(name, s)].best) for s in SEEDS) / 3,
+                        "ranks in grid": "/".join(str(rank(searches[(name, s)].best)) for s in SEEDS)})
     print(markdown(rows, list(rows[0])))
     print()
     print(markdown(summary, list(summary[0])))

@@ -207,7 +207,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as exc:  # bad arguments (one line, see OneLineParser) or --help
+        return exc.code if isinstance(exc.code, int) else EXIT_USER_ERROR
+
     func: Callable[[argparse.Namespace], int] = args.func
     try:
         return func(args)

@@ -44,6 +44,10 @@ class SearchConfig(Strict):
     sampler: Literal["tpe", "random"] = Field(
         "tpe", description="tpe (Optuna's TPE, constant liar for concurrent suggestions) or random (a baseline for "
         "the search itself)")
+    startup_trials: int | None = Field(
+        None, ge=0, description="tpe: finished trials of an arm drawn at random before TPE models them (default: a "
+        "third of num_samples, at most 10; Optuna's own default of 10 would leave a budget of 10 or fewer trials "
+        "random search)")
     scheduler: Literal["asha", "none"] = "asha"
     grace_period: int = Field(1, ge=1, description="evaluations before successive halving may stop a trial")
     reduction_factor: int = Field(2, ge=2)
@@ -81,6 +85,11 @@ class SearchConfig(Strict):
         except (ArgumentError, NoSuchModuleError, ValueError) as exc:
             raise ValueError(f"storage must be sqlite, journal or an SQLAlchemy URL ({exc})") from None
         return value
+
+    @property
+    def tpe_startup(self) -> int:
+        """Finished trials TPE draws at random before it models them."""
+        return self.startup_trials if self.startup_trials is not None else min(10, math.ceil(self.num_samples / 3))
 
     @property
     def generation(self) -> int:
@@ -250,6 +259,8 @@ def _check_effects(spec: StudySpec) -> None:
         for option in ("grace_period", "reduction_factor"):
             if option in search:
                 raise UserError("has no effect with search.scheduler: none", file=spec.path, key=f"search.{option}")
+    if "startup_trials" in search and spec.settings.search.sampler != "tpe":
+        raise UserError("has no effect unless search.sampler is tpe", file=spec.path, key="search.startup_trials")
     if "generation_size" in search and not spec.settings.search.reproducible:
         raise UserError("has no effect unless search.reproducible is true", file=spec.path,
                         key="search.generation_size")

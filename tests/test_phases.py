@@ -366,6 +366,12 @@ def test_random_search_is_a_sampler_of_its_own(tmp_path):
     spec = make_spec(scheduler="asha", grace_period=1, sampler="random")
     link = OptunaLink(spec, open_storage(spec, make_study(tmp_path / "link")), "tiny")
     assert isinstance(link._sampler(0), optuna.samplers.RandomSampler)
-    assert isinstance(OptunaLink(make_spec(), link.storage, "tiny")._sampler(0), optuna.samplers.TPESampler)
+    tpe = OptunaLink(make_spec(num_samples=9), link.storage, "tiny")._sampler(0)
+    assert isinstance(tpe, optuna.samplers.TPESampler)
+    # TPE models an arm after a third of its budget: with Optuna's default of 10 random start-up trials a budget of
+    # 9 would be random search throughout
+    assert tpe._n_startup_trials == 3
+    assert OptunaLink(make_spec(startup_trials=0), link.storage, "tiny")._sampler(0)._n_startup_trials == 0
+    assert OptunaLink(make_spec(num_samples=60), link.storage, "tiny")._sampler(0)._n_startup_trials == 10
     study, _ = search(tmp_path, spec, slots=2)
     assert sorted(r.arm for r in read_trials(study)) == ["baseline"] * 6 + ["kd"] * 6

@@ -1,6 +1,7 @@
 """Retrain on demand: more seeds train only the missing ones, fewer is an error, and the equal-time
 budget converts the baseline's wall-clock into each arm's iterations from the arm's measured step time."""
 
+import hashlib
 import json
 import shutil
 import statistics
@@ -14,6 +15,13 @@ from fakd.results import open_study_dir, read_trials
 pytestmark = pytest.mark.ray
 
 
+def tree_digest(root: Path) -> str:
+    digest = hashlib.sha256()
+    for path in sorted(p for p in root.rglob("*") if p.is_file()):
+        digest.update(str(path.relative_to(root)).encode() + path.read_bytes())
+    return digest.hexdigest()
+
+
 def retrain_files(study_dir: Path) -> dict[str, str]:
     return {p.parent.name: p.read_text() for p in study_dir.glob("trials/retrain/*/results.jsonl")}
 
@@ -25,9 +33,16 @@ def test_more_seeds_train_only_the_missing_ones(searched_study, tmp_path, ray_lo
     before = retrain_files(copy)
     assert len(before) == 6  # 3 arms × 2 seeds
 
+    digest = tree_digest(copy)
     assert main(["retrain", str(copy), "--seeds", "1"]) == 2
     err = capsys.readouterr().err
     assert "--seeds: the study already has 2 retrain seeds" in err and err.count("\n") == 1
+    for bad, message in ((["--seeds", "0"], "--seeds: must be at least 1, got 0"),
+                         (["--seeds", "3", "--budget", "equal-flops"], "invalid choice: 'equal-flops'")):
+        assert main(["retrain", str(copy), *bad]) == 2
+        err = capsys.readouterr().err
+        assert message in err and err.count("\n") == 1, err
+    assert tree_digest(copy) == digest, "a refused retrain changed the study"
 
     assert main(["retrain", str(copy), "--seeds", "3"]) == 0
     after = retrain_files(copy)

@@ -312,3 +312,21 @@ def test_data_errors_from_loader_workers_stay_one_line_naming_the_file(tmp_path:
             pass
     assert "cannot read label file" in one_line(info.value) and str(label) in str(info.value)
     assert "DataLoader worker" not in str(info.value) and "Traceback" not in str(info.value)
+
+
+def test_status_names_a_driver_only_while_it_holds_the_lock(tmp_path: Path) -> None:
+    """A lock file naming a holder that no longer holds the lock (a copied study, a killed driver) names nobody."""
+    import json as json_module
+
+    from fakd.results.layout import StudyDir, driver_state
+    from fakd.study.lock import StudyLock
+
+    study = StudyDir(tmp_path / "study")
+    study.root.mkdir()
+    assert driver_state(study) is None
+    with StudyLock(study, "resume"):
+        assert driver_state(study) is not None and "launch.py resume" in driver_state(study)
+        stale = study.lock_file.read_text()
+    assert driver_state(study) is None
+    study.lock_file.write_text(stale)  # as `cp -a` copies it, or a driver killed by SIGKILL leaves it
+    assert json_module.loads(stale)["pid"] > 0 and driver_state(study) is None

@@ -125,6 +125,39 @@ def test_a_moved_study_of_real_data_reads_with_its_data_root_and_spec_gone(tmp_p
     assert tree_digest(moved) == before, "reading a study changed it"
 
 
+def test_a_damaged_data_file_stops_the_study_until_it_is_fixed(tmp_path, ray_local, capsys):
+    """A label file that cannot be read stops the search with one line naming it (no trial is failed for it, no
+    retry spent on it); once the file is restored, `resume` finishes exactly the budget."""
+    from test_datasets import make_camvid
+
+    from fakd.spec import load_spec
+    from fakd.train import ensure_teacher
+
+    data = tmp_path / "camvid"
+    make_camvid(data)
+    raw = searched_spec(["baseline"], num_samples=2, max_concurrent=1, scheduler="none", max_failures=2)
+    raw["data"] = {"name": "camvid", "root": str(data), "image_size": 16}
+    raw["teacher"]["iters"] = 2
+    raw["train"].update(iters=2, eval_every=2)
+    spec = write_spec(tmp_path, raw, "camvid.yaml")
+    teacher = ensure_teacher(load_spec(spec).run_config("baseline"), tmp_path / "teachers", progress=False)
+    labels = sorted((data / "trainannot").glob("*.png"))
+    intact = {path: path.read_bytes() for path in labels}
+    for path in labels:
+        path.write_bytes(intact[path][: len(intact[path]) // 2])
+    assert main(["sweep", str(spec), "--storage", str(tmp_path / "studies"), "--teacher", str(teacher.path)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "cannot read label file" in err and str(data / "trainannot") in err, err
+    assert "fix it, then resume with" in err
+    study_dir = tmp_path / "studies" / "tiny"
+    records = read_trials(open_study_dir(study_dir))
+    assert records and all(r.state in ("PENDING", "RUNNING") for r in records), [(r.key, r.state) for r in records]
+    for path, content in intact.items():
+        path.write_bytes(content)
+    assert main(["resume", str(study_dir)]) == 0
+    assert [r.state for r in read_trials(open_study_dir(study_dir))] == ["COMPLETE", "COMPLETE"]
+
+
 def tree_digest(root: Path) -> str:
     import hashlib
 
@@ -176,6 +209,7 @@ def test_bad_input_creates_nothing(tmp_path, capsys):
         "search.objectives=[params]": "search.objectives",
         "search.scheduler=pbt": "search.scheduler",
         "search.sampler=grid": "search.sampler",
+        "search.startup_trials=-1": "search.startup_trials",
         "search.metric=not_a_metric": "search.metric",
         "search.storage=nosuchdb://x/y": "search.storage",
         "search.storage=postgresql+psycopg://nobody@127.0.0.1:9/none": "search.storage",  # unreachable server

@@ -186,13 +186,35 @@ def describe_holder(holder: dict[str, Any] | None) -> str:
 
 
 def driver_state(study: StudyDir) -> str | None:
-    """A line on the driver running the study, read without touching its lock; None when none runs."""
+    """A line on the driver running the study, read without touching its lock; None when none runs.
+
+    A holder on this host is checked in the kernel's table of locks (`/proc/locks`, else by its PID), so the holder
+    named by a stale file (a copied study, a killed driver's) is not reported; a holder on another host of a shared
+    file system cannot be checked from here and is reported as named."""
     holder = read_lock_holder(study)
     if not holder:
         return None
     if holder.get("host") == socket.gethostname():
-        try:
-            os.kill(int(holder.get("pid", -1)), 0)
-        except (OSError, ValueError):
-            return None  # it died without clearing the file (the kernel released the lock itself)
+        held = _locked_on_this_host(study.lock_file)
+        if held is None:
+            try:
+                os.kill(int(holder.get("pid", -1)), 0)
+                held = True
+            except (OSError, ValueError):
+                held = False  # it died without clearing the file (the kernel released the lock itself)
+        if not held:
+            return None
     return f"driven by {describe_holder(holder)}"
+
+
+def _locked_on_this_host(path: Path) -> bool | None:
+    """Whether a process of this host holds an exclusive flock on `path`, from /proc/locks (Linux; read only);
+    None where that table cannot be read."""
+    try:
+        info = path.stat()
+        table = Path("/proc/locks").read_text()
+    except OSError:
+        return None
+    where = f"{os.major(info.st_dev):02x}:{os.minor(info.st_dev):02x}:{info.st_ino}"
+    return any(fields[1:2] == ["FLOCK"] and "WRITE" in fields and where in fields
+               for fields in (line.split() for line in table.splitlines()))

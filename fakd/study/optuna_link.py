@@ -151,7 +151,7 @@ class OptunaLink:
     def _sampler(self, seed: int) -> optuna.samplers.BaseSampler:
         if self.spec.settings.search.sampler == "random":
             return RandomSampler(seed=seed)
-        return TPESampler(seed=seed, constant_liar=True)
+        return TPESampler(seed=seed, constant_liar=True, n_startup_trials=self.spec.settings.search.tpe_startup)
 
     def report(self, record: TrialRecord, evaluation: int, row: Mapping[str, Any]) -> None:
         """The evaluation as an intermediate value (single-objective studies: Optuna keeps learning curves

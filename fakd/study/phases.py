@@ -54,6 +54,7 @@ class Phase:
         self.prune_requested: set[str] = set()
         self.unfinished_ends: Counter[str] = Counter()
         self.stopping = False  # set when the study is interrupted: nothing new starts
+        self.halt: str | None = None  # a mistake the user must fix (a damaged data file): the phase stops on it
         self.halving: AsyncHalving | SyncHalving | None = None
         # every new evaluation gets the next number: a rebuilt scheduler sees the reports in their arrival order
         self.sequence = 1 + max((row.get("seq", -1) for r in self.records.values() for row in r.results), default=-1)
@@ -93,6 +94,10 @@ class Phase:
     def on_result(self, key: str, result: dict[str, Any]) -> bool:
         """Record one report of a running trial; False when the trial must stop now."""
         record = self.records[key]
+        if isinstance(result.get("user_error"), str):  # the trial is left as it is, to continue once it is fixed
+            self.halt = self.halt or result["user_error"]
+            self.stopping = True
+            return False
         if not isinstance(result.get("iteration"), int):
             return True
         row = {k: result[k] for k in ROW_KEYS if k in result}

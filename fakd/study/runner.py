@@ -239,6 +239,9 @@ def _run(phase: Phase, study: StudyDir, spec: StudySpec, context: TrialContext, 
               max_failures=search.max_failures, tune_dir=study.tune,
               callbacks=_callbacks(spec, study, phase, teacher["key"]), signals=signals, workers=resources.workers)
     signals.check()
+    if phase.halt is not None:
+        raise UserError(f"{phase.halt}; the {phase.name} stopped with its trials kept: fix it, then resume with: "
+                        f"python launch.py resume {study.root}")
     if not phase.is_finished():
         unfinished = sorted(k for k, r in phase.records.items() if r.state not in ("COMPLETE", "PRUNED", "FAILED"))
         raise RuntimeError(f"the {phase.name} ended with unfinished trials ({', '.join(unfinished[:5])}); "

@@ -17,6 +17,7 @@ from typing import Any
 from ray import tune
 
 from fakd.config import RunConfig
+from fakd.errors import UserError
 from fakd.train import NonFiniteLossError, TeacherArtifact, train_student
 from fakd.train.checkpoint import latest_checkpoint
 
@@ -45,6 +46,8 @@ def run_trial(config: dict[str, Any], context: TrialContext) -> None:
         train_student(cfg, teacher, work, report=_report, resume_from=resume, replay=True, progress=False)
     except NonFiniteLossError as exc:  # the same seed would diverge again: not an infrastructure fault
         tune.report({"iteration": exc.iteration, "diverged": True, "error": str(exc)})
+    except UserError as exc:  # a damaged data file fails every retry alike: the study stops and says which
+        tune.report({"user_error": exc.format()})
 
 
 def make_trainable(context: TrialContext, cpu: float, gpu: float, workers: int = 1) -> Any:

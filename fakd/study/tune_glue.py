@@ -82,7 +82,8 @@ class PhaseRecorder(tune.Callback):
 
 
 class SignalStopper(Stopper):
-    """Stops the whole experiment once the driver received SIGINT or SIGTERM."""
+    """Stops the whole experiment once the driver received SIGINT or SIGTERM, or a trial hit a mistake the user must
+    fix (a damaged data file)."""
 
     def __init__(self, signals: StopSignals, phase: Phase) -> None:
         self.signals, self.phase = signals, phase
@@ -94,7 +95,7 @@ class SignalStopper(Stopper):
         if self.signals.requested is not None:
             self.phase.stopping = True
             return True
-        return False
+        return self.phase.halt is not None
 
     def __getstate__(self) -> dict[str, Any]:
         """Tune pickles its stopper into the experiment state at every checkpoint; that state is never read

@@ -1,0 +1,22 @@
+"""The search benchmark's replay: a simulated clock with two slots, compute counted window by window."""
+
+from benchmarks.bench_search import GridPhase, _point, replay
+
+
+def curve(seconds: list[float], mious: list[float]) -> list[dict]:
+    return [{"iteration": 50 * (i + 1), "val_miou": miou, "window_seconds": s, "seconds_per_iter": s / 50}
+            for i, (s, miou) in enumerate(zip(seconds, mious, strict=True))]
+
+
+def test_replay_runs_two_trials_at_a_time_and_counts_every_window():
+    points = [_point({"train.lr": lr}) for lr in (0.1, 0.2, 0.3)]
+    curves = {
+        points[0]: curve([10, 10, 10], [0.1, 0.2, 0.30]),  # ends at t = 30
+        points[1]: curve([5, 5, 5], [0.1, 0.2, 0.40]),  # ends at t = 15, then the third point starts
+        points[2]: curve([2, 2, 2], [0.1, 0.2, 0.35]),  # runs from t = 15 to t = 21
+    }
+    result = replay(GridPhase(points, total_iters=150), curves)
+    assert result.trials == 3 and result.compute == 30 + 15 + 6 and result.wall == 30
+    # finishes: point 1 at t=15 (compute 15 + 15 of point 0's windows), point 2 at t=21, point 0 at t=30
+    assert result.found == [(30.0, 15.0, 0.40), (6 + 15 + 21, 21.0, 0.40), (51.0, 30.0, 0.40)]
+    assert result.reached(0.40) == (30.0, 15.0) and result.reached(0.46) is None
