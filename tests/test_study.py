@@ -91,18 +91,23 @@ def test_a_moved_study_is_read_without_its_data_its_spec_or_ray(searched_study, 
     assert tree_digest(moved) == before, "reading a study changed it"
 
 
-def test_a_moved_study_of_real_data_reads_with_its_data_root_and_spec_gone(tmp_path, ray_local):
-    """A study of a dataset on disk (a CamVid tree), moved; its data root and its spec file deleted: status and
-    export still work in a fresh process without Ray, and change nothing."""
+def camvid_study_spec(tmp_path: Path, **search) -> tuple[Path, Path]:
+    """A CamVid tree in the official layout under `tmp_path/camvid` and a baseline study spec of it (2 iterations)."""
     from test_datasets import make_camvid
 
     data = tmp_path / "camvid"
     make_camvid(data)
-    raw = searched_spec(["baseline"], num_samples=1, max_concurrent=1, scheduler="none", retrain_seeds=1)
+    raw = searched_spec(["baseline"], max_concurrent=1, scheduler="none", **search)
     raw["data"] = {"name": "camvid", "root": str(data), "image_size": 16}
     raw["teacher"]["iters"] = 2
     raw["train"].update(iters=2, eval_every=2)
-    spec = write_spec(tmp_path, raw, "camvid.yaml")
+    return data, write_spec(tmp_path, raw, "camvid.yaml")
+
+
+def test_a_moved_study_of_real_data_reads_with_its_data_root_and_spec_gone(tmp_path, ray_local):
+    """A study of a dataset on disk (a CamVid tree), moved; its data root and its spec file deleted: status and
+    export still work in a fresh process without Ray, and change nothing."""
+    data, spec = camvid_study_spec(tmp_path, num_samples=1, retrain_seeds=1)
     study = sweep(str(spec), storage=tmp_path / "studies")
     moved = tmp_path / "laptop" / "camvid-study"
     moved.parent.mkdir()
@@ -128,18 +133,10 @@ def test_a_moved_study_of_real_data_reads_with_its_data_root_and_spec_gone(tmp_p
 def test_a_damaged_data_file_stops_the_study_until_it_is_fixed(tmp_path, ray_local, capsys):
     """A label file that cannot be read stops the search with one line naming it (no trial is failed for it, no
     retry spent on it); once the file is restored, `resume` finishes exactly the budget."""
-    from test_datasets import make_camvid
-
     from fakd.spec import load_spec
     from fakd.train import ensure_teacher
 
-    data = tmp_path / "camvid"
-    make_camvid(data)
-    raw = searched_spec(["baseline"], num_samples=2, max_concurrent=1, scheduler="none", max_failures=2)
-    raw["data"] = {"name": "camvid", "root": str(data), "image_size": 16}
-    raw["teacher"]["iters"] = 2
-    raw["train"].update(iters=2, eval_every=2)
-    spec = write_spec(tmp_path, raw, "camvid.yaml")
+    data, spec = camvid_study_spec(tmp_path, num_samples=2, max_failures=2)
     teacher = ensure_teacher(load_spec(spec).run_config("baseline"), tmp_path / "teachers", progress=False)
     labels = sorted((data / "trainannot").glob("*.png"))
     intact = {path: path.read_bytes() for path in labels}
