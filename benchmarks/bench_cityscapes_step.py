@@ -37,7 +37,7 @@ def run_config(arm: str, size: tuple[int, int], batch: int, device: str) -> RunC
     )
 
 
-def make_step(cfg: RunConfig) -> tuple[Callable[[], None], Accelerator]:
+def make_step(cfg: RunConfig) -> Callable[[], None]:
     accelerator = Accelerator.for_run(cfg)
     teacher = None
     if cfg.effective_loss.distills:
@@ -50,7 +50,7 @@ def make_step(cfg: RunConfig) -> tuple[Callable[[], None], Accelerator]:
     generator = torch.Generator().manual_seed(0)
     images = torch.randn(cfg.train.batch_size, 3, *cfg.data.crop_size, generator=generator)
     labels = torch.randint(0, NUM_CLASSES, (cfg.train.batch_size, *cfg.data.crop_size), generator=generator)
-    return lambda: training_step(student, objective, optimizer, images, labels, 50, teacher, accelerator), accelerator
+    return lambda: training_step(student, objective, optimizer, images, labels, 50, teacher, accelerator)
 
 
 def measure(step: Callable[[], None], repeats: int, cuda: bool) -> float:
@@ -82,7 +82,7 @@ def main() -> list[dict]:
         if cuda:
             torch.cuda.empty_cache()
             torch.cuda.reset_peak_memory_stats()
-        step, _ = make_step(cfg)
+        step = make_step(cfg)
         seconds = measure(step, setting["repeats"], cuda)
         peak = torch.cuda.max_memory_allocated() / 2**30 if cuda else float("nan")
         rows.append({"arm": arm, "s/step": seconds, "peak GiB": peak})

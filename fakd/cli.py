@@ -21,7 +21,7 @@ def _log(message: str) -> None:
 
 def command_train(args: argparse.Namespace) -> int:
     from fakd.preflight import preflight
-    from fakd.results.layout import check_writable_parent, enclosing_study
+    from fakd.results.layout import check_outside_studies
     from fakd.spec import load_spec
 
     spec = load_spec(args.spec, args.set)
@@ -30,11 +30,7 @@ def command_train(args: argparse.Namespace) -> int:
 
     cfg = spec.run_config(args.arm or _default_arm(spec.settings.arms), phase="final")
     out = Path(args.out or Path("runs") / f"{spec.name}-train-{cfg.arm.replace('+', '_')}").resolve()
-    inside = enclosing_study(out)
-    if inside is not None:
-        raise UserError(f"{out} is inside the study directory {inside}, which only its driver writes; choose an "
-                        "--out outside every study", key="--out")
-    check_writable_parent(out / "student", "--out")
+    check_outside_studies(out, "--out")
     out.mkdir(parents=True, exist_ok=True)
     _log(f"run directory: {out}")
     try:

@@ -9,7 +9,8 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
-from fakd.spec import TrackingConfig, load_spec
+from fakd.results import StudyDir
+from fakd.spec import StudySpec, TrackingConfig
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -36,8 +37,6 @@ def wandb_mode() -> str:
 
 def log_table(tracking: TrackingConfig, study_name: str, directory: str, frame: Any) -> None:
     """Log a pandas table (the ablation table) as a W&B table in a run of its own."""
-    if not tracking.wandb:
-        return
     import wandb
 
     run_id = re.sub(r"[^A-Za-z0-9_-]", "_", f"{study_name}-ablation")
@@ -48,9 +47,9 @@ def log_table(tracking: TrackingConfig, study_name: str, directory: str, frame: 
     run.finish()
 
 
-def effective_tracking(study: Any) -> TrackingConfig:
-    """A study directory's tracking settings: its spec's, switched off when it was run with --no-wandb."""
-    tracking = load_spec(study.spec).settings.tracking
+def effective_tracking(spec: StudySpec, study: StudyDir) -> TrackingConfig:
+    """A study's tracking settings: its spec's, switched off when it was run with --no-wandb."""
+    tracking = spec.settings.tracking
     if study.metadata().get("no_wandb"):
         return tracking.model_copy(update={"wandb": False})
     return tracking

@@ -23,7 +23,7 @@ from fakd.export.render import (
     render,
     significant,
 )
-from fakd.export.table import ALPHA, AblationTable, budget_of
+from fakd.export.table import ALPHA, AblationTable, budget_of, effective_batch
 from fakd.results import TrialRecord
 from fakd.spec import StudySpec
 
@@ -111,7 +111,8 @@ def batch_text(table: AblationTable) -> str:
 
     def text(pair: tuple[int, int]) -> str:
         workers = f" × resources.workers {table.workers}" if table.workers > 1 else ""
-        return f"{pair[0] * pair[1] * table.workers} (train.batch_size {pair[0]} × train.accumulate {pair[1]}{workers})"
+        return (f"{effective_batch((pair,), table.workers)} (train.batch_size {pair[0]} × train.accumulate "
+                f"{pair[1]}{workers})")
 
     if not rows:
         return "not recorded by the retrained runs"

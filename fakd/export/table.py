@@ -27,7 +27,7 @@ from fakd.results import COMPLETE, FAILED, StudyDir, TrialRecord, read_trials
 from fakd.spec import StudySpec, load_spec
 from fakd.vocab import ARM_TABLE, BUDGETS, DEFAULT_BUDGET
 
-__all__ = ["ALPHA", "AblationTable", "DEFAULT_BUDGET", "POWER", "TARGET_DELTA", "build_table", "mean_ci"]
+__all__ = ["ALPHA", "AblationTable", "POWER", "TARGET_DELTA", "build_table", "mean_ci"]
 
 ALPHA, POWER, TARGET_DELTA = 0.05, 0.8, 0.01
 """Test level, power and the mIoU difference (a fraction: 0.01 is 1 mIoU point) of the power analysis."""

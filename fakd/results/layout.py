@@ -134,10 +134,18 @@ def check_new_study_dir(root: Path) -> None:
 
 def enclosing_study(path: str | Path) -> Path | None:
     """The study directory that `path` is (or lies inside), found by its metadata file; None outside every study."""
-    for candidate in [Path(path).expanduser().resolve(), *Path(path).expanduser().resolve().parents]:
-        if (candidate / MARKER).is_file():
-            return candidate
-    return None
+    resolved = Path(path).expanduser().resolve()
+    return next((candidate for candidate in (resolved, *resolved.parents) if (candidate / MARKER).is_file()), None)
+
+
+def check_outside_studies(path: Path, key: str) -> None:
+    """`path`, a place a command is about to create, lies outside every study and can be written (nothing is
+    created): only a study's driver writes into a study."""
+    inside = enclosing_study(path)
+    if inside is not None:
+        raise UserError(f"{path} is inside the study directory {inside}, which only its driver writes; choose a place "
+                        "outside every study", key=key)
+    check_writable_parent(path / "placeholder", key)
 
 
 def check_writable_parent(path: Path, key: str) -> None:

@@ -55,11 +55,9 @@ class TrialStopped(Exception):
     """The study stopped the trial at its last report: every worker returns."""
 
 
-
-
 class DataParallelTrial(tune.Trainable):
     """A trial trained by a Ray Train run: each Tune step returns rank 0's next evaluation (the first ones a resumed
-    trial replays), the last step repeats the last evaluation with `done`; stopping or reusing the trial ends the
+    trial replays), the last step repeats the last evaluation with `done`; stopping the trial ends the
     run gracefully (see the module docstring)."""
 
     def setup(self, config: dict[str, Any], context: TrialContext, scaling: Scaling) -> None:
@@ -89,11 +87,6 @@ class DataParallelTrial(tune.Trainable):
 
     def cleanup(self) -> None:
         self.relay.stop()
-
-    def reset_config(self, new_config: dict[str, Any]) -> bool:
-        self.relay.stop()
-        self.relay, self.last = self._launch(new_config), {}
-        return True
 
     def save_checkpoint(self, checkpoint_dir: str) -> None:
         """Nothing to save: the trial's state is its latest checkpoint in the study."""

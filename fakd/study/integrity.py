@@ -6,6 +6,8 @@ the arm's budget for good; found here, it is one line naming the file, and nothi
 
 from __future__ import annotations
 
+from typing import Any
+
 from fakd.errors import UserError
 from fakd.results import TERMINAL, StudyDir, TrialRecord
 from fakd.spec import StudySpec
@@ -14,17 +16,18 @@ CHECKPOINT_KEYS = ("iteration", "model", "objective", "optimizer", "scheduler", 
 RESTORE = "restore it from a copy of the study (or delete that trial's checkpoints/ to restart it); nothing was changed"
 
 
-def check_resumable(study: StudyDir, spec: StudySpec, records: list[TrialRecord]) -> None:
-    """The study's teacher fits its spec, and every unfinished trial's latest checkpoint is a loadable checkpoint
-    of as many processes as the spec's `resources.workers`; a `UserError` naming the file otherwise."""
+def check_resumable(study: StudyDir, spec: StudySpec, meta: dict[str, Any], records: list[TrialRecord]) -> None:
+    """The study's teacher (named by its metadata `meta`) fits its spec, and every unfinished trial's latest
+    checkpoint is a loadable checkpoint of as many processes as the spec's `resources.workers`; a `UserError` naming
+    the file otherwise."""
     from fakd.train.checkpoint import latest_checkpoint, load_checkpoint
     from fakd.train.teacher import check_teacher_checkpoint
 
-    teacher = study.metadata().get("teacher")
+    teacher = meta.get("teacher")
     if isinstance(teacher, dict) and isinstance(teacher.get("path"), str) and study.path(teacher["path"]).is_file():
         path = study.path(teacher["path"])
         cfg = spec.run_config(spec.settings.arms[0])
-        num_classes = study.metadata().get("data", {}).get("num_classes", cfg.data.num_classes)
+        num_classes = meta.get("data", {}).get("num_classes", cfg.data.num_classes)
         try:
             check_teacher_checkpoint(path, cfg, num_classes)
         except UserError as exc:

@@ -84,9 +84,10 @@ class OptunaLink:
         if self.spec.settings.search.storage in STORAGE_FILES:
             return  # the file storage is copied and moved with the study
         here = {"path": str(study.root), "inode": study.root.stat().st_ino, "host": socket.gethostname()}
-        for summary in self.storage.get_all_studies():
+        mine = [s for s in self.storage.get_all_studies() if s.study_name.startswith(f"{self.prefix}/")]
+        for summary in mine:
             home = summary.user_attrs.get(HOME_ATTR)
-            if not summary.study_name.startswith(f"{self.prefix}/") or not isinstance(home, dict):
+            if not isinstance(home, dict):
                 continue
             other = Path(str(home.get("path")))
             if home.get("inode") != here["inode"] and other != study.root and _drives(other, self.prefix):
@@ -95,9 +96,8 @@ class OptunaLink:
                     f"{self.spec.settings.search.storage}, so resuming the copy would write the original's search; "
                     "resume the original, or move (not copy) a study to another place", key="STUDY_DIR")
         self.home = here
-        for summary in self.storage.get_all_studies():
-            if summary.study_name.startswith(f"{self.prefix}/"):
-                self.storage.set_study_user_attr(summary._study_id, HOME_ATTR, here)
+        for summary in mine:
+            self.storage.set_study_user_attr(summary._study_id, HOME_ATTR, here)
 
     def verify(self, records: list[TrialRecord]) -> None:
         """Every Optuna trial the records name is in the storage (read only: a missing study or trial is damage,

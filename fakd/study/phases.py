@@ -45,9 +45,11 @@ class Phase:
 
     name = ""
 
-    def __init__(self, study: StudyDir, spec: StudySpec, log: Log) -> None:
+    def __init__(self, study: StudyDir, spec: StudySpec, log: Log, records: list[TrialRecord] | None = None) -> None:
+        """`records`: the phase's records when the caller has just read them (else they are read here)."""
         self.study, self.spec, self.log = study, spec, log
-        self.records: dict[str, TrialRecord] = {r.key: r for r in read_trials(study, self.name)}
+        found = read_trials(study, self.name) if records is None else records
+        self.records: dict[str, TrialRecord] = {r.key: r for r in found}
         self.live: set[str] = set()  # handed to Tune and not ended yet
         self.waiting: set[str] = set()  # stopped at a rung that is not decided yet
         self.ready: list[str] = []  # promoted from a rung: to be resumed
@@ -224,8 +226,9 @@ class SearchPhase(Phase):
 
     name = "search"
 
-    def __init__(self, study: StudyDir, spec: StudySpec, log: Log, optuna: OptunaLink) -> None:
-        super().__init__(study, spec, log)
+    def __init__(self, study: StudyDir, spec: StudySpec, log: Log, optuna: OptunaLink,
+                 records: list[TrialRecord] | None = None) -> None:
+        super().__init__(study, spec, log, records)
         search = spec.settings.search
         self.optuna = optuna
         self.streams = [(arm, repeat) for repeat in range(search.selection_repeats) for arm in spec.settings.arms]

@@ -27,8 +27,7 @@ from fakd.preflight import DataFacts, preflight
 from fakd.results import FORMAT, StudyDir, front_json, open_study_dir, pareto_front, read_trials
 from fakd.results.layout import (
     check_new_study_dir,
-    check_writable_parent,
-    enclosing_study,
+    check_outside_studies,
     is_unstarted,
     now,
     write_atomic,
@@ -151,11 +150,7 @@ def _storage_dir(storage: str | Path) -> Path:
     """The absolute `--storage` directory, checked (not created) so that nothing is half-written; never inside a
     study."""
     path = Path(storage).expanduser().resolve()
-    inside = enclosing_study(path)
-    if inside is not None:
-        raise UserError(f"{path} is inside the study directory {inside}; put new studies beside it, not in it",
-                        key="--storage")
-    check_writable_parent(path / "study", "--storage")
+    check_outside_studies(path, "--storage")
     return path
 
 
@@ -191,7 +186,8 @@ def _drive(study: StudyDir, spec: StudySpec, signals: StopSignals, log: Log, *, 
     """Teacher, search, then retrain when seeds are asked for: whatever of it is not done yet.
 
     Nothing is written before the study's files (metadata, Optuna storage, every record) were read."""
-    prefix = study.metadata().get("optuna_prefix")
+    meta = study.metadata()
+    prefix = meta.get("optuna_prefix")
     if not isinstance(prefix, str):
         raise UserError(f"{study.marker}: the study's metadata has no optuna_prefix; restore it from a copy of the "
                         "study, nothing was changed", key="STUDY_DIR")
@@ -200,8 +196,8 @@ def _drive(study: StudyDir, spec: StudySpec, signals: StopSignals, log: Log, *, 
     optuna = OptunaLink(spec, open_storage(spec, study, existing=bool(searched)), prefix)
     optuna.verify(searched)
     optuna.claim(study)
-    check_resumable(study, spec, records)
-    search = SearchPhase(study, spec, log, optuna)
+    check_resumable(study, spec, meta, records)
+    search = SearchPhase(study, spec, log, optuna, searched)
     if no_wandb:
         study.update_metadata(no_wandb=True)
     if seeds:
@@ -221,7 +217,7 @@ def _drive(study: StudyDir, spec: StudySpec, signals: StopSignals, log: Log, *, 
         front = pareto_front(list(search.records.values()))
         write_json(study.root / "pareto.json", front_json(front))
         log(f"Pareto front of mIoU vs parameters ({len(front)} trials): {study.root / 'pareto.json'}")
-    hint = sync_hint(study.root) if effective_tracking(study).wandb else None
+    hint = sync_hint(study.root) if effective_tracking(spec, study).wandb else None
     if hint:
         log(hint)
     meta = study.metadata()
@@ -332,7 +328,7 @@ def _teacher(study: StudyDir, spec: StudySpec, log: Log) -> dict[str, Any]:
 
 def _callbacks(spec: StudySpec, study: StudyDir, phase: Phase, teacher_key: str) -> list[Any]:
     """Driver-side callbacks of a phase: W&B streaming when the spec asks for it."""
-    tracking = effective_tracking(study)
+    tracking = effective_tracking(spec, study)
     if not tracking.wandb:
         return []
     shared = {"teacher_id": teacher_key, "git_commit": git_commit(), "study": spec.name, "phase": phase.name}

@@ -35,8 +35,8 @@ class StopSignals:
 
     def __enter__(self) -> StopSignals:
         os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"  # Tune's own handler would end a phase as if finished
-        for signum in HANDLED:
-            self.previous[signum] = signal.signal(signum, self._handle)
+        self.previous = {signum: signal.getsignal(signum) for signum in HANDLED}
+        self.install()
         return self
 
     def install(self) -> None:
