@@ -18,7 +18,9 @@ pytestmark = pytest.mark.ray
 ROOT = Path(__file__).resolve().parents[1]
 RAY = str(Path(sys.executable).with_name("ray"))
 HEAD_IP, WORKER_IP = "127.0.0.2", "127.0.0.3"  # two loopback addresses, so Ray sees two hosts
-ITERS = 24
+# Long enough (tens of seconds of CPU at eval_every=EVAL_EVERY) that the test reliably sees a trial mid-run on
+# the worker node, even on a fast machine where 24 iterations pass in under a second.
+ITERS, EVAL_EVERY = 600, 50
 
 
 def free_port() -> int:
@@ -90,7 +92,7 @@ def trial_results(study_dir: Path) -> dict[str, list[dict]]:
 def test_study_on_two_nodes_survives_losing_one(tmp_path, two_node_cluster):
     address, env, worker = two_node_cluster
     raw = searched_spec(["kd"], num_samples=3, max_concurrent=2, scheduler="none", max_failures=3)
-    raw["train"].update(iters=ITERS, eval_every=2)
+    raw["train"].update(iters=ITERS, eval_every=EVAL_EVERY)
     spec = write_spec(tmp_path, raw)
     study_dir = tmp_path / "studies" / "tiny"
     driver = subprocess.Popen(
@@ -101,6 +103,9 @@ def test_study_on_two_nodes_survives_losing_one(tmp_path, two_node_cluster):
     )
 
     def running_on_worker_node() -> bool:
+        if driver.poll() is not None:
+            raise AssertionError(f"the driver ended (exit {driver.returncode}) before a trial was seen mid-run on "
+                                 f"the worker node:\n{(tmp_path / 'driver.log').read_text()[-3000:]}")
         return any(rows and rows[-1].get("node") == WORKER_IP and rows[-1]["iteration"] < ITERS
                    for rows in trial_results(study_dir).values())
 
