@@ -7,6 +7,7 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["WANDB_MODE"] = "offline"
 os.environ.setdefault("WANDB_SILENT", "true")
 
+import subprocess  # noqa: E402
 import time  # noqa: E402
 from collections.abc import Callable  # noqa: E402
 from pathlib import Path  # noqa: E402
@@ -29,10 +30,15 @@ TINY_SPEC: dict[str, Any] = {
 }
 
 
-def wait_for(condition: Callable[[], bool], timeout: float, what: str, every: float = 0.2) -> None:
-    """Poll `condition` until it holds; fail the test after `timeout` seconds."""
+def wait_for(condition: Callable[[], bool], timeout: float, what: str, every: float = 0.2,
+             driver: subprocess.Popen | None = None, log: Path | None = None) -> None:
+    """Poll `condition` until it holds; fail the test after `timeout` seconds, or at once (with the end of `log`)
+    when `driver` ends before it holds."""
     deadline = time.monotonic() + timeout
     while not condition():
+        if driver is not None and driver.poll() is not None:
+            tail = log.read_text()[-3000:] if log is not None and log.is_file() else ""
+            raise AssertionError(f"the driver ended (exit {driver.returncode}) before {what}:\n{tail}")
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out waiting for {what}")
         time.sleep(every)

@@ -21,7 +21,8 @@ from fakd.study import resume
 
 pytestmark = pytest.mark.ray
 ROOT = Path(__file__).resolve().parents[1]
-ITERS = 16
+# Each trial runs for a second or more (8 evaluations), so the tests reliably see one mid-run before stopping it.
+ITERS, EVAL_EVERY = 80, 10
 
 
 def results(trial_dir: Path) -> list[dict]:
@@ -66,7 +67,7 @@ def tree_digest(root: Path) -> str:
 
 def study_spec(tmp_path: Path, **search) -> Path:
     raw = searched_spec(["baseline", "kd"], num_samples=3, max_concurrent=1, scheduler="none", **search)
-    raw["train"].update(iters=ITERS, eval_every=2)
+    raw["train"].update(iters=ITERS, eval_every=EVAL_EVERY)
     return write_spec(tmp_path, raw)
 
 
@@ -77,7 +78,7 @@ def assert_exact_budget(study_dir: Path, per_arm: int = 3) -> None:
         ("kd", "COMPLETE")] * per_arm
     for record in records:
         iterations = [row["iteration"] for row in results(study_dir / "trials" / record.key)]
-        assert iterations == list(range(2, ITERS + 1, 2)), (record.key, iterations)
+        assert iterations == list(range(EVAL_EVERY, ITERS + 1, EVAL_EVERY)), (record.key, iterations)
     counts = optuna_counts(study_dir / "optuna.db")
     assert counts == {("tiny/baseline", "COMPLETE"): per_arm, ("tiny/kd", "COMPLETE"): per_arm}
 
@@ -91,7 +92,8 @@ def interrupted(tmp_path_factory):
     log = tmp_path / "driver.log"
     driver = start_driver(["sweep", str(spec), "--storage", str(tmp_path / "studies")], log)
     try:
-        wait_for(lambda: finished_and_running(study_dir), 300, "one finished and one running trial")
+        wait_for(lambda: finished_and_running(study_dir), 300, "one finished and one running trial", driver=driver,
+                 log=log)
         os.killpg(driver.pid, signal.SIGINT)
         code = driver.wait(timeout=120)
     finally:
@@ -135,7 +137,8 @@ def test_two_ctrl_c_during_the_retrain_leave_a_study_that_retrains_every_seed_on
 
     driver = start_driver(["retrain", str(study_dir), "--seeds", "2"], tmp_path / "retrain.log")
     try:
-        wait_for(one_finished_and_one_running, 300, "a finished and a running retrain trial")
+        wait_for(one_finished_and_one_running, 300, "a finished and a running retrain trial", driver=driver,
+                 log=tmp_path / "retrain.log")
         os.killpg(driver.pid, signal.SIGINT)
         time.sleep(0.3)
         os.killpg(driver.pid, signal.SIGINT)
@@ -157,7 +160,7 @@ def test_two_ctrl_c_during_the_retrain_leave_a_study_that_retrains_every_seed_on
         (arm, seed, "COMPLETE") for arm in ("baseline", "kd") for seed in (1, 2)]
     for record in records:
         iterations = [row["iteration"] for row in results(study_dir / "trials" / record.key)]
-        assert iterations == list(range(2, ITERS + 1, 2)), (record.key, iterations)
+        assert iterations == list(range(EVAL_EVERY, ITERS + 1, EVAL_EVERY)), (record.key, iterations)
     for name, rows in before.items():
         assert results(retrain_dir / name) == rows, f"finished retrain trial {name} ran again"
 
@@ -185,7 +188,7 @@ def test_a_second_driver_is_refused_naming_the_first(interrupted, tmp_path, caps
     first = start_driver(["resume", str(study_dir)], tmp_path / "first.log")
     try:
         wait_for(lambda: (study_dir / ".lock").is_file() and (study_dir / ".lock").read_text().strip(), 120,
-                 "the first driver to hold the study")
+                 "the first driver to hold the study", driver=first, log=tmp_path / "first.log")
         started = time.monotonic()
         assert main(["resume", str(study_dir)]) == 2
         err = capsys.readouterr().err
@@ -207,7 +210,7 @@ def test_a_second_driver_is_refused_naming_the_first(interrupted, tmp_path, caps
 def test_sigterm_and_sigkill_then_resume_reruns_no_finished_trial(tmp_path, ray_local):
     raw = searched_spec(["baseline", "kd"], num_samples=3, max_concurrent=1, scheduler="none")
     raw["tracking"] = {"wandb": True, "project": "fakd-test"}
-    raw["train"].update(iters=ITERS, eval_every=2)
+    raw["train"].update(iters=ITERS, eval_every=EVAL_EVERY)
     spec = write_spec(tmp_path, raw)
     study_dir = tmp_path / "studies" / "tiny"
     finished_in_first_driver: set[str] = set()
@@ -219,7 +222,7 @@ def test_sigterm_and_sigkill_then_resume_reruns_no_finished_trial(tmp_path, ray_
             done = sum(state(t) == "COMPLETE" for t in (study_dir / "trials" / "search").glob("*"))
             wait_for(lambda d=done: finished_and_running(study_dir) and sum(
                 state(t) == "COMPLETE" for t in (study_dir / "trials" / "search").glob("*")) > d, 300,
-                "another finished trial and a running one")
+                "another finished trial and a running one", driver=driver, log=tmp_path / f"driver-{signum}.log")
             os.kill(driver.pid, signum)
             assert driver.wait(timeout=120) == expected, (tmp_path / f"driver-{signum}.log").read_text()[-3000:]
         finally:
