@@ -331,6 +331,57 @@ def test_a_data_parallel_trial_steps_through_its_reports_and_stops_where_tune_st
         relay.next_result()
 
 
+def test_a_data_error_of_any_worker_is_reported_as_the_single_process_trial_reports_it():
+    """A worker's `UserError` (a damaged data file) stops the study (the `user_error` report), whatever wraps it;
+    another failure is raised, so Tune retries the trial."""
+    import ray.train
+
+    from fakd.study.data_parallel import RunRelay, user_error_in
+
+    damaged = UserError("cannot read label file", file="data/trainannot/a.png")
+
+    def failing(error: BaseException) -> Any:
+        def fit() -> None:
+            results.put({"iteration": 2})
+            raise error
+
+        return fit
+
+    wrapped = ray.train.WorkerGroupError("worker 1 failed", {1: damaged})
+    for error in (wrapped, RuntimeError("the run failed")):
+        if isinstance(error, RuntimeError):
+            error.__cause__ = wrapped
+        results, replies = FakeQueue(), FakeQueue()
+        relay = RunRelay(failing(error), results, replies, poll_s=0.05)
+        assert relay.next_result() == {"iteration": 2}
+        assert relay.next_result() == {"user_error": "data/trainannot/a.png: cannot read label file"}
+    assert user_error_in(ray.train.WorkerGroupError("worker 0 failed", {0: OSError("gloo")})) is None
+    results, replies = FakeQueue(), FakeQueue()
+    relay = RunRelay(failing(ray.train.WorkerGroupError("worker 0 failed", {0: OSError("gloo")})), results, replies,
+                     poll_s=0.05)
+    assert relay.next_result() == {"iteration": 2}
+    with pytest.raises(ray.train.WorkerGroupError):
+        relay.next_result()
+
+
+@pytest.mark.ray
+def test_a_damaged_label_file_fails_a_data_parallel_teacher_with_the_file_named(tmp_path, ray_local):
+    """Through a real Ray Train run of 2 workers: the data error reaches the driver as one `UserError`."""
+    from test_study import camvid_study_spec
+
+    from fakd.spec import load_spec
+    from fakd.study.data_parallel import Scaling, ensure_teacher_data_parallel
+
+    data, spec = camvid_study_spec(tmp_path, num_samples=1)
+    for path in (data / "trainannot").glob("*.png"):
+        path.write_bytes(path.read_bytes()[:40])
+    cfg = load_spec(spec).run_config("baseline")
+    with pytest.raises(UserError, match="cannot read label file") as error:
+        ensure_teacher_data_parallel(cfg, tmp_path / "teachers", Scaling(WORLD, 1.0, 0.0), tmp_path / "train")
+    assert str(data / "trainannot") in error.value.format()
+    assert not list((tmp_path / "teachers").rglob("*.pt")), "a teacher was written"
+
+
 @pytest.mark.ray
 @pytest.mark.slow  # about 2 minutes on 2 cores: two Ray Train runs start 5 processes each
 def test_a_study_trains_its_teacher_and_trials_data_parallel(tmp_path, ray_local):

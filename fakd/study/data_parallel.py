@@ -24,6 +24,7 @@ from typing import Any
 from ray import tune
 
 from fakd.config import RunConfig
+from fakd.errors import UserError
 from fakd.study.trainable import TrialContext
 from fakd.train import DistContext, NonFiniteLossError, TeacherArtifact, ensure_teacher, teacher_key, train_student
 from fakd.train.teacher import TEACHER_FILE, read_teacher_file
@@ -115,8 +116,9 @@ class RunRelay:
             self.failure.append(exc)
 
     def next_result(self) -> dict[str, Any] | None:
-        """Tell rank 0 to go on, then its next evaluation; None once the run ended (its error raised, if any, after
-        every evaluation it made before failing)."""
+        """Tell rank 0 to go on, then its next evaluation; None once the run ended. A failed run's error is raised
+        after every evaluation it made before failing; a `UserError` of any worker (a damaged data file) becomes
+        the report `{"user_error": message}` instead."""
         from ray.util.queue import Empty
 
         if self.answer_due:
@@ -132,6 +134,9 @@ class RunRelay:
             if item is None:
                 self.thread.join()
                 if self.failure:
+                    error = user_error_in(self.failure[0])
+                    if error is not None:  # as a single-process trial reports it: the study stops, no retry
+                        return {"user_error": error.format()}
                     raise self.failure[0]
                 return None
             self.answer_due = True
@@ -244,7 +249,18 @@ def _fit_in_thread(fit: Callable[[], Any]) -> None:
     thread.start()
     thread.join()
     if failure:
-        raise failure[0]
+        raise user_error_in(failure[0]) or failure[0]
+
+
+def user_error_in(exc: BaseException) -> UserError | None:
+    """The `UserError` behind a failed Train run: `exc` itself, one that a worker raised (Ray Train gathers them
+    by rank in `worker_failures`) or one of their causes; None when the run failed for another reason."""
+    if isinstance(exc, UserError):
+        return exc
+    for failure in (getattr(exc, "worker_failures", None) or {}).values():
+        if (found := user_error_in(failure)) is not None:
+            return found
+    return user_error_in(exc.__cause__) if exc.__cause__ is not None else None
 
 
 def _teacher_worker(config: dict[str, Any]) -> None:
