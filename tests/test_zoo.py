@@ -515,8 +515,20 @@ def test_mmseg_class_count_is_exposed(tmp_path: Path) -> None:
 # ---------------------------------------------------------------------------------- real mmsegmentation
 
 
-def test_matches_real_mmsegmentation_when_installed(tmp_path: Path) -> None:
-    """Dev-only: the same weights through mmsegmentation's own EncoderDecoder.encode_decode."""
+MMSEG_HEADS = {  # our head name: mmseg's decode head config at output stride 8 or 16 (its standard configs)
+    "deeplabv3": lambda os: dict(type="ASPPHead", dilations=(1, 12, 24, 36) if os == 8 else (1, 6, 12, 18)),
+    "pspnet": lambda os: dict(type="PSPHead", pool_scales=(1, 2, 3, 6)),
+    "fcn": lambda os: dict(type="FCNHead", num_convs=2, concat_input=True, dilation=1 if os == 8 else 6),
+}
+
+
+@pytest.mark.parametrize("output_stride", [8, 16])
+@pytest.mark.parametrize("head", list(MMSEG_HEADS))
+@pytest.mark.parametrize("depth", [18, 50, 101])
+def test_matches_real_mmsegmentation_when_installed(tmp_path: Path, depth: int, head: str, output_stride: int) -> None:
+    """Dev-only: the same weights through mmsegmentation's own EncoderDecoder.encode_decode, configured as its
+    standard configs are (D8: *_r50-d8; D16: deeplabv3_r101-d16-mg124, fcn-d6_r50-d16, pspnet_r50-d16 strides),
+    max abs difference ≤ 1e-4 in float32, on images large enough (208 px) that every dilation reaches pixels."""
     try:
         import mmseg  # noqa: F401
         from mmengine.config import ConfigDict
@@ -526,27 +538,32 @@ def test_matches_real_mmsegmentation_when_installed(tmp_path: Path) -> None:
         pytest.skip(f"mmsegmentation is not importable ({type(error).__name__}); mmcv's compiled ops do not "
                     "install here, so the comparison with real mmseg runs only where it is installed")
     register_all_modules()
-    state = mmseg_state(50, "pspnet")
+    state = mmseg_state(depth, head)
     norm = dict(type="BN", requires_grad=True)
+    expansion = 4 if depth >= 50 else 1
+    d8 = output_stride == 8
     cfg = ConfigDict(
         type="EncoderDecoder",
-        backbone=dict(type="ResNetV1c", depth=50, stem_channels=WIDTH, base_channels=WIDTH, num_stages=4,
-                      out_indices=(0, 1, 2, 3), dilations=(1, 1, 2, 4), strides=(1, 2, 1, 1), norm_cfg=norm,
-                      style="pytorch", contract_dilation=True),
-        decode_head=dict(type="PSPHead", in_channels=WIDTH * 32, in_index=3, channels=HEAD_CHANNELS,
-                         pool_scales=(1, 2, 3, 6), num_classes=NUM_CLASSES, norm_cfg=norm, align_corners=False),
-        auxiliary_head=dict(type="FCNHead", in_channels=WIDTH * 16, in_index=2, channels=HEAD_CHANNELS,
+        backbone=dict(type="ResNetV1c", depth=depth, stem_channels=WIDTH, base_channels=WIDTH, num_stages=4,
+                      out_indices=(0, 1, 2, 3), dilations=(1, 1, 2, 4) if d8 else (1, 1, 1, 2),
+                      strides=(1, 2, 1, 1) if d8 else (1, 2, 2, 1), norm_cfg=norm, style="pytorch",
+                      contract_dilation=True, multi_grid=None if d8 or head != "deeplabv3" else (1, 2, 4)),
+        decode_head=dict(MMSEG_HEADS[head](output_stride), in_channels=WIDTH * 8 * expansion, in_index=3,
+                         channels=HEAD_CHANNELS, num_classes=NUM_CLASSES, norm_cfg=norm, align_corners=False),
+        auxiliary_head=dict(type="FCNHead", in_channels=WIDTH * 4 * expansion, in_index=2, channels=HEAD_CHANNELS,
                             num_convs=1, concat_input=False, num_classes=NUM_CLASSES, norm_cfg=norm),
         test_cfg=dict(mode="whole"),
     )
     reference = MODELS.build(cfg)
     reference.load_state_dict(state, strict=True)
     reference.eval()
-    model = load_mmseg(save_checkpoint(tmp_path / "m.pth", state))
-    images = torch.randn(2, 3, 32, 32)
-    metas = [dict(img_shape=(32, 32), ori_shape=(32, 32), pad_shape=(32, 32))] * 2
+    model = load_mmseg(save_checkpoint(tmp_path / "m.pth", state), output_stride=output_stride)
+    images = torch.randn(2, 3, 208, 208, generator=torch.Generator().manual_seed(1))
+    metas = [dict(img_shape=(208, 208), ori_shape=(208, 208), pad_shape=(208, 208))] * 2
     with torch.no_grad():
-        torch.testing.assert_close(model(images), reference.encode_decode(images, metas), rtol=1e-4, atol=1e-4)
+        ours, theirs = model(images), reference.encode_decode(images, metas)
+    assert ours.shape == theirs.shape == (2, NUM_CLASSES, 208, 208)
+    assert (ours - theirs).abs().max().item() <= 1e-4
 
 
 # --------------------------------------------------------------------------------------- PSPNet student
