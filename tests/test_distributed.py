@@ -369,6 +369,7 @@ def test_a_damaged_label_file_fails_a_data_parallel_teacher_with_the_file_named(
     """Through a real Ray Train run of 2 workers: the data error reaches the driver as one `UserError`."""
     from test_study import camvid_study_spec
 
+    from fakd.results import StudyDir
     from fakd.spec import load_spec
     from fakd.study.data_parallel import Scaling, ensure_teacher_data_parallel
 
@@ -376,10 +377,12 @@ def test_a_damaged_label_file_fails_a_data_parallel_teacher_with_the_file_named(
     for path in (data / "trainannot").glob("*.png"):
         path.write_bytes(path.read_bytes()[:40])
     cfg = load_spec(spec).run_config("baseline")
+    study = StudyDir(tmp_path / "study")
+    study.root.mkdir()
     with pytest.raises(UserError, match="cannot read label file") as error:
-        ensure_teacher_data_parallel(cfg, tmp_path / "teachers", Scaling(WORLD, 1.0, 0.0), tmp_path / "train")
+        ensure_teacher_data_parallel(cfg, study, Scaling(WORLD, 1.0, 0.0))
     assert str(data / "trainannot") in error.value.format()
-    assert not list((tmp_path / "teachers").rglob("*.pt")), "a teacher was written"
+    assert not list(study.teachers.rglob("*.pt")), "a teacher was written"
 
 
 @pytest.mark.ray

@@ -29,6 +29,7 @@ from fakd.errors import UserError
 MARKER = "study.json"
 FORMAT = 2
 LOCK_FILE = ".lock"
+TRAINING_LOCK_FILE = ".training.lock"  # shared by every process that trains in the study (fakd.study.lock)
 
 
 def now() -> str:
@@ -91,6 +92,10 @@ class StudyDir:
     @property
     def lock_file(self) -> Path:
         return self.root / LOCK_FILE
+
+    @property
+    def training_lock_file(self) -> Path:
+        return self.root / TRAINING_LOCK_FILE
 
     def trial_dir(self, key: str) -> Path:
         """The directory of trial `key` ("search/kd_fakd-003")."""

@@ -25,6 +25,8 @@ from ray import tune
 
 from fakd.config import RunConfig
 from fakd.errors import UserError
+from fakd.results import StudyDir
+from fakd.study.lock import training_in
 from fakd.study.trainable import TrialContext
 from fakd.train import DistContext, NonFiniteLossError, TeacherArtifact, ensure_teacher, teacher_key, train_student
 from fakd.train.teacher import TEACHER_FILE, read_teacher_file
@@ -72,7 +74,7 @@ class DataParallelTrial(tune.Trainable):
 
         root = Path(self.context.study_root)
         results, replies = Queue(actor_options={"num_cpus": 0}), Queue(actor_options={"num_cpus": 0})
-        loop_config = {"run": config["run"], "work": str(root / "trials" / config["trial"]),
+        loop_config = {"run": config["run"], "study_root": str(root), "work": str(root / "trials" / config["trial"]),
                        "teacher": str(root / self.context.teacher) if self.context.teacher else None,
                        "gpu": self.scaling.gpu > 0, "results": results, "replies": replies}
         trainer = _trainer(_trial_worker, loop_config, self.scaling, str(root / "tune"),
@@ -208,30 +210,34 @@ def _trial_worker(config: dict[str, Any]) -> None:
     channel = ReportChannel(config["results"], config["replies"], dist)
     cfg = RunConfig.model_validate(config["run"])
     teacher = TeacherArtifact(Path(config["teacher"]), "study", {}) if config["teacher"] else None
-    try:
-        train_student(cfg, teacher, Path(config["work"]), report=channel.report, resume_from="latest", replay=True,
-                      progress=False, dist=dist)
-    except TrialStopped:
-        return
-    except NonFiniteLossError as exc:  # every process sees the same pooled loss: all of them end here
-        channel.close({"iteration": exc.iteration, "diverged": True, "error": str(exc)})
-        return
-    channel.close()
+    with training_in(config["study_root"]):
+        try:
+            train_student(cfg, teacher, Path(config["work"]), report=channel.report, resume_from="latest",
+                          replay=True, progress=False, dist=dist)
+        except TrialStopped:
+            return
+        except NonFiniteLossError as exc:  # every process sees the same pooled loss: all of them end here
+            channel.close({"iteration": exc.iteration, "diverged": True, "error": str(exc)})
+            return
+        channel.close()
 
 
 # ------------------------------------------------------------------------------------------ data-parallel teacher
 
 
-def ensure_teacher_data_parallel(cfg: RunConfig, cache_root: Path, scaling: Scaling, storage: Path) -> TeacherArtifact:
-    """`fakd.train.ensure_teacher` with the teacher trained by `scaling.workers` processes (a Ray Train run whose
-    logs go under `storage`) when it is not cached yet; a model-zoo or given teacher is never trained."""
+def ensure_teacher_data_parallel(cfg: RunConfig, study: StudyDir, scaling: Scaling) -> TeacherArtifact:
+    """`fakd.train.ensure_teacher` into the study's teacher cache, with the teacher trained by `scaling.workers`
+    processes (a Ray Train run logging under the study's `tune/`) when it is not cached yet; a model-zoo or given
+    teacher is never trained."""
     if cfg.teacher.is_zoo or cfg.teacher.checkpoint or scaling.workers == 1:
-        return ensure_teacher(cfg, cache_root, progress=False)
+        with training_in(study.root):
+            return ensure_teacher(cfg, study.teachers, progress=False)
     key = teacher_key(cfg, scaling.workers)
-    path = cache_root / key / TEACHER_FILE
+    path = study.teachers / key / TEACHER_FILE
     if not path.is_file():
-        loop_config = {"run": cfg.model_dump(mode="json"), "cache": str(cache_root), "gpu": scaling.gpu > 0}
-        _fit_in_thread(_trainer(_teacher_worker, loop_config, scaling, str(storage), "teacher").fit)
+        loop_config = {"run": cfg.model_dump(mode="json"), "study_root": str(study.root),
+                       "cache": str(study.teachers), "gpu": scaling.gpu > 0}
+        _fit_in_thread(_trainer(_teacher_worker, loop_config, scaling, str(study.tune), "teacher").fit)
     return TeacherArtifact(path, key, read_teacher_file(path).get("metrics", {}))
 
 
@@ -265,8 +271,9 @@ def user_error_in(exc: BaseException) -> UserError | None:
 
 def _teacher_worker(config: dict[str, Any]) -> None:
     dist = _setup_worker(config["gpu"])
-    ensure_teacher(RunConfig.model_validate(config["run"]), Path(config["cache"]), progress=False,
-                   log=_write_line if dist.is_main else None, dist=dist)
+    with training_in(config["study_root"]):
+        ensure_teacher(RunConfig.model_validate(config["run"]), Path(config["cache"]), progress=False,
+                       log=_write_line if dist.is_main else None, dist=dist)
 
 
 def _write_line(message: str) -> None:

@@ -6,19 +6,31 @@ a lock is never stale on one host. On a shared file system the lock is as good a
 and Lustre/GPFS/BeeGFS with locking enabled carry it across hosts (a crashed host's lock is released when
 its lease expires, about 90 s on NFSv4); a file system mounted without lock support (NFSv3 without lockd,
 `nolock`, some FUSE mounts) only excludes drivers on the same host. `status` and `export` take no lock.
+
+A second lock keeps a new driver from overlapping the training processes of an earlier one: every process that
+trains in the study (trials, their data-parallel workers, the teacher's task) holds a shared `flock` on
+`STUDY/.training.lock` while it trains, and a driver starts only once it could take that lock exclusively. A
+driver killed with SIGKILL leaves its local Ray's workers training for a few seconds; its successor waits for them
+(at most `TRAINING_WAIT_S`), so two processes never write one trial's checkpoints.
 """
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import json
 import os
 import socket
 import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
 from types import TracebackType
 
 from fakd.errors import UserError
-from fakd.results.layout import StudyDir, describe_holder, now, read_lock_holder
+from fakd.results.layout import TRAINING_LOCK_FILE, StudyDir, describe_holder, now, read_lock_holder
+
+TRAINING_WAIT_S = 120.0  # how long a driver waits for an earlier driver's training processes to end
 
 
 class StudyLock:
@@ -59,3 +71,50 @@ class StudyLock:
             fcntl.flock(self.fd, fcntl.LOCK_UN)
             os.close(self.fd)
             self.fd = None
+
+
+@contextlib.contextmanager
+def training_in(study_root: str | Path) -> Iterator[None]:
+    """Held by a process while it trains in the study at `study_root`: a shared lock that a new driver waits for
+    (see the module docstring). Where the file system has no locks the study lock refused to drive it already;
+    a process that cannot take it trains anyway."""
+    try:
+        fd = os.open(Path(study_root) / TRAINING_LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError:
+        yield
+        return
+    try:
+        with contextlib.suppress(OSError):
+            fcntl.flock(fd, fcntl.LOCK_SH)  # waits only while a driver checks, a moment
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
+def wait_for_earlier_training(study: StudyDir, log: Callable[[str], None], timeout_s: float | None = None,
+                              poll_s: float = 0.5) -> None:
+    """Return once no process of an earlier driver trains in the study; a `UserError` after `timeout_s`."""
+    timeout_s = TRAINING_WAIT_S if timeout_s is None else timeout_s
+    try:
+        fd = os.open(study.training_lock_file, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as exc:
+        raise UserError(f"cannot open {study.training_lock_file}: {exc.strerror}", key="STUDY_DIR") from None
+    try:
+        deadline, waiting = time.monotonic() + timeout_s, False
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                return
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    raise UserError(
+                        f"processes of an earlier driver still train in {study.root} after {timeout_s:.0f} s (a Ray "
+                        "cluster's workers outlive a killed driver until the cluster notices); stop them (`ray stop` "
+                        "on their node) or wait, then run the command again; nothing was changed",
+                        key="STUDY_DIR") from None
+                if not waiting:
+                    log("waiting for the training processes of an earlier driver of this study to end")
+                    waiting = True
+                time.sleep(poll_s)
+    finally:
+        os.close(fd)  # releases the lock: this driver's own trials take it shared

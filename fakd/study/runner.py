@@ -36,7 +36,7 @@ from fakd.results.layout import (
 from fakd.spec import NAME_PATTERN, STORAGE_FILES, StudySpec, load_spec
 from fakd.study.cluster import check_cluster_resources, check_local_resources, largest_node_cpus, ray_runtime
 from fakd.study.integrity import check_resumable
-from fakd.study.lock import StudyLock
+from fakd.study.lock import StudyLock, training_in, wait_for_earlier_training
 from fakd.study.optuna_link import OptunaLink, open_storage
 from fakd.study.phases import Phase, RetrainPhase, SearchPhase
 from fakd.study.selection import outcome, plan_retrain, retrain_seeds, seeds_done
@@ -185,7 +185,9 @@ def _drive(study: StudyDir, spec: StudySpec, signals: StopSignals, log: Log, *, 
            budget: str | None = None, no_wandb: bool = False) -> None:
     """Teacher, search, then retrain when seeds are asked for: whatever of it is not done yet.
 
-    Nothing is written before the study's files (metadata, Optuna storage, every record) were read."""
+    Nothing is written before the study's files (metadata, Optuna storage, every record) were read, nor while
+    processes of an earlier driver still train in the study."""
+    wait_for_earlier_training(study, log)
     meta = study.metadata()
     prefix = meta.get("optuna_prefix")
     if not isinstance(prefix, str):
@@ -303,8 +305,6 @@ def _teacher(study: StudyDir, spec: StudySpec, log: Log) -> dict[str, Any]:
         teacher = {"key": payload.get("key", "given"), "path": GIVEN_TEACHER, "metrics": payload.get("metrics", {}),
                    "source": str(given)}
     else:
-        from fakd.train import ensure_teacher
-
         resources = spec.settings.resources
         cfg = spec.run_config(spec.settings.arms[0])
         if resources.workers > 1:  # data-parallel, as the trials: a Ray Train run (its workers take the resources)
@@ -312,18 +312,26 @@ def _teacher(study: StudyDir, spec: StudySpec, log: Log) -> dict[str, Any]:
 
             scaling = Scaling(resources.workers, resources.cpu, resources.gpu)
             task = ray.remote(num_cpus=0)(ensure_teacher_data_parallel)
-            artifact = ray.get(task.remote(cfg, study.teachers, scaling, study.tune))
+            artifact = ray.get(task.remote(cfg, study, scaling))
         else:
             # nothing else runs while the teacher trains: on CPU it may take a whole node's cores
             cpus = resources.cpu if resources.gpu > 0 else max(resources.cpu, largest_node_cpus())
-            task = ray.remote(num_cpus=cpus, num_gpus=resources.gpu)(ensure_teacher)
-            artifact = ray.get(task.remote(cfg, study.teachers, progress=False, log=_print))
+            task = ray.remote(num_cpus=cpus, num_gpus=resources.gpu)(_teacher_in_study)
+            artifact = ray.get(task.remote(cfg, study))
         teacher = {"key": artifact.key, "path": study.relative(artifact.path), "metrics": artifact.metrics}
     study.update_metadata(teacher=teacher)
     miou = teacher["metrics"].get("val_miou", float("nan"))
     log(f"teacher {spec.defaults.teacher.label} ready ({teacher['key']}, val mIoU {miou:.4f}, "
         f"{time.perf_counter() - started:.0f} s)")
     return teacher
+
+
+def _teacher_in_study(cfg: Any, study: StudyDir) -> Any:
+    """`ensure_teacher` into the study's teacher cache, as one of the study's training processes."""
+    from fakd.train import ensure_teacher
+
+    with training_in(study.root):
+        return ensure_teacher(cfg, study.teachers, progress=False, log=_print)
 
 
 def _callbacks(spec: StudySpec, study: StudyDir, phase: Phase, teacher_key: str) -> list[Any]:

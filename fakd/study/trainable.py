@@ -18,6 +18,7 @@ from ray import tune
 
 from fakd.config import RunConfig
 from fakd.errors import UserError
+from fakd.study.lock import training_in
 from fakd.train import NonFiniteLossError, TeacherArtifact, train_student
 from fakd.train.checkpoint import latest_checkpoint
 
@@ -41,13 +42,14 @@ def run_trial(config: dict[str, Any], context: TrialContext) -> None:
     root = Path(context.study_root)
     work = root / "trials" / config["trial"]
     teacher = TeacherArtifact(root / context.teacher, "study", {}) if context.teacher else None
-    resume = "latest" if latest_checkpoint(work / "checkpoints") else None
-    try:
-        train_student(cfg, teacher, work, report=_report, resume_from=resume, replay=True, progress=False)
-    except NonFiniteLossError as exc:  # the same seed would diverge again: not an infrastructure fault
-        tune.report({"iteration": exc.iteration, "diverged": True, "error": str(exc)})
-    except UserError as exc:  # a damaged data file fails every retry alike: the study stops and says which
-        tune.report({"user_error": exc.format()})
+    with training_in(root):
+        resume = "latest" if latest_checkpoint(work / "checkpoints") else None
+        try:
+            train_student(cfg, teacher, work, report=_report, resume_from=resume, replay=True, progress=False)
+        except NonFiniteLossError as exc:  # the same seed would diverge again: not an infrastructure fault
+            tune.report({"iteration": exc.iteration, "diverged": True, "error": str(exc)})
+        except UserError as exc:  # a damaged data file fails every retry alike: the study stops and says which
+            tune.report({"user_error": exc.format()})
 
 
 def make_trainable(context: TrialContext, cpu: float, gpu: float, workers: int = 1) -> Any:
