@@ -37,6 +37,17 @@ REMOVED_KEYS = {
 }
 
 
+class DecideConfig(Strict):
+    """Sequential retrain: rounds of fresh seeds until every comparison has an anytime-valid verdict."""
+
+    margin: float = Field(0.01, gt=0.0, description="an |arm - base| mIoU difference below this (a fraction: 0.01 is "
+                          "1 point) is 'equivalent'")
+    alpha: float = Field(0.05, gt=0.0, lt=1.0, description="family-wise error rate over the study's comparisons, "
+                         "valid however often the verdicts are looked at")
+    max_seeds: int = Field(20, ge=2, description="seeds at which a comparison still undecided stops")
+    round: int = Field(2, ge=1, description="seeds added per round, to the arms of undecided comparisons only")
+
+
 class SearchConfig(Strict):
     num_samples: int = Field(4, ge=1, description="trials per arm (per selection repeat)")
     max_concurrent: int = Field(2, ge=1, description="trials running at once, all arms together")
@@ -55,7 +66,10 @@ class SearchConfig(Strict):
     storage: str = Field("sqlite", description="sqlite (STUDY/optuna.db), journal (STUDY/optuna.journal, "
                          "safe on shared file systems) or an SQLAlchemy URL")
     max_failures: int = Field(1, ge=0, description="retries of a trial after an infrastructure fault")
-    retrain_seeds: int = Field(0, ge=0, description="seeds for select-then-retrain at the end of a sweep")
+    retrain_seeds: int = Field(0, ge=0, description="seeds for select-then-retrain at the end of a sweep (with "
+                               "decide: the seeds of its first round, at least decide.round)")
+    decide: DecideConfig | None = Field(None, description="retrain in rounds of seeds until each comparison is "
+                                        "decided (better, worse, equivalent) or reaches decide.max_seeds")
     retrain_budget: Literal[BUDGETS] = Field(  # type: ignore[valid-type]
         "equal-iters", description="retrain every arm for train.iters, or for the wall-clock the baseline's "
         "train.iters cost (each arm's iterations from its measured time per iteration)")
