@@ -81,7 +81,8 @@ def command_status(args: argparse.Namespace) -> int:
 def command_retrain(args: argparse.Namespace) -> int:
     from fakd.study import retrain
 
-    study = retrain(args.study_dir, args.seeds, budget=args.budget, address=args.address, no_wandb=args.no_wandb)
+    study = retrain(args.study_dir, args.seeds, until_decided=args.until_decided, max_seeds=args.max_seeds,
+                    budget=args.budget, address=args.address, no_wandb=args.no_wandb)
     _log_table(study.root)
     return 0
 
@@ -175,8 +176,16 @@ def build_parser() -> argparse.ArgumentParser:
     status.set_defaults(func=command_status)
     retrain = commands.add_parser("retrain", help="retrain each arm's best configuration with fresh seeds")
     retrain.add_argument("study_dir")
-    retrain.add_argument("--seeds", type=int, required=True,
-                         help="number of fresh seeds (more than the study has: only the missing ones train)")
+    retrain.add_argument("--seeds", type=int,
+                         help="number of fresh seeds (more than the study has: only the missing ones train); raising "
+                              "it after looking at the table voids the fixed-n p-values (the table then shows the "
+                              "sequential verdicts)")
+    retrain.add_argument("--until-decided", action="store_true",
+                         help="add rounds of search.decide.round seeds to the arms of undecided comparisons until "
+                              "each is better, worse or equivalent (anytime-valid), or reaches the maximum")
+    retrain.add_argument("--max-seeds", type=int, metavar="N",
+                         help="with --until-decided: stop undecided comparisons at N seeds (default: "
+                              "search.decide.max_seeds, else 20)")
     retrain.add_argument("--budget", choices=BUDGETS,
                          help="train.iters for every arm, or the wall-clock the baseline's iterations cost "
                               "(default: search.retrain_budget)")

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import copy
 import math
+import typing
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -273,6 +274,13 @@ def _check_effects(spec: StudySpec) -> None:
         for option in ("grace_period", "reduction_factor"):
             if option in search:
                 raise UserError("has no effect with search.scheduler: none", file=spec.path, key=f"search.{option}")
+    decide = spec.settings.search.decide
+    if decide is not None and not any(arm.base in spec.settings.arms for arm in arms):
+        raise UserError(f"no arm of this study has its base arm ({', '.join(spec.settings.arms)}), so there is no "
+                        "comparison to decide", file=spec.path, key="search.decide")
+    if decide is not None and spec.settings.search.retrain_seeds > decide.max_seeds:
+        raise UserError(f"search.retrain_seeds ({spec.settings.search.retrain_seeds}) is above the maximum "
+                        f"({decide.max_seeds})", file=spec.path, key="search.decide.max_seeds")
     if "startup_trials" in search and spec.settings.search.sampler != "tpe":
         raise UserError("has no effect unless search.sampler is tpe", file=spec.path, key="search.startup_trials")
     if "generation_size" in search and not spec.settings.search.reproducible:
@@ -390,9 +398,11 @@ def _model_at(model: type[BaseModel], path: list[str]) -> type[BaseModel] | None
             continue
         info = model.model_fields.get(part)
         annotation = getattr(info, "annotation", None)
-        if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
+        candidates = [annotation, *typing.get_args(annotation)]  # an optional section: `Section | None`
+        found = [c for c in candidates if isinstance(c, type) and issubclass(c, BaseModel)]
+        if not found:
             return None
-        model = annotation
+        model = found[0]
     return model
 
 

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 import pytest
 import yaml
 from conftest import searched_spec
@@ -300,8 +301,10 @@ def test_compact_table_is_narrow_and_says_what_p_is(tmp_path, capsys):
     lines = captured.out.splitlines()
     assert max(len(line) for line in lines) <= WIDTH, max(lines, key=len)
     assert [cell.strip() for cell in lines[0].split("|")[1:-1]] == [
-        "student", "arm", "budget", "n", "mIoU % [95% CI]", "Δ vs base, pp [CI]", "p (Holm)", "CPU hours"]
+        "student", "arm", "budget", "n", "mIoU % [95% CI]", "Δ vs base, pp [CI]", "p (Holm)", "decision",
+        "CPU hours"]
     assert "Holm-adjusted across the study's 16 tested comparisons" in " ".join(lines)
+    assert "anytime-valid t confidence sequence" in captured.out and "0.05/16 per comparison" in captured.out
     assert "diverged trials" in captured.out and "cwd+fakd" in captured.out
     assert "MDE" in captured.out and "seeds" in captured.out
     assert "2 of " in captured.err and "retrained runs are missing" in captured.err
@@ -309,6 +312,46 @@ def test_compact_table_is_narrow_and_says_what_p_is(tmp_path, capsys):
     kd = next(line for line in lines if "| kd " in line and "equal-iters" in line)
     assert re.search(r"\d{2}\.\d \[\d{2}\.\d, \d{2}\.\d\]", kd)
     assert re.search(r"[+-]\d+\.\d{1,2}( \[-?\d+\.\d{1,2}, -?\d+\.\d{1,2}\])?", kd)
+
+
+def sequential_columns(study: StudyDir) -> list[tuple[str, Any, Any, Any, Any]]:
+    frame = build_table(study).frame
+    rows = frame[frame["base_arm"].notna()]
+    return [(r["arm"], r["decision"], None if pd.isna(r["decided_at"]) else int(r["decided_at"]), r["delta_cs_low"],
+             r["delta_cs_high"]) for _, r in rows.iterrows()]
+
+
+def test_every_comparison_has_its_sequential_verdict_from_the_trials_files(tmp_path):
+    from fakd.results.sequential import verdict
+
+    study = make_study(tmp_path / "verdicts", seeds=tuple(range(1, 9)))
+    runs = finished_runs(study.root)
+    score = {(record["arm"], record["seed"]): row["val_miou"] for record, row in runs}
+    columns = sequential_columns(study)
+    assert len(columns) == 4  # kd, kd+fakd, cwd, cwd+fakd against their base arms
+    for arm, decision, decided_at, low, high in columns:
+        base = ARM_TABLE[arm].base
+        diffs = [score[(arm, s)] - score[(base, s)] for s in range(1, 9)]
+        expected = verdict(diffs, margin=0.01, alpha=0.05 / 4, max_n=20)
+        assert (decision, decided_at) == (expected.decision, expected.decided_at)
+        if math.isfinite(expected.low):
+            assert (low, high) == pytest.approx((expected.low, expected.high))
+    assert {c[1] for c in columns} & {"better", "worse"}, "the synthetic effects of 1-3 points go undetected"
+
+
+@pytest.mark.parametrize("meta", [{"retrain_mode": "fixed", "seeds_raised": True}, {"retrain_mode": "sequential"}])
+def test_a_table_whose_seed_count_was_not_fixed_shows_verdicts_instead_of_p_values(tmp_path, capsys, meta):
+    study = make_study(tmp_path / "raised", seeds=(1, 2, 3, 4, 5, 6))
+    study.update_metadata(**meta)
+    assert main(["export", str(study.root)]) == 0
+    out = capsys.readouterr().out
+    header = [cell.strip() for cell in out.splitlines()[0].split("|")[1:-1]]
+    assert header[-3:] == ["Δ vs base, pp [CS]", "decision", "CPU hours"] and "p (Holm)" not in header
+    raised = "fixed-n p-values no longer apply" in out
+    assert raised == bool(meta.get("seeds_raised"))
+    assert main(["export", str(study.root), "--format", "html"]) == 0
+    report = capsys.readouterr().out
+    assert "(anytime-valid)" in report and "decided_at" in report
 
 
 @pytest.mark.parametrize("name", ["mobilenetv3_small_050", "a_student_backbone_with_a_very_long_name_indeed_x"])

@@ -1,7 +1,9 @@
 """Retrain on demand: more seeds train only the missing ones, fewer is an error, and the equal-time
 budget converts the baseline's wall-clock into each arm's iterations from the arm's measured step time."""
 
+import csv
 import hashlib
+import io
 import json
 import shutil
 import statistics
@@ -11,6 +13,7 @@ import pytest
 
 from fakd.cli import main
 from fakd.results import open_study_dir, read_trials
+from fakd.vocab import ARM_TABLE
 
 pytestmark = pytest.mark.ray
 
@@ -71,3 +74,62 @@ def test_equal_time_gives_each_arm_the_baselines_wall_clock(searched_study, tmp_
         assert record.key.endswith("-seed1-time") and record.state == "COMPLETE"
     untouched = [r for r in records if r.phase == "retrain" and r.budget == "equal-iters"]
     assert len(untouched) == 6 and all(r.run["train"]["iters"] == 4 for r in untouched)
+
+
+def seeds_of(records, arm):
+    return sorted(r.seed for r in records if r.phase == "retrain" and r.arm == arm)
+
+
+def test_until_decided_adds_rounds_to_undecided_comparisons_only(searched_study, tmp_path, ray_local, capsys):
+    """Rounds of 1 seed up to 4: after each round, exactly the arms of the comparisons still undecided (recomputed
+    here from the records of the seeds trained so far) get the next seed, every arm the same seeds."""
+    from fakd.results.verdicts import study_verdicts, table_comparisons
+    from fakd.spec import DecideConfig, load_spec
+
+    _, study = searched_study
+    copy = tmp_path / "study"
+    shutil.copytree(study.root, copy)
+    spec = load_spec(copy / "spec.yaml")
+    assert main(["retrain", str(copy), "--until-decided", "--max-seeds", "4"]) == 0
+    out = capsys.readouterr().out
+    assert "decisions at 2 seeds" in out
+    records = read_trials(open_study_dir(copy))
+    meta = json.loads((copy / "study.json").read_text())
+    assert meta["retrain_mode"] == "sequential" and meta["decide"]["max_seeds"] == 4
+    rule = DecideConfig.model_validate(meta["decide"])
+    assert all(r.state == "COMPLETE" for r in records if r.phase == "retrain")
+    for target in (2, 3):
+        seen = [r for r in records if r.phase != "retrain" or r.seed <= target]
+        found = study_verdicts(spec, seen, table_comparisons(spec, seen), rule)
+        undecided = found.undecided()
+        needed = {arm for _, arm, _ in undecided} | {ARM_TABLE[arm].base for _, arm, _ in undecided}
+        trained = {arm for arm in spec.settings.arms if target + 1 in seeds_of(records, arm)}
+        assert trained == (needed if undecided else set()), (target, found.verdicts)
+    for arm in spec.settings.arms:
+        assert seeds_of(records, arm) == list(range(1, len(seeds_of(records, arm)) + 1))
+    capsys.readouterr()
+    assert main(["export", str(copy), "--format", "csv"]) == 0
+    rows = list(csv.DictReader(io.StringIO(capsys.readouterr().out)))
+    assert {row["decision"] for row in rows if row["base_arm"]} <= {"better", "worse", "equivalent", "undecided"}
+
+
+def test_until_decided_refusals_change_nothing(searched_study, tmp_path, capsys):
+    _, study = searched_study
+    copy = tmp_path / "study"
+    shutil.copytree(study.root, copy)
+    empty = tmp_path / "unretrained"
+    shutil.copytree(study.root, empty)
+    shutil.rmtree(empty / "trials" / "retrain")
+    digests = {copy: tree_digest(copy), empty: tree_digest(empty)}
+    cases = [
+        ([str(copy), "--until-decided", "--max-seeds", "1"], "--max-seeds: the study already has 2 retrain seeds"),
+        ([str(copy), "--max-seeds", "5", "--seeds", "3"], "--max-seeds: applies to --until-decided only"),
+        ([str(copy), "--until-decided", "--seeds", "3"], "--seeds: takes either --seeds N or --until-decided"),
+        ([str(copy)], "--seeds: takes either --seeds N or --until-decided"),
+        ([str(empty), "--until-decided"], "--until-decided: " + str(empty) + " has no retrain runs"),
+    ]
+    for argv, message in cases:
+        assert main(["retrain", *argv]) == 2
+        err = capsys.readouterr().err
+        assert message in err and err.count("\n") == 1, err
+    assert {path: tree_digest(path) for path in digests} == digests

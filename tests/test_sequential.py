@@ -1,4 +1,4 @@
-"""fakd.export.sequential: the anytime-valid verdict, simulated with peeking after every pair, against the naive
+"""fakd.results.sequential: the anytime-valid verdict, simulated with peeking after every pair, against the naive
 repeated t-test, and its Bayes factor against scipy's noncentral t density."""
 
 import math
@@ -8,7 +8,7 @@ import pytest
 from scipy import integrate, stats
 
 from fakd.export import decide
-from fakd.export.sequential import confidence_sequence, log_bayes_factor, radius_factor, verdict
+from fakd.results.sequential import confidence_sequence, log_bayes_factor, radius_factor, verdict
 
 ALPHA, MARGIN, MAX_N, SEQUENCES = 0.05, 0.01, 20, 1000
 

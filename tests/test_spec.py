@@ -63,12 +63,20 @@ BAD = [
     ("teacher.iters={int: [1, 5]}", "teacher.iters", "cannot be searched"),
     ("loss.fakd.schedule={choice: [linear, cos]}", "loss.fakd.schedule", "'cosine'"),
     ("colour=red", "colour", "unknown section"),
+    ("search.decide={margin: 0}", "search.decide.margin", "greater than 0"),
+    ("search.decide={alpha: 1.5}", "search.decide.alpha", "less than 1"),
+    ("search.decide={alpha: 0}", "search.decide.alpha", "greater than 0"),
+    ("search.decide={round: 0}", "search.decide.round", "greater than or equal to 1"),
+    ("search.decide={max_seeds: 1}", "search.decide.max_seeds", "greater than or equal to 2"),
+    ("search.decide={rounds: 2}", "search.decide.rounds", "accepted: margin, alpha, max_seeds, round"),
+    ("arms=[baseline]", "search.decide", "no comparison to decide"),
 ]
 
 
 @pytest.mark.parametrize(("override", "key", "accepted"), BAD)
 def test_bad_spec_exits_2_with_one_line(tiny_spec_path, capsys, override, key, accepted):
-    assert main(["train", str(tiny_spec_path), "--set", override]) == 2
+    extra = ["--set", "search.decide={}"] if override == "arms=[baseline]" else []
+    assert main(["train", str(tiny_spec_path), "--set", override, *extra]) == 2
     err = capsys.readouterr().err.strip()
     assert "\n" not in err
     assert err.startswith(f"error: {tiny_spec_path}: {key}:")

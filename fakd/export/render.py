@@ -188,6 +188,14 @@ def mde_cell(value: Any) -> str:
     return "-" if missing(value) else delta_cell(value, None, None)[1:]
 
 
+def decision_cell(row: pd.Series) -> str:
+    """"better at 6": a comparison's sequential verdict and the pairs it was reached at."""
+    if missing(row.get("decision")):
+        return ""
+    at = row.get("decided_at")
+    return str(row["decision"]) + ("" if missing(at) else f" at {int(at)}")
+
+
 def seeds_text(row: pd.Series) -> str:
     """Seeds that would detect a 1-mIoU difference, or why that is unknown."""
     if missing(row["paired_n"]) or int(row["paired_n"]) < 2:
@@ -230,17 +238,22 @@ def compact(table: AblationTable) -> Compact:
     several_budgets = len(table.budgets) > 1
     several_students = arms["student"].nunique() > 1
     unit = "GPU" if table.hours_column.startswith("gpu") else "CPU"
+    sequential = table.sequential
     header = ["student", "arm"] + (["budget"] if several_budgets else [])
-    header += ["n", "mIoU % [95% CI]", "Δ vs base, pp [CI]", "p (Holm)", f"{unit} hours"]
-    right = [False, False] + ([False] if several_budgets else []) + [True, False, False, True, True]
+    header += ["n", "mIoU % [95% CI]", f"Δ vs base, pp [{'CS' if sequential else 'CI'}]"]
+    header += ([] if sequential else ["p (Holm)"]) + ["decision", f"{unit} hours"]
+    right = [False, False] + ([False] if several_budgets else []) + [True, False, False]
+    right += ([] if sequential else [False]) + [False, True]
     rows = []
     for _, row in frame.iterrows():
         budget = "" if missing(row["budget"]) else str(row["budget"])
         cells = [str(row["student"]), str(row["arm"])] + ([budget] if several_budgets else [])
         has_base = not missing(row["base_arm"])
+        low, high = ("delta_cs_low", "delta_cs_high") if sequential else ("delta_ci_low", "delta_ci_high")
         cells += [str(int(row["n"])), score_cell(row["miou_mean"], row["miou_ci_low"], row["miou_ci_high"]),
-                  delta_cell(row["delta_vs_base"], row["delta_ci_low"], row["delta_ci_high"]) if has_base else "",
-                  p_cell(row["p_holm"]) if has_base else "", hours_cell(row[table.hours_column])]
+                  delta_cell(row["delta_vs_base"], row[low], row[high]) if has_base else ""]
+        cells += [] if sequential else [p_cell(row["p_holm"]) if has_base else ""]
+        cells += [decision_cell(row) if has_base else "", hours_cell(row[table.hours_column])]
         rows.append(cells)
 
     tests = comparisons(table)
@@ -249,13 +262,22 @@ def compact(table: AblationTable) -> Compact:
     runs = f"{table.repeats} selection repeats × seeds" if table.repeats > 1 else "seeds"
     shared = "repeat and seed" if table.repeats > 1 else "seed"
     search = " (search shared by its budgets)" if several_budgets else ""
+    hours = f"{unit} hours: search and retrain compute of the row's arm{search}."
+    interval = ("its anytime-valid confidence sequence (CS) where the decision was reached, else at the last pair"
+                if sequential else "95% CI")
     footnotes = [
         f"mIoU: validation mIoU in %, mean [95% Student-t CI] over the n retrained runs ({runs}). Δ: paired "
-        f"difference from the base arm in percentage points over the runs both have (same {shared}), 95% CI.",
-        f"p (Holm): two-sided paired t-test, Holm-adjusted across the study's {tested} tested comparison"
-        f"{'s' if tested != 1 else ''} (all arms with a base arm, all students and budgets{untested}). "
-        f"{unit} hours: search and retrain compute of the row's arm{search}.",
+        f"difference from the base arm in percentage points over the runs both have (same {shared}), {interval}.",
     ]
+    if sequential:
+        why = ("the seeds were raised after a retrain had finished (its table could be looked at), so the fixed-n "
+               "p-values no longer apply" if table.seeds_raised else "the seeds were added in rounds until decided")
+        footnotes.append(f"{table.method} Decision at n: the pairs it was reached at; {why}. {hours}")
+    else:
+        footnotes.append(
+            f"p (Holm): two-sided paired t-test, Holm-adjusted across the study's {tested} tested comparison"
+            f"{'s' if tested != 1 else ''} (all arms with a base arm, all students and budgets{untested}). {hours}")
+        footnotes.append(f"{table.method} Decision at n: the pairs it was reached at.")
     diverged = [f"{_label(r, several_students, several_budgets).split(' vs ')[0]} {int(r['diverged'])}"
                 for _, r in arms.iterrows() if not missing(r["diverged"]) and int(r["diverged"]) > 0]
     if diverged:
@@ -340,6 +362,9 @@ def decisions(table: AblationTable) -> list[str]:
         if pairs == 0:
             sentences.append(f"{label}: no paired runs yet.")
             continue
+        if table.sequential:
+            sentences.append(_sequential_sentence(row, label, pairs))
+            continue
         delta = delta_cell(row["delta_vs_base"], row["delta_ci_low"], row["delta_ci_high"], minus="−")
         delta = delta.replace(" [", " mIoU [", 1) if "[" in delta else f"{delta} mIoU"
         if pairs < 2 or missing(row["p_holm"]):
@@ -361,3 +386,15 @@ def decisions(table: AblationTable) -> list[str]:
         sentences.append(f"{label}: {delta}, {p_text} (Holm): {verdict}; with {pairs} pairs the smallest "
                          f"detectable Δ is {mde} mIoU; {need}.")
     return sentences
+
+
+def _sequential_sentence(row: pd.Series, label: str, pairs: int) -> str:
+    """The plain-words verdict of a comparison whose seed count was not fixed in advance."""
+    delta = delta_cell(row["delta_vs_base"], row["delta_cs_low"], row["delta_cs_high"], minus="−")
+    delta = delta.replace(" [", " mIoU [CS ", 1) if "[" in delta else f"{delta} mIoU"
+    arm, base, decision = row["arm"], row["base_arm"], row["decision"]
+    at = f" at {int(row['decided_at'])} pairs" if not missing(row["decided_at"]) else ""
+    verdict = {"better": f"{arm} beats {base}{at}", "worse": f"{arm} is worse than {base}{at}",
+               "equivalent": f"{arm} and {base} are equivalent within the margin{at}"}.get(
+        decision, f"undecided after {pairs} pairs; more seeds could still decide it")
+    return f"{label}: {delta}: {verdict} (anytime-valid)."

@@ -24,6 +24,8 @@ import pandas as pd
 
 from fakd.export.stats import compare_paired, holm, mean_ci
 from fakd.results import COMPLETE, FAILED, StudyDir, TrialRecord, read_trials
+from fakd.results.sequential import Verdict
+from fakd.results.verdicts import sequential_rule, study_verdicts, table_comparisons, table_rule
 from fakd.spec import StudySpec, load_spec
 from fakd.vocab import ARM_TABLE, BUDGETS, DEFAULT_BUDGET
 
@@ -34,8 +36,8 @@ ALPHA, POWER, TARGET_DELTA = 0.05, 0.8, 0.01
 KEYS = ["student", "arm", "budget", "n", "miou_mean", "miou_ci_low", "miou_ci_high"]
 STABILITY = ["repeats", "repeat_sd", "seed_sd"]
 COMPARISON = ["base_arm", "paired_n", "delta_vs_base", "delta_ci_low", "delta_ci_high", "delta_sd", "p_value",
-              "p_holm", "mde", "seeds_needed"]
-COUNTS = ["n", "repeats", "paired_n", "seeds_needed", "diverged"]
+              "p_holm", "mde", "seeds_needed", "decision", "decided_at", "delta_cs_low", "delta_cs_high"]
+COUNTS = ["n", "repeats", "paired_n", "seeds_needed", "decided_at", "diverged"]
 
 Run = tuple[int, int]  # (selection repeat, seed)
 Group = tuple[str, str, str]  # (student, arm, budget)
@@ -47,11 +49,16 @@ class AblationTable:
 
     frame columns: student, arm, budget, n, miou_mean, miou_ci_low, miou_ci_high, [repeats, repeat_sd,
     seed_sd when repeats > 1], base_arm, paired_n, delta_vs_base, delta_ci_low, delta_ci_high, delta_sd,
-    p_value, p_holm, mde, seeds_needed, effective_batch, <unit>_hours, retrain_<unit>_hours, diverged,
-    iou_<class>... Scores, deltas, SDs and MDEs are mIoU fractions. effective_batch is train.batch_size ×
+    p_value, p_holm, mde, seeds_needed, decision, decided_at, delta_cs_low, delta_cs_high, effective_batch,
+    <unit>_hours, retrain_<unit>_hours, diverged, iou_<class>... Scores, deltas, SDs and MDEs are mIoU
+    fractions. decision, decided_at: the anytime-valid verdict of the comparison and the pairs it was reached at;
+    delta_cs_*: its confidence sequence at that point (`fakd.results.verdicts`). effective_batch is train.batch_size ×
     train.accumulate × resources.workers of the row's retrain runs ("8/16" when they differ, empty when not
     recorded); hours count every worker of a data-parallel trial.
     batches: (batch_size, accumulate) of each (student, arm, budget)'s retrain runs; workers: processes per trial.
+    sequential: the seed count was not fixed in advance (a sequential retrain, or seeds raised after a retrain
+    had finished), so the fixed-n p-values and intervals do not apply and the verdicts do; seeds_raised: the
+    latter. method: the line that names the decision method.
     """
 
     frame: pd.DataFrame
@@ -63,6 +70,9 @@ class AblationTable:
     class_names: tuple[str, ...] = ()
     batches: Mapping[Group, tuple[tuple[int, int], ...]] = field(default_factory=dict)
     workers: int = 1
+    sequential: bool = False
+    seeds_raised: bool = False
+    method: str = ""
 
 
 def budget_of(record: TrialRecord) -> str:
@@ -128,6 +138,7 @@ def build_table(study: StudyDir, spec: StudySpec | None = None,
                 ious[group].append(iou)
 
     students = sorted({r.student for r in records} or {spec.defaults.student.backbone})
+    found = study_verdicts(spec, records, table_comparisons(spec, records), table_rule(spec, meta, records))
     rows: list[dict[str, Any]] = []
     for student in students:
         for budget in budgets:
@@ -141,6 +152,7 @@ def build_table(study: StudyDir, spec: StudySpec | None = None,
                 base = ARM_TABLE[arm].base
                 if base in spec.settings.arms:
                     row.update(_comparison(base, scores[group], scores[(student, base, budget)]))
+                    row.update(_verdict(found.verdicts[group]))
                 row["effective_batch"] = effective_batch(tuple(batches[group]), resources.workers)
                 seconds = search_seconds[(student, arm)] + retrain_seconds[group]
                 row[hours_column] = seconds * per_unit / 3600
@@ -162,9 +174,20 @@ def build_table(study: StudyDir, spec: StudySpec | None = None,
         frame["effective_batch"] = frame["effective_batch"].astype("Int64")
     done = sum(len(runs) for runs in scores.values())
     failed = sum(r.state == FAILED for r in retrain)
+    raised = bool(meta.get("seeds_raised"))
     return AblationTable(frame, max(0, len(retrain) - done - failed), len(retrain), hours_column, repeats, budgets,
                          tuple(class_names), {group: tuple(sorted(pairs)) for group, pairs in batches.items()},
-                         resources.workers)
+                         resources.workers, sequential_rule(spec, meta) is not None or raised, raised,
+                         found.method())
+
+
+def _verdict(found: Verdict) -> dict[str, Any]:
+    """The sequential verdict columns of a comparison (bounds NaN while the sequence is the whole line)."""
+    def bound(value: float) -> float:
+        return value if math.isfinite(value) else math.nan
+
+    return {"decision": found.decision, "decided_at": found.decided_at, "delta_cs_low": bound(found.low),
+            "delta_cs_high": bound(found.high)}
 
 
 def _comparison(base: str, arm_scores: Mapping[Run, float], base_scores: Mapping[Run, float]) -> dict[str, Any]:

@@ -33,7 +33,8 @@ from fakd.results.layout import (
     write_atomic,
     write_json,
 )
-from fakd.spec import NAME_PATTERN, STORAGE_FILES, StudySpec, load_spec
+from fakd.results.verdicts import compared_arms, decide_rule, sequential_rule, study_verdicts, table_comparisons
+from fakd.spec import NAME_PATTERN, STORAGE_FILES, DecideConfig, StudySpec, load_spec
 from fakd.study.cluster import check_cluster_resources, check_local_resources, largest_node_cpus, ray_runtime
 from fakd.study.integrity import check_resumable
 from fakd.study.lock import StudyLock, training_in, wait_for_earlier_training
@@ -45,7 +46,7 @@ from fakd.study.tracking import WandbStreamer, sync_hint
 from fakd.study.trainable import TrialContext
 from fakd.study.tune_glue import run_phase
 from fakd.tracking import effective_tracking, git_commit
-from fakd.vocab import BUDGETS
+from fakd.vocab import ARM_TABLE, BUDGETS
 
 Log = Callable[[str], None]
 GIVEN_TEACHER = "teachers/given/teacher.pt"
@@ -108,25 +109,53 @@ def resume(
 
 
 def retrain(
-    study_path: str | Path, seeds: int, *, budget: str | None = None, address: str | None = None,
-    no_wandb: bool = False, log: Log = _print,
+    study_path: str | Path, seeds: int | None = None, *, until_decided: bool = False, max_seeds: int | None = None,
+    budget: str | None = None, address: str | None = None, no_wandb: bool = False, log: Log = _print,
 ) -> StudyDir:
-    """Select-then-retrain with `seeds` seeds at `budget` (default: the spec's `search.retrain_budget`),
-    finishing the search first if it was interrupted; more seeds than the study has train only the missing
-    ones."""
-    if seeds < 1:
+    """Select-then-retrain at `budget` (default: the spec's `search.retrain_budget`), finishing the search first
+    if it was interrupted: with `seeds`, that many seeds (more than the study has train only the missing ones);
+    with `until_decided`, rounds of `search.decide.round` seeds until every comparison is decided or has
+    `max_seeds` (default: `search.decide.max_seeds`). Every refusal happens before anything is written."""
+    if (seeds is None) == (not until_decided):
+        raise UserError("takes either --seeds N or --until-decided", key="--seeds")
+    if max_seeds is not None and not until_decided:
+        raise UserError("applies to --until-decided only", key="--max-seeds")
+    if seeds is not None and seeds < 1:
         raise UserError(f"must be at least 1, got {seeds}", key="--seeds")
     if budget is not None and budget not in BUDGETS:
         raise UserError(f"unknown budget {budget!r}; accepted: {', '.join(BUDGETS)}", key="--budget")
     study = open_study_dir(study_path)
-    chosen = budget or load_spec(study.spec).settings.search.retrain_budget
-    done = seeds_done(read_trials(study, "retrain"), chosen)
-    if seeds < done:
+    spec = load_spec(study.spec)
+    chosen = budget or spec.settings.search.retrain_budget
+    retrained = read_trials(study, "retrain")
+    done = seeds_done(retrained, chosen)
+    rule = _until_decided_rule(study, spec, done, max_seeds) if until_decided else None
+    if seeds is not None and seeds < done:
         raise UserError(f"the study already has {done} retrain seeds at {chosen}; --seeds takes {done} or more "
                         "(more seeds train only the missing ones)", key="--seeds")
     with _driving(study, "retrain", address) as (spec, signals):
-        _drive(study, spec, signals, log, seeds=seeds, budget=chosen, no_wandb=no_wandb)
+        _drive(study, spec, signals, log, seeds=seeds, budget=chosen, rule=rule, no_wandb=no_wandb)
     return study
+
+
+def _until_decided_rule(study: StudyDir, spec: StudySpec, done: int, max_seeds: int | None) -> DecideConfig:
+    """The decision settings of `retrain --until-decided`, refused (one line) where they cannot apply."""
+    if done == 0:
+        raise UserError(f"{study.root} has no retrain runs to decide from; retrain a first round with "
+                        f"`launch.py retrain {study.root} --seeds N`, or sweep with search.decide in the spec",
+                        key="--until-decided")
+    if not compared_arms(spec):
+        raise UserError(f"no arm of this study has its base arm ({', '.join(spec.settings.arms)}), so there is "
+                        "no comparison to decide", key="--until-decided")
+    rule = decide_rule(spec)
+    if max_seeds is not None:
+        if max_seeds < 2:
+            raise UserError(f"must be at least 2, got {max_seeds}", key="--max-seeds")
+        rule = rule.model_copy(update={"max_seeds": max_seeds})
+    if rule.max_seeds < done:
+        raise UserError(f"the study already has {done} retrain seeds; the maximum takes {done} or more",
+                        key="--max-seeds" if max_seeds is not None else "search.decide.max_seeds")
+    return rule
 
 
 @contextlib.contextmanager
@@ -182,7 +211,7 @@ def _create(study: StudyDir, spec: StudySpec, facts: DataFacts, name: str, spec_
 
 
 def _drive(study: StudyDir, spec: StudySpec, signals: StopSignals, log: Log, *, seeds: int | None = None,
-           budget: str | None = None, no_wandb: bool = False) -> None:
+           budget: str | None = None, rule: DecideConfig | None = None, no_wandb: bool = False) -> None:
     """Teacher, search, then retrain when seeds are asked for: whatever of it is not done yet.
 
     Nothing is written before the study's files (metadata, Optuna storage, every record) were read, nor while
@@ -203,7 +232,11 @@ def _drive(study: StudyDir, spec: StudySpec, signals: StopSignals, log: Log, *, 
     if no_wandb:
         study.update_metadata(no_wandb=True)
     if seeds:
-        study.update_metadata(retrain_seeds=seeds, retrain_budget=budget)
+        raised = bool(meta.get("retrain_finished")) and seeds > seeds_done(records, budget or "")
+        study.update_metadata(retrain_seeds=seeds, retrain_budget=budget, retrain_mode="fixed",
+                              seeds_raised=bool(meta.get("seeds_raised")) or raised)
+    elif rule is not None:
+        study.update_metadata(retrain_mode="sequential", decide=rule.model_dump(), retrain_budget=budget)
     teacher = _teacher(study, spec, log)
     signals.check()
     context = TrialContext(str(study.root), teacher["path"])
@@ -223,9 +256,12 @@ def _drive(study: StudyDir, spec: StudySpec, signals: StopSignals, log: Log, *, 
     if hint:
         log(hint)
     meta = study.metadata()
+    budget = meta.get("retrain_budget") or spec.settings.search.retrain_budget
+    rule = sequential_rule(spec, meta)
     seeds = meta.get("retrain_seeds") or spec.settings.search.retrain_seeds
-    if seeds:
-        budget = meta.get("retrain_budget") or spec.settings.search.retrain_budget
+    if rule is not None:
+        _retrain_until_decided(study, spec, context, teacher, rule, budget, signals, log)
+    elif seeds:
         _retrain(study, spec, context, teacher, seeds, budget, signals, log)
 
 
@@ -266,10 +302,48 @@ def _retrain(study: StudyDir, spec: StudySpec, context: TrialContext, teacher: d
             + ", ".join(f"{arm} {n} iterations" for arm, n in iters.items()) + ")")
         _run(phase, study, spec, context, teacher, signals, log)
         study.update_metadata(retrain_finished=now())
+    _refuse_unselected(problems)
+
+
+def _refuse_unselected(problems: dict[str, str]) -> None:
+    """After a retrain: one line for the arms that had no finished search trial to retrain."""
     if problems:
         arm, reason = next(iter(problems.items()))
         raise UserError(reason + (f" (and {len(problems) - 1} more arms)" if len(problems) > 1 else ""),
                         key=f"arms.{arm}")
+
+
+def _retrain_until_decided(study: StudyDir, spec: StudySpec, context: TrialContext, teacher: dict[str, Any],
+                           rule: DecideConfig, budget: str, signals: StopSignals, log: Log) -> None:
+    """Rounds of `rule.round` fresh seeds, shared by the arms of the comparisons still undecided, until every
+    comparison is decided or has `rule.max_seeds` seeds. The rounds are a function of the records alone: a
+    resumed driver finishes the round it finds planned, then goes on as an uninterrupted one would."""
+    records = read_trials(study)
+    planned = seeds_done(records, budget)
+    first = min(rule.max_seeds, max(rule.round, spec.settings.search.retrain_seeds))
+    target = max(first, planned)
+    per_arm = {arm: seeds_done([r for r in records if r.arm == arm], budget) for arm in spec.settings.arms}
+    arms = [arm for arm in spec.settings.arms if per_arm[arm] == target] if planned >= first else spec.settings.arms
+    while True:
+        plan, problems = plan_retrain(spec, read_trials(study), retrain_seeds(spec, target), budget, arms)
+        phase = RetrainPhase(study, spec, log, plan)
+        if not phase.is_finished():
+            log(f"retrain round to {target} seeds ({budget}): {', '.join(arms)}; "
+                f"{sum(r.state not in ('COMPLETE', 'PRUNED', 'FAILED') for r in phase.records.values())} runs to go")
+            _run(phase, study, spec, context, teacher, signals, log)
+        records = read_trials(study)
+        found = study_verdicts(spec, records, table_comparisons(spec, records, budget), rule)
+        log("decisions at " + f"{target} seeds: " + "; ".join(
+            f"{arm} vs {ARM_TABLE[arm].base}: {v.decision}" + (f" at {v.decided_at}" if v.decided_at else "")
+            for (_, arm, _), v in found.verdicts.items()))
+        open_comparisons = found.undecided()
+        if not open_comparisons or target >= rule.max_seeds:
+            break
+        needed = {arm for _, arm, _ in open_comparisons} | {ARM_TABLE[arm].base for _, arm, _ in open_comparisons}
+        arms = [arm for arm in spec.settings.arms if arm in needed]
+        target = min(target + rule.round, rule.max_seeds)
+    study.update_metadata(retrain_finished=now())
+    _refuse_unselected(problems)
 
 
 def _teacher(study: StudyDir, spec: StudySpec, log: Log) -> dict[str, Any]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import statistics
 from collections import Counter, defaultdict
+from collections.abc import Collection
 
 from fakd.config import RunConfig
 from fakd.errors import UserError
@@ -82,10 +83,10 @@ def budget_iters(spec: StudySpec, records: list[TrialRecord], budget: str) -> di
             for arm, student in groups}
 
 
-def plan_retrain(spec: StudySpec, records: list[TrialRecord], seeds: list[int],
-                 budget: str = DEFAULT_BUDGET) -> tuple[list[TrialRecord], dict[str, str]]:
-    """Every retrain trial of `seeds` at `budget` (existing ones as recorded), and why an arm has nothing
-    to retrain."""
+def plan_retrain(spec: StudySpec, records: list[TrialRecord], seeds: list[int], budget: str = DEFAULT_BUDGET,
+                 arms: Collection[str] | None = None) -> tuple[list[TrialRecord], dict[str, str]]:
+    """Every retrain trial of `seeds` at `budget` of `arms` (default: every arm; existing ones as recorded),
+    and why an arm has nothing to retrain."""
     search = [r for r in records if r.phase == "search"]
     by_source: dict[str, list[TrialRecord]] = defaultdict(list)
     for record in records:
@@ -96,6 +97,8 @@ def plan_retrain(spec: StudySpec, records: list[TrialRecord], seeds: list[int],
     selected = {**select_best(search), **sources}
     plan: list[TrialRecord] = []
     for source in sorted(selected.values(), key=lambda r: (spec.settings.arms.index(r.arm), r.repeat, r.index)):
+        if arms is not None and source.arm not in arms:
+            continue
         base = RunConfig.model_validate(source.run)
         for seed in seeds:
             train = base.train.model_copy(update={"seed": seed, "iters": iters[(source.arm, source.student)]})
