@@ -32,6 +32,8 @@ SEARCHABLE_SECTIONS = ("data", "student", "train", "loss")
 FIXED_KEYS = ("data.name", "data.root")
 STORAGE_FILES = {"sqlite": "optuna.db", "journal": "optuna.journal"}  # kept inside the study directory
 NAME_PATTERN = r"^[A-Za-z0-9_+-][A-Za-z0-9_.+-]*$"  # a study name is one directory: no separators, no ..
+SAMPLERS = ("tpe", "gp", "qmc", "random")
+MODEL_SAMPLERS = ("tpe", "gp")  # fit a model to the finished trials after `startup_trials` random ones
 REMOVED_KEYS = {
     "search.metric": "search.metric was removed: studies select, stop early and rank by validation mIoU "
     "(search.objectives: [miou] or [miou, params])",
@@ -53,13 +55,13 @@ class SearchConfig(Strict):
     num_samples: int = Field(4, ge=1, description="trials per arm (per selection repeat)")
     max_concurrent: int = Field(2, ge=1, description="trials running at once, all arms together")
     seed: int = 0
-    sampler: Literal["tpe", "random"] = Field(
-        "tpe", description="tpe (Optuna's TPE, constant liar for concurrent suggestions) or random (a baseline for "
-        "the search itself)")
+    sampler: Literal[SAMPLERS] = Field(  # type: ignore[valid-type]
+        "tpe", description="tpe (Optuna's TPE, constant liar for concurrent suggestions), gp (Optuna's Gaussian-"
+        "process sampler), qmc (a scrambled Sobol sequence per arm) or random (a baseline for the search itself)")
     startup_trials: int | None = Field(
-        None, ge=0, description="tpe: finished trials of an arm drawn at random before TPE models them (default: a "
-        "third of num_samples, at most 10; Optuna's own default of 10 would leave a budget of 10 or fewer trials "
-        "random search)")
+        None, ge=0, description="tpe and gp: finished trials of an arm drawn at random before the model is fitted "
+        "(default: a third of num_samples, at most 10; Optuna's own default of 10 would leave a budget of 10 or fewer "
+        "trials random search)")
     scheduler: Literal["asha", "none"] = "asha"
     grace_period: int = Field(1, ge=1, description="evaluations before successive halving may stop a trial")
     reduction_factor: int = Field(2, ge=2)
@@ -103,7 +105,7 @@ class SearchConfig(Strict):
 
     @property
     def tpe_startup(self) -> int:
-        """Finished trials TPE draws at random before it models them."""
+        """Finished trials TPE or GP draws at random before it models them."""
         return self.startup_trials if self.startup_trials is not None else min(10, math.ceil(self.num_samples / 3))
 
     @property
@@ -281,8 +283,9 @@ def _check_effects(spec: StudySpec) -> None:
     if decide is not None and spec.settings.search.retrain_seeds > decide.max_seeds:
         raise UserError(f"search.retrain_seeds ({spec.settings.search.retrain_seeds}) is above the maximum "
                         f"({decide.max_seeds})", file=spec.path, key="search.decide.max_seeds")
-    if "startup_trials" in search and spec.settings.search.sampler != "tpe":
-        raise UserError("has no effect unless search.sampler is tpe", file=spec.path, key="search.startup_trials")
+    if "startup_trials" in search and spec.settings.search.sampler not in MODEL_SAMPLERS:
+        raise UserError(f"has no effect unless search.sampler is {' or '.join(MODEL_SAMPLERS)}", file=spec.path,
+                        key="search.startup_trials")
     if "generation_size" in search and not spec.settings.search.reproducible:
         raise UserError("has no effect unless search.reproducible is true", file=spec.path,
                         key="search.generation_size")

@@ -196,9 +196,10 @@ def run_status(study: StudyDir) -> list[dict]:
     return json.loads(json.dumps([r.status_json() for r in read_trials(study)]))
 
 
-@pytest.mark.parametrize("scheduler", ["asha", "none"])
-def test_reproducible_mode_decides_the_same_under_any_timing(tmp_path, scheduler):
-    spec = make_spec(scheduler=scheduler, reproducible=True, generation_size=3)
+@pytest.mark.parametrize(("scheduler", "sampler"), [("asha", "tpe"), ("none", "tpe"), ("asha", "gp"),
+                                                   ("asha", "qmc")])
+def test_reproducible_mode_decides_the_same_under_any_timing(tmp_path, scheduler, sampler):
+    spec = make_spec(scheduler=scheduler, reproducible=True, generation_size=3, sampler=sampler)
     outcomes = []
     for run, (slots, seed) in enumerate([(1, 0), (3, 1), (5, 7)]):
         study, _ = search(tmp_path / str(run), spec, slots=slots, seed=seed)
@@ -206,6 +207,20 @@ def test_reproducible_mode_decides_the_same_under_any_timing(tmp_path, scheduler
     assert outcomes[0] == outcomes[1] == outcomes[2]
     states = {item["status"] for item in outcomes[0]}
     assert states == ({COMPLETE, PRUNED} if scheduler == "asha" else {COMPLETE})
+
+
+def test_qmc_spreads_each_arms_trials_over_the_space(tmp_path):
+    """After the first trial (which Optuna's QMC draws at random, to learn the space), an arm's learning rates are
+    the first points of one scrambled Sobol sequence: one in each quarter of the log range among the next four
+    (random draws land so by chance only), in reproducible mode too."""
+    for reproducible in (False, True):
+        spec = make_spec(scheduler="none", sampler="qmc", num_samples=5, reproducible=reproducible)
+        study, _ = search(tmp_path / str(reproducible), spec)
+        for arm in ("baseline", "kd"):
+            trials = sorted((r for r in read_trials(study) if r.arm == arm), key=lambda r: r.index)
+            rates = [r.values["train.lr"] for r in trials[1:]]
+            quarters = sorted(int((math.log10(lr) + 3) / 0.5) for lr in rates)
+            assert quarters == [0, 1, 2, 3], (arm, rates)
 
 
 def test_async_mode_depends_on_timing_reproducible_mode_does_not(tmp_path):

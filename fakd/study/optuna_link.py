@@ -11,12 +11,13 @@ import hashlib
 import json
 import logging
 import socket
+import warnings
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import optuna
-from optuna.samplers import RandomSampler, TPESampler
+from optuna.samplers import GPSampler, QMCSampler, RandomSampler, TPESampler
 from optuna.trial import TrialState
 
 from fakd.errors import UserError
@@ -137,21 +138,31 @@ class OptunaLink:
         search = self.spec.settings.search
         study = self.study(arm, repeat)
         if index is not None:
-            study.sampler = self._sampler(derived_seed(search.seed, arm, repeat, index))
+            study.sampler = self._sampler(derived_seed(search.seed, arm, repeat, index), arm, repeat)
         else:  # one sampler per driver run, seeded also by the trials asked before: a resumed driver never
             # replays the random draws of the trials it already has
             if (arm, repeat) not in self.samplers:
                 asked = len(study.get_trials(deepcopy=False))
-                self.samplers[(arm, repeat)] = self._sampler(derived_seed(search.seed, arm, repeat, asked))
+                self.samplers[(arm, repeat)] = self._sampler(derived_seed(search.seed, arm, repeat, asked), arm, repeat)
             study.sampler = self.samplers[(arm, repeat)]
         trial = study.ask(arm_space(self.spec, arm))
         trial.set_user_attr(TRIAL_ATTR, key)
         return trial.number, dict(trial.params)
 
-    def _sampler(self, seed: int) -> optuna.samplers.BaseSampler:
-        if self.spec.settings.search.sampler == "random":
+    def _sampler(self, seed: int, arm: str, repeat: int) -> optuna.samplers.BaseSampler:
+        search = self.spec.settings.search
+        if search.sampler == "random":
             return RandomSampler(seed=seed)
-        return TPESampler(seed=seed, constant_liar=True, n_startup_trials=self.spec.settings.search.tpe_startup)
+        if search.sampler == "qmc":  # one scrambling per arm: its points are the first of one Sobol sequence, in the
+            # order they are asked (Optuna counts them in the study), whatever the trial's own seed
+            warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning, module="fakd")
+            return QMCSampler(qmc_type="sobol", scramble=True, seed=derived_seed(search.seed, arm, repeat, "qmc"),
+                              independent_sampler=RandomSampler(seed=seed), warn_asynchronous_seeding=False,
+                              warn_independent_sampling=False)
+        if search.sampler == "gp":
+            return GPSampler(seed=seed, n_startup_trials=search.tpe_startup, deterministic_objective=False,
+                             independent_sampler=RandomSampler(seed=seed), warn_independent_sampling=False)
+        return TPESampler(seed=seed, constant_liar=True, n_startup_trials=search.tpe_startup)
 
     def report(self, record: TrialRecord, evaluation: int, row: Mapping[str, Any]) -> None:
         """The evaluation as an intermediate value (single-objective studies: Optuna keeps learning curves
