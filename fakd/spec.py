@@ -51,6 +51,13 @@ class DecideConfig(Strict):
     round: int = Field(2, ge=1, description="seeds added per round, to the arms of undecided comparisons only")
 
 
+class ConfirmConfig(Strict):
+    """Noise-aware selection: an arm's best search trials trained again with fresh seeds before it is selected."""
+
+    top: int = Field(ge=1, description="finished search trials of each arm trained again")
+    seeds: int = Field(ge=1, description="fresh seeds for each of them (held-out split, the search's iterations)")
+
+
 class SearchConfig(Strict):
     num_samples: int = Field(4, ge=1, description="trials per arm (per selection repeat)")
     max_concurrent: int = Field(2, ge=1, description="trials running at once, all arms together")
@@ -71,6 +78,8 @@ class SearchConfig(Strict):
     max_failures: int = Field(1, ge=0, description="retries of a trial after an infrastructure fault")
     retrain_seeds: int = Field(0, ge=0, description="seeds for select-then-retrain at the end of a sweep (with "
                                "decide: the seeds of its first round, at least decide.round)")
+    confirm: ConfirmConfig | None = Field(None, description="train each arm's top finished search trials again with "
+                                          "fresh seeds; the arm's selection is the best mean of those runs")
     decide: DecideConfig | None = Field(None, description="retrain in rounds of seeds until each comparison is "
                                         "decided (better, worse, equivalent) or reaches decide.max_seeds")
     retrain_budget: Literal[BUDGETS] = Field(  # type: ignore[valid-type]
@@ -276,6 +285,10 @@ def _check_effects(spec: StudySpec) -> None:
         for option in ("grace_period", "reduction_factor"):
             if option in search:
                 raise UserError("has no effect with search.scheduler: none", file=spec.path, key=f"search.{option}")
+    confirm = spec.settings.search.confirm
+    if confirm is not None and confirm.top > spec.settings.search.num_samples:
+        raise UserError(f"is above search.num_samples ({spec.settings.search.num_samples}): an arm has no more "
+                        "trials to confirm", file=spec.path, key="search.confirm.top")
     decide = spec.settings.search.decide
     if decide is not None and not any(arm.base in spec.settings.arms for arm in arms):
         raise UserError(f"no arm of this study has its base arm ({', '.join(spec.settings.arms)}), so there is no "

@@ -13,6 +13,7 @@ import json
 import math
 import random
 import sqlite3
+import statistics
 from pathlib import Path
 
 import optuna
@@ -24,8 +25,8 @@ from fakd.results.layout import FORMAT, write_json
 from fakd.spec import validate_spec
 from fakd.study.halving import CONTINUE, PRUNE, WAIT, AsyncHalving, SyncHalving, rung_milestones
 from fakd.study.optuna_link import OptunaLink, open_storage
-from fakd.study.phases import FINISHED, RetrainPhase, SearchPhase
-from fakd.study.selection import plan_retrain, retrain_seeds
+from fakd.study.phases import FINISHED, ConfirmPhase, RetrainPhase, SearchPhase
+from fakd.study.selection import plan_confirm, plan_retrain, retrain_seeds, select_best
 
 
 def make_spec(**search):
@@ -267,6 +268,35 @@ def test_retrain_plan_selects_the_best_finished_trial_and_adds_seeds(tmp_path):
         "retrain/" + p.key.split("/")[-1] for p in more if p.seed == 3]
 
 
+def noisy_curve(record: TrialRecord, evaluation: int) -> float:
+    """`curve` plus seed noise as large as the differences between configurations (fixed per trial key)."""
+    return curve(record, evaluation) + random.Random(record.key).gauss(0.0, 0.05)
+
+
+def test_confirmation_selects_the_best_mean_of_fresh_seeds(tmp_path):
+    spec = make_spec(scheduler="none", num_samples=5, confirm={"top": 3, "seeds": 2})
+    study, _ = search(tmp_path, spec, score=noisy_curve)
+    plan = plan_confirm(spec, read_trials(study))
+    assert len(plan) == 2 * 3 * 2  # arms × top × seeds, counted alike for every arm
+    phase = ConfirmPhase(study, spec, lambda line: None, plan)
+    Executor(phase, 2, 0, score=noisy_curve).run()
+    records = read_trials(study)
+    confirm = [r for r in records if r.phase == "confirm"]
+    assert len(confirm) == 12 and {r.state for r in confirm} == {COMPLETE}
+    assert all(r.run["phase"] == "search" and r.run["train"]["iters"] == 8 for r in confirm)  # held-out, same length
+    assert {r.seed for r in confirm} == {10_000, 10_001}  # neither the search's seed nor a retrain seed
+    selected = select_best(records)
+    for arm in ("baseline", "kd"):
+        finished = sorted((r for r in records if r.phase == "search" and r.arm == arm and r.final_miou is not None),
+                          key=lambda r: -r.final_miou)
+        tops = finished[:3]
+        assert {r.source for r in confirm if r.arm == arm} == {r.key for r in tops}
+        means = {t.key: statistics.fmean(c.final_miou for c in confirm if c.source == t.key) for t in tops}
+        assert selected[(arm, 0, "test_efficientnet")].key == max(means, key=means.get)
+    plan, _ = plan_retrain(spec, records, retrain_seeds(spec, 1))
+    assert {p.source for p in plan} == {r.key for r in selected.values()}
+
+
 def test_selection_repeats_search_each_arm_again_with_its_own_optuna_study(tmp_path):
     spec = make_spec(scheduler="asha", num_samples=3, selection_repeats=2)
     study, phase = search(tmp_path, spec, slots=3)
@@ -380,13 +410,17 @@ def test_equal_time_budgets_each_student_by_its_own_baseline(tmp_path):
 def test_random_search_is_a_sampler_of_its_own(tmp_path):
     spec = make_spec(scheduler="asha", grace_period=1, sampler="random")
     link = OptunaLink(spec, open_storage(spec, make_study(tmp_path / "link")), "tiny")
-    assert isinstance(link._sampler(0), optuna.samplers.RandomSampler)
-    tpe = OptunaLink(make_spec(num_samples=9), link.storage, "tiny")._sampler(0)
+    assert isinstance(link._sampler(0, "kd", 0), optuna.samplers.RandomSampler)
+    tpe = OptunaLink(make_spec(num_samples=9), link.storage, "tiny")._sampler(0, "kd", 0)
     assert isinstance(tpe, optuna.samplers.TPESampler)
     # TPE models an arm after a third of its budget: with Optuna's default of 10 random start-up trials a budget of
     # 9 would be random search throughout
     assert tpe._n_startup_trials == 3
-    assert OptunaLink(make_spec(startup_trials=0), link.storage, "tiny")._sampler(0)._n_startup_trials == 0
-    assert OptunaLink(make_spec(num_samples=60), link.storage, "tiny")._sampler(0)._n_startup_trials == 10
+    assert OptunaLink(make_spec(startup_trials=0), link.storage, "tiny")._sampler(0, "kd", 0)._n_startup_trials == 0
+    assert OptunaLink(make_spec(num_samples=60), link.storage, "tiny")._sampler(0, "kd", 0)._n_startup_trials == 10
+    gp = OptunaLink(make_spec(num_samples=9, sampler="gp"), link.storage, "tiny")._sampler(0, "kd", 0)
+    assert isinstance(gp, optuna.samplers.GPSampler) and gp._n_startup_trials == 3
+    qmc = OptunaLink(make_spec(sampler="qmc"), link.storage, "tiny")._sampler(0, "kd", 0)
+    assert isinstance(qmc, optuna.samplers.QMCSampler)
     study, _ = search(tmp_path, spec, slots=2)
     assert sorted(r.arm for r in read_trials(study)) == ["baseline"] * 6 + ["kd"] * 6

@@ -70,6 +70,10 @@ BAD = [
     ("search.decide={max_seeds: 1}", "search.decide.max_seeds", "greater than or equal to 2"),
     ("search.decide={rounds: 2}", "search.decide.rounds", "accepted: margin, alpha, max_seeds, round"),
     ("arms=[baseline]", "search.decide", "no comparison to decide"),
+    ("search.confirm={top: 2, seeds: 1}", "search.confirm.top", "above search.num_samples (1)"),
+    ("search.confirm={top: 1, seeds: 0}", "search.confirm.seeds", "greater than or equal to 1"),
+    ("search.confirm={top: 1}", "search.confirm.seeds", "required key is missing"),
+    ("search.sampler=bayes", "search.sampler", "'tpe', 'gp', 'qmc' or 'random'"),
 ]
 
 

@@ -18,7 +18,7 @@ from typing import Any
 from fakd.errors import UserError
 from fakd.results.layout import StudyDir, read_json, write_json
 
-PHASES = ("search", "retrain")
+PHASES = ("search", "confirm", "retrain")
 PENDING, RUNNING, COMPLETE, PRUNED, FAILED = "PENDING", "RUNNING", "COMPLETE", "PRUNED", "FAILED"
 TERMINAL = frozenset({COMPLETE, PRUNED, FAILED})
 TRIAL_FILE, RESULTS_FILE = "trial.json", "results.jsonl"
@@ -26,7 +26,8 @@ TRIAL_FILE, RESULTS_FILE = "trial.json", "results.jsonl"
 
 @dataclass
 class TrialRecord:
-    """One trial of a study: search (an Optuna suggestion) or retrain (a selected configuration, one seed)."""
+    """One trial of a study: search (an Optuna suggestion), confirm (a top search trial again with a fresh seed,
+    on the held-out split) or retrain (a selected configuration, one seed)."""
 
     key: str  # "search/kd_fakd-003", "retrain/kd_fakd-003-seed1": also its directory under trials/
     phase: str
@@ -40,7 +41,7 @@ class TrialRecord:
     repeat: int = 0  # selection repeat (an independent search of the arm)
     generation: int = 0  # reproducible mode: the batch of suggestions it belongs to
     optuna_number: int | None = None
-    source: str | None = None  # retrain: the search trial whose configuration it retrains
+    source: str | None = None  # confirm and retrain: the search trial whose configuration it trains again
     budget: str | None = None  # retrain: "equal-iters" or "equal-time"
     reason: str | None = None  # why it ended as it did (pruned at ..., diverged, error)
     error: str | None = None  # the end of the traceback of an errored trial

@@ -1,5 +1,6 @@
-"""The two phases of a study as its driver runs them: which trial runs next, what each result decides, how
-each trial ends. Ray Tune only executes trials (`fakd.study.tune_glue` adapts these objects to its API).
+"""The phases of a study as its driver runs them (search, confirm, retrain): which trial runs next, what each
+result decides, how each trial ends. Ray Tune only executes trials (`fakd.study.tune_glue` adapts these objects to
+its API).
 
 Everything a phase decides is written to the trial records before Tune acts on it, and a phase rebuilds
 its state from the records when a driver starts, so a study stopped in any way resumes where it was:
@@ -341,3 +342,13 @@ class RetrainPhase(Phase):
 
     def budget(self) -> int:
         return len(self.planned)
+
+
+class ConfirmPhase(RetrainPhase):
+    """Each arm's best search trials trained again with fresh seeds on the held-out split (`search.confirm`):
+    planned up front, like the retrain; their checkpoints go once they end, like the search's."""
+
+    name = "confirm"
+
+    def ended(self, record: TrialRecord) -> None:
+        shutil.rmtree(self.study.trial_dir(record.key) / "checkpoints", ignore_errors=True)

@@ -39,8 +39,16 @@ from fakd.study.cluster import check_cluster_resources, check_local_resources, l
 from fakd.study.integrity import check_resumable
 from fakd.study.lock import StudyLock, training_in, wait_for_earlier_training
 from fakd.study.optuna_link import OptunaLink, open_storage
-from fakd.study.phases import Phase, RetrainPhase, SearchPhase
-from fakd.study.selection import outcome, plan_retrain, retrain_seeds, seeds_done
+from fakd.study.phases import ConfirmPhase, Phase, RetrainPhase, SearchPhase, short_values
+from fakd.study.selection import (
+    confirmed_scores,
+    outcome,
+    plan_confirm,
+    plan_retrain,
+    retrain_seeds,
+    seeds_done,
+    select_best,
+)
 from fakd.study.signals import StopSignals
 from fakd.study.tracking import WandbStreamer, sync_hint
 from fakd.study.trainable import TrialContext
@@ -247,6 +255,8 @@ def _drive(study: StudyDir, spec: StudySpec, signals: StopSignals, log: Log, *, 
             " done")
         _run(search, study, spec, context, teacher, signals, log)
         study.update_metadata(search_finished=now())
+    if spec.settings.search.confirm is not None:
+        _confirm(study, spec, context, teacher, signals, log)
     _summarise(search, log)
     if "params" in spec.settings.search.objectives:
         front = pareto_front(list(search.records.values()))
@@ -281,6 +291,25 @@ def _run(phase: Phase, study: StudyDir, spec: StudySpec, context: TrialContext, 
         raise RuntimeError(f"the {phase.name} ended with unfinished trials ({', '.join(unfinished[:5])}); "
                            f"`launch.py resume {study.root}` continues them")
     log(f"{phase.name} finished in {time.perf_counter() - started:.0f} s")
+
+
+def _confirm(study: StudyDir, spec: StudySpec, context: TrialContext, teacher: dict[str, Any],
+             signals: StopSignals, log: Log) -> None:
+    """Train each arm's `search.confirm.top` best search trials again with `search.confirm.seeds` fresh seeds."""
+    phase = ConfirmPhase(study, spec, log, plan_confirm(spec, read_trials(study)))
+    if not phase.is_finished():
+        confirm = spec.settings.search.confirm
+        log(f"confirm: {phase.budget()} runs (each arm's {confirm.top} best search trials × {confirm.seeds} fresh "
+            "seeds, held-out split)")
+        _run(phase, study, spec, context, teacher, signals, log)
+        study.update_metadata(confirm_finished=now())
+    records = read_trials(study)
+    confirmed = confirmed_scores(records)
+    for (arm, _, _), record in sorted(select_best(records).items()):
+        runs = confirmed.get(record.key, [])
+        if runs:
+            log(f"[{arm}] selected {record.key}: mean confirmed mIoU {sum(runs) / len(runs):.4f} over {len(runs)} "
+                f"seeds ({short_values(record.values)})")
 
 
 def _summarise(search: SearchPhase, log: Log) -> None:

@@ -34,15 +34,69 @@ def retrain_seeds(spec: StudySpec, count: int) -> list[int]:
     return [spec.defaults.train.seed + 1 + i for i in range(count)]
 
 
+CONFIRM_SEED_OFFSET = 10_000
+"""Confirmation seeds start here above `train.seed`: never a search seed, never a retrain seed, so a confirmed
+selection carries no luck of its own into the retrain it is compared on."""
+
+
+def confirm_seeds(spec: StudySpec, count: int) -> list[int]:
+    return [spec.defaults.train.seed + CONFIRM_SEED_OFFSET + i for i in range(count)]
+
+
+def best_search_trials(records: list[TrialRecord], top: int) -> dict[Group, list[TrialRecord]]:
+    """The `top` best finished search trials of each (arm, repeat, student), best first; ties go to the earlier
+    trial."""
+    found: dict[Group, list[TrialRecord]] = defaultdict(list)
+    for record in sorted(records, key=lambda r: r.index):
+        if record.phase == "search" and record.final_miou is not None:
+            found[(record.arm, record.repeat, record.student)].append(record)
+    return {group: sorted(trials, key=lambda r: (-r.final_miou, r.index))[:top] for group, trials in found.items()}
+
+
+def plan_confirm(spec: StudySpec, records: list[TrialRecord]) -> list[TrialRecord]:
+    """Every confirmation run: each arm's `search.confirm.top` best search trials, each with
+    `search.confirm.seeds` fresh seeds, at the search's iterations on its held-out split."""
+    confirm = spec.settings.search.confirm
+    if confirm is None:
+        return []
+    plan = []
+    tops = best_search_trials(records, confirm.top)
+    for group in sorted(tops, key=lambda g: (spec.settings.arms.index(g[0]), g[1], g[2])):
+        for source in tops[group]:
+            base = RunConfig.model_validate(source.run)
+            for seed in confirm_seeds(spec, confirm.seeds):
+                cfg = base.model_copy(update={"train": base.train.model_copy(update={"seed": seed})})
+                plan.append(TrialRecord(
+                    key=f"confirm/{source.key.split('/')[-1]}-seed{seed}", phase="confirm", arm=source.arm,
+                    index=seed, values=dict(source.values), run=cfg.model_dump(mode="json"), student=source.student,
+                    seed=seed, repeat=source.repeat, source=source.key))
+    return plan
+
+
+def confirmed_scores(records: list[TrialRecord]) -> dict[str, list[float]]:
+    """Each confirmed search trial's finished confirmation scores (search key → mIoUs, in seed order)."""
+    found: dict[str, list[tuple[int, float]]] = defaultdict(list)
+    for record in records:
+        if record.phase == "confirm" and record.source and record.final_miou is not None:
+            found[record.source].append((record.seed, record.final_miou))
+    return {source: [score for _, score in sorted(pairs)] for source, pairs in found.items()}
+
+
 def select_best(records: list[TrialRecord]) -> dict[Group, TrialRecord]:
-    """The best finished search trial of each (arm, repeat, student); ties go to the earlier trial."""
+    """The selected search trial of each (arm, repeat, student): the best mean of its confirmation runs where the
+    group was confirmed (the search trial's own score, chosen for being high, is left out of that mean), else the
+    best finished search trial; ties go to the earlier trial."""
+    confirmed = confirmed_scores(records)
     best: dict[Group, TrialRecord] = {}
+    score: dict[Group, tuple[bool, float]] = {}
     for record in sorted(records, key=lambda r: r.index):
         if record.phase != "search" or record.final_miou is None:
             continue
         group = (record.arm, record.repeat, record.student)
-        if group not in best or record.final_miou > best[group].final_miou:
-            best[group] = record
+        runs = confirmed.get(record.key)
+        mine = (True, statistics.fmean(runs)) if runs else (False, record.final_miou)
+        if group not in best or mine > score[group]:
+            best[group], score[group] = record, mine
     return best
 
 
@@ -94,7 +148,7 @@ def plan_retrain(spec: StudySpec, records: list[TrialRecord], seeds: list[int], 
             by_source[record.source or ""].append(record)
     iters = budget_iters(spec, records, budget)
     sources = {(r.arm, r.repeat, r.student): r for r in search if r.key in by_source}  # kept once chosen
-    selected = {**select_best(search), **sources}
+    selected = {**select_best(records), **sources}
     plan: list[TrialRecord] = []
     for source in sorted(selected.values(), key=lambda r: (spec.settings.arms.index(r.arm), r.repeat, r.index)):
         if arms is not None and source.arm not in arms:
