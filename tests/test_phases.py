@@ -22,11 +22,12 @@ from conftest import TINY_SPEC
 
 from fakd.results import COMPLETE, FAILED, PRUNED, StudyDir, TrialRecord, read_trials
 from fakd.results.layout import FORMAT, write_json
+from fakd.results.selection import select_best
 from fakd.spec import validate_spec
 from fakd.study.halving import CONTINUE, PRUNE, WAIT, AsyncHalving, SyncHalving, rung_milestones
 from fakd.study.optuna_link import OptunaLink, open_storage
 from fakd.study.phases import FINISHED, ConfirmPhase, RetrainPhase, SearchPhase
-from fakd.study.selection import plan_confirm, plan_retrain, retrain_seeds, select_best
+from fakd.study.selection import plan_confirm, plan_retrain, retrain_seeds
 
 
 def make_spec(**search):

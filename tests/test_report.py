@@ -654,3 +654,28 @@ def test_gpu_study_reports_gpu_hours(tmp_path, capsys):
     assert "gpu_hours" in rows[0] and float(rows[1]["gpu_hours"]) == pytest.approx(0.5 * (3 * 60 + 2 * 120) / 3600)
     assert main(["export", str(study.root)]) == 0
     assert "GPU hours" in capsys.readouterr().out
+
+
+def test_report_shows_each_arms_selection_with_its_confirmation_mean_and_the_runner_up(tmp_path, capsys):
+    study = make_study(tmp_path / "confirmed", arms=["baseline", "kd"])
+    student = "mobilenetv3_small_050"
+    scores = {"000": [0.41, 0.43], "001": [0.45, 0.46]}  # the second search trial confirms better
+    for arm in ("baseline", "kd"):
+        slug = ARM_TABLE[arm].slug
+        for index, runs in scores.items():
+            source = f"search/{student}-{slug}-r0-{index}"
+            for seed, miou in zip((10_000, 10_001), runs, strict=True):
+                key = f"confirm/{student}-{slug}-r0-{index}-seed{seed}"
+                write_trial(study, TrialRecord(key=key, phase="confirm", arm=arm, index=seed, values={}, run={
+                    "train": {"iters": 4, "eval_every": 2}}, student=student, seed=seed, state="COMPLETE",
+                    source=source))
+                append_result(study, key, {"iteration": 4, "val_miou": miou, "window_seconds": 10.0})
+    assert main(["export", str(study.root), "--format", "html"]) == 0
+    page = capsys.readouterr().out
+    section = page[page.index("<h2>Selection</h2>"):page.index("<h2>Teacher</h2>")]
+    assert "best mean of its confirmation runs" in section
+    kd = next(row for row in section.split("<tr>") if "<td>kd</td>" in row)
+    cells = re.findall(r"<td[^>]*>(.*?)</td>", kd)
+    assert cells[3] == f"search/{student}-kd-r0-001" and cells[5] == f"search/{student}-kd-r0-000"
+    assert cells[4].startswith("45.5 [") and cells[4].endswith("(2 confirmed)")
+    assert cells[6].startswith("42.0 [")

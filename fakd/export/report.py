@@ -21,10 +21,13 @@ from fakd.export.render import (
     missing,
     percent,
     render,
+    score_cell,
     significant,
 )
+from fakd.export.stats import mean_ci
 from fakd.export.table import ALPHA, AblationTable, budget_of, effective_batch
 from fakd.results import TrialRecord
+from fakd.results.selection import confirmed_scores, select_best
 from fakd.spec import StudySpec
 
 STYLE = """
@@ -46,6 +49,49 @@ table.facts th { background: none; font-weight: 600; vertical-align: top; }
 table.facts td { white-space: normal; }
 b.sig { color: #0a5c2a; } b.sig sup { font-size: .75em; }
 """
+
+
+SELECTION_HEADER = ["student", "arm", "repeat", "selected trial", "mIoU % [95% CI] (runs)", "runner-up",
+                    "mIoU % [95% CI] (runs)", "selected configuration"]
+
+
+def selection_rows(spec: StudySpec, records: list[TrialRecord]) -> tuple[list[list[str]], bool]:
+    """Each (student, arm, repeat)'s selected search trial and its runner-up, with the score each was chosen on: the
+    mean [CI] of its confirmation runs where the arm was confirmed, else its one held-out search score; and whether
+    any arm was confirmed."""
+    confirmed = confirmed_scores(records)
+    selected = select_best(records)
+    searched: dict[tuple[str, int, str], list[TrialRecord]] = defaultdict(list)
+    for record in records:
+        if record.phase == "search" and record.final_miou is not None:
+            searched[(record.arm, record.repeat, record.student)].append(record)
+
+    def score(record: TrialRecord) -> tuple[bool, float]:
+        runs = confirmed.get(record.key)
+        return (True, sum(runs) / len(runs)) if runs else (False, float(record.final_miou))
+
+    def cell(record: TrialRecord | None) -> str:
+        if record is None:
+            return "-"
+        runs = confirmed.get(record.key) or [float(record.final_miou)]
+        mean, low, high = mean_ci(runs)
+        return f"{score_cell(mean, low, high)} ({len(runs)}{' confirmed' if record.key in confirmed else ''})"
+
+    rows = []
+    order = {arm: i for i, arm in enumerate(spec.settings.arms)}
+    for group in sorted(selected, key=lambda g: (g[2], order.get(g[0], len(order)), g[1])):
+        arm, repeat, student = group
+        best = selected[group]
+        others = sorted((r for r in searched[group] if r.key != best.key), key=lambda r: (score(r), -r.index))
+        runner_up = others[-1] if others else None
+        values = ", ".join(f"{k}={_short(v)}" for k, v in sorted(best.values.items())) or "(defaults)"
+        rows.append([student, arm, str(repeat), best.key, cell(best), runner_up.key if runner_up else "-",
+                     cell(runner_up), values])
+    return rows, bool(confirmed)
+
+
+def _short(value: Any) -> str:
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
 
 
 @dataclass(frozen=True)
@@ -161,7 +207,7 @@ def _summary_cells(table: AblationTable) -> list[list[str]]:
 
 
 def html_report(facts: StudyFacts, spec_text: str, table: AblationTable, note: str, plots: list[Path],
-                skipped: list[str]) -> str:
+                skipped: list[str], selection: tuple[list[list[str]], bool] = ([], False)) -> str:
     """The report's HTML: the study's facts, decisions, compact and full tables (significant comparisons
     marked), teacher, plots (embedded), spec, notes."""
     esc = html.escape
@@ -181,8 +227,10 @@ def html_report(facts: StudyFacts, spec_text: str, table: AblationTable, note: s
     sentences = decisions(table)
     out += [f"<li>{esc(sentence)}</li>" for sentence in sentences] or ["<li>No arm has a base arm in this study."
                                                                        "</li>"]
-    out += ["</ul>", '<p class="small">A comparison is resolved when its Holm-adjusted p-value is below 0.05. '
-            "mIoU differences are in percentage points.</p>"]
+    rule = ("A comparison is decided when its anytime-valid confidence sequence excludes 0 (better or worse) or lies "
+            "within the margin (equivalent); the seed count was not fixed in advance, so no fixed-n p-value applies."
+            if table.sequential else f"A comparison is resolved when its Holm-adjusted p-value is below {ALPHA:g}.")
+    out += ["</ul>", f'<p class="small">{esc(rule)} mIoU differences are in percentage points.</p>']
 
     out += ["<h2>Summary</h2>", '<div class="scroll">',
             html_table([esc(h) for h in parts.header], _summary_cells(table), parts.right, "compact"), "</div>",
@@ -192,6 +240,15 @@ def html_report(facts: StudyFacts, spec_text: str, table: AblationTable, note: s
         out += [f"<p>{esc(title)}</p>", '<div class="scroll">',
                 html_table([esc(h) for h in header], [[esc(c) for c in row] for row in rows], right, "block"),
                 "</div>"]
+
+    rows, confirmed = selection
+    if rows:
+        how = ("the best mean of its confirmation runs (its top search trials trained again with fresh seeds on the "
+               "held-out split)" if confirmed else "the best held-out mIoU of one search run")
+        out += ["<h2>Selection</h2>", f'<p class="small">Each arm\'s selected configuration: {how}, next to the '
+                "runner-up.</p>", '<div class="scroll">',
+                html_table([esc(h) for h in SELECTION_HEADER], [[esc(c) for c in row] for row in rows],
+                           [False, False, True, False, False, False, False, False], "selection"), "</div>"]
 
     out += ["<h2>Teacher</h2>", _teacher(table)]
 

@@ -107,9 +107,10 @@ def _report(study: StudyDir, spec: StudySpec, records: list[TrialRecord], table:
             plot_dir: Path) -> tuple[str, list[Path], list[str]]:
     """The HTML report with its plots drawn into `plot_dir` and embedded; the plot files and skip notes."""
     from fakd.export.plots import write_plots
-    from fakd.export.report import html_report, study_facts
+    from fakd.export.report import html_report, selection_rows, study_facts
 
     written, skipped = write_plots(spec, records, plot_dir)
     meta = study.metadata()
     facts = study_facts(str(meta.get("name") or spec.name), meta, spec, records, table)
-    return html_report(facts, study.spec.read_text(), table, note, written, skipped), written, skipped
+    report = html_report(facts, study.spec.read_text(), table, note, written, skipped, selection_rows(spec, records))
+    return report, written, skipped

@@ -33,6 +33,7 @@ from fakd.results.layout import (
     write_atomic,
     write_json,
 )
+from fakd.results.selection import confirmed_scores, select_best
 from fakd.results.verdicts import compared_arms, decide_rule, sequential_rule, study_verdicts, table_comparisons
 from fakd.spec import NAME_PATTERN, STORAGE_FILES, DecideConfig, StudySpec, load_spec
 from fakd.study.cluster import check_cluster_resources, check_local_resources, largest_node_cpus, ray_runtime
@@ -40,15 +41,7 @@ from fakd.study.integrity import check_resumable
 from fakd.study.lock import StudyLock, training_in, wait_for_earlier_training
 from fakd.study.optuna_link import OptunaLink, open_storage
 from fakd.study.phases import ConfirmPhase, Phase, RetrainPhase, SearchPhase, short_values
-from fakd.study.selection import (
-    confirmed_scores,
-    outcome,
-    plan_confirm,
-    plan_retrain,
-    retrain_seeds,
-    seeds_done,
-    select_best,
-)
+from fakd.study.selection import outcome, plan_confirm, plan_retrain, retrain_seeds, seeds_done
 from fakd.study.signals import StopSignals
 from fakd.study.tracking import WandbStreamer, sync_hint
 from fakd.study.trainable import TrialContext

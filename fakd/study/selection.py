@@ -15,10 +15,10 @@ from collections.abc import Collection
 from fakd.config import RunConfig
 from fakd.errors import UserError
 from fakd.results import FAILED, TrialRecord
+from fakd.results.selection import best_search_trials, select_best
 from fakd.spec import StudySpec
 from fakd.vocab import DEFAULT_BUDGET, REFERENCE_ARM
 
-Group = tuple[str, int, str]  # (arm, repeat, student)
 KEY_SUFFIX = {"equal-iters": "", "equal-time": "-time"}
 
 
@@ -43,16 +43,6 @@ def confirm_seeds(spec: StudySpec, count: int) -> list[int]:
     return [spec.defaults.train.seed + CONFIRM_SEED_OFFSET + i for i in range(count)]
 
 
-def best_search_trials(records: list[TrialRecord], top: int) -> dict[Group, list[TrialRecord]]:
-    """The `top` best finished search trials of each (arm, repeat, student), best first; ties go to the earlier
-    trial."""
-    found: dict[Group, list[TrialRecord]] = defaultdict(list)
-    for record in sorted(records, key=lambda r: r.index):
-        if record.phase == "search" and record.final_miou is not None:
-            found[(record.arm, record.repeat, record.student)].append(record)
-    return {group: sorted(trials, key=lambda r: (-r.final_miou, r.index))[:top] for group, trials in found.items()}
-
-
 def plan_confirm(spec: StudySpec, records: list[TrialRecord]) -> list[TrialRecord]:
     """Every confirmation run: each arm's `search.confirm.top` best search trials, each with
     `search.confirm.seeds` fresh seeds, at the search's iterations on its held-out split."""
@@ -71,33 +61,6 @@ def plan_confirm(spec: StudySpec, records: list[TrialRecord]) -> list[TrialRecor
                     index=seed, values=dict(source.values), run=cfg.model_dump(mode="json"), student=source.student,
                     seed=seed, repeat=source.repeat, source=source.key))
     return plan
-
-
-def confirmed_scores(records: list[TrialRecord]) -> dict[str, list[float]]:
-    """Each confirmed search trial's finished confirmation scores (search key → mIoUs, in seed order)."""
-    found: dict[str, list[tuple[int, float]]] = defaultdict(list)
-    for record in records:
-        if record.phase == "confirm" and record.source and record.final_miou is not None:
-            found[record.source].append((record.seed, record.final_miou))
-    return {source: [score for _, score in sorted(pairs)] for source, pairs in found.items()}
-
-
-def select_best(records: list[TrialRecord]) -> dict[Group, TrialRecord]:
-    """The selected search trial of each (arm, repeat, student): the best mean of its confirmation runs where the
-    group was confirmed (the search trial's own score, chosen for being high, is left out of that mean), else the
-    best finished search trial; ties go to the earlier trial."""
-    confirmed = confirmed_scores(records)
-    best: dict[Group, TrialRecord] = {}
-    score: dict[Group, tuple[bool, float]] = {}
-    for record in sorted(records, key=lambda r: r.index):
-        if record.phase != "search" or record.final_miou is None:
-            continue
-        group = (record.arm, record.repeat, record.student)
-        runs = confirmed.get(record.key)
-        mine = (True, statistics.fmean(runs)) if runs else (False, record.final_miou)
-        if group not in best or mine > score[group]:
-            best[group], score[group] = record, mine
-    return best
 
 
 def seeds_done(records: list[TrialRecord], budget: str = DEFAULT_BUDGET) -> int:
