@@ -78,6 +78,9 @@ class SearchConfig(Strict):
     max_failures: int = Field(1, ge=0, description="retries of a trial after an infrastructure fault")
     retrain_seeds: int = Field(0, ge=0, description="seeds for select-then-retrain at the end of a sweep (with "
                                "decide: the seeds of its first round, at least decide.round)")
+    add_on: Literal["joint", "inherit"] = Field(
+        "joint", description="an arm that adds FAKD to a base arm: joint searches every key it uses; inherit searches "
+        "only loss.fakd.*, on its base arm's selected values of the rest (searched after its base is selected)")
     confirm: ConfirmConfig | None = Field(None, description="train each arm's top finished search trials again with "
                                           "fresh seeds; the arm's selection is the best mean of those runs")
     decide: DecideConfig | None = Field(None, description="retrain in rounds of seeds until each comparison is "
@@ -285,6 +288,18 @@ def _check_effects(spec: StudySpec) -> None:
         for option in ("grace_period", "reduction_factor"):
             if option in search:
                 raise UserError("has no effect with search.scheduler: none", file=spec.path, key=f"search.{option}")
+    if spec.settings.search.add_on == "inherit":
+        add_ons = [arm for arm in arms if arm.add_on]
+        orphan = next((arm for arm in add_ons if arm.base not in spec.settings.arms), None)
+        if not add_ons or orphan:
+            what = (f"{orphan.name} adds FAKD to {orphan.base}, which is not one of the arms" if orphan else
+                    "no arm of this study adds a term to a base arm")
+            raise UserError(f"inherit needs each add-on arm's base arm in the study: {what} "
+                            f"({', '.join(spec.settings.arms)}); use add_on: joint", file=spec.path,
+                            key="search.add_on")
+        if "student.backbone" in spec.space:
+            raise UserError("inherit takes the base arm's selected values, one per arm: it needs a fixed "
+                            "student.backbone, not a searched one", file=spec.path, key="search.add_on")
     confirm = spec.settings.search.confirm
     if confirm is not None and confirm.top > spec.settings.search.num_samples:
         raise UserError(f"is above search.num_samples ({spec.settings.search.num_samples}): an arm has no more "

@@ -35,6 +35,16 @@ class Arm:
         return True
 
     @property
+    def add_on(self) -> bool:
+        """Whether the arm is its base arm plus one term (FAKD on a distillation term): with `search.add_on: inherit`
+        it searches only that term's keys, on its base arm's selection."""
+        return self.fakd and self.base is not None
+
+    def adds(self, key: str) -> bool:
+        """Whether `key` belongs to the term this arm adds to its base arm (used by the arm, not by the base)."""
+        return self.uses(key) and (self.base is None or not ARM_TABLE[self.base].uses(key))
+
+    @property
     def slug(self) -> str:
         """A name safe in paths (`kd+fakd` → `kd_fakd`)."""
         return self.name.replace("+", "_")

@@ -20,9 +20,11 @@ import optuna
 import pytest
 from conftest import TINY_SPEC
 
+from fakd.errors import UserError
 from fakd.results import COMPLETE, FAILED, PRUNED, StudyDir, TrialRecord, read_trials
 from fakd.results.layout import FORMAT, write_json
 from fakd.results.selection import select_best
+from fakd.results.space import search_stages
 from fakd.spec import validate_spec
 from fakd.study.halving import CONTINUE, PRUNE, WAIT, AsyncHalving, SyncHalving, rung_milestones
 from fakd.study.optuna_link import OptunaLink, open_storage
@@ -296,6 +298,37 @@ def test_confirmation_selects_the_best_mean_of_fresh_seeds(tmp_path):
         assert selected[(arm, 0, "test_efficientnet")].key == max(means, key=means.get)
     plan, _ = plan_retrain(spec, records, retrain_seeds(spec, 1))
     assert {p.source for p in plan} == {r.key for r in selected.values()}
+
+
+def test_an_inheriting_add_on_searches_its_own_keys_on_its_base_arms_selection(tmp_path):
+    raw = copy.deepcopy(TINY_SPEC)
+    raw["train"].update(iters=8, eval_every=1, lr={"loguniform": [0.001, 0.1]})
+    raw["loss"]["kd"]["temperature"] = {"choice": [1.0, 2.0, 4.0]}
+    raw["loss"]["fakd"]["max_strength"] = {"uniform": [0.5, 2.0]}
+    raw["search"] = {"num_samples": 4, "max_concurrent": 2, "seed": 0, "add_on": "inherit", "scheduler": "none",
+                     "confirm": {"top": 2, "seeds": 1}}
+    spec = validate_spec(raw, "phases.yaml")
+    assert search_stages(spec) == [["baseline", "kd"], ["kd+fakd"]]
+    study = make_study(tmp_path)
+    link = OptunaLink(spec, open_storage(spec, study), "tiny")
+    for arms in search_stages(spec):
+        Executor(SearchPhase(study, spec, lambda line: None, link, read_trials(study, "search"), arms), 2, 0,
+                 score=noisy_curve).run()
+        plan = [r for r in plan_confirm(spec, read_trials(study)) if r.arm in arms]
+        assert len(plan) == 2 * len(arms)
+        Executor(ConfirmPhase(study, spec, lambda line: None, plan), 2, 0, score=noisy_curve).run()
+    records = read_trials(study)
+    kd = select_best(records)[("kd", 0, "test_efficientnet")]
+    added = [r for r in records if r.phase == "search" and r.arm == "kd+fakd"]
+    assert len(added) == 4
+    for record in added:
+        assert record.values["train.lr"] == kd.values["train.lr"]
+        assert record.values["loss.kd.temperature"] == kd.values["loss.kd.temperature"]
+    assert len({r.values["loss.fakd.max_strength"] for r in added}) == 4
+    asked = optuna.load_study(study_name="tiny/kd+fakd", storage=link.storage).trials
+    assert all(set(trial.params) == {"loss.fakd.max_strength"} for trial in asked)
+    with pytest.raises(UserError, match="no search trial of kd finished"):
+        SearchPhase(make_study(tmp_path / "empty"), spec, lambda line: None, link, [], ["kd+fakd"])
 
 
 def test_selection_repeats_search_each_arm_again_with_its_own_optuna_study(tmp_path):

@@ -73,13 +73,16 @@ BAD = [
     ("search.confirm={top: 2, seeds: 1}", "search.confirm.top", "above search.num_samples (1)"),
     ("search.confirm={top: 1, seeds: 0}", "search.confirm.seeds", "greater than or equal to 1"),
     ("search.confirm={top: 1}", "search.confirm.seeds", "required key is missing"),
+    ("search.add_on=inherit", "search.add_on", "kd+fakd adds FAKD to kd, which is not one of the arms"),
+    ("search.add_on=always", "search.add_on", "'joint' or 'inherit'"),
     ("search.sampler=bayes", "search.sampler", "'tpe', 'gp', 'qmc' or 'random'"),
 ]
 
 
 @pytest.mark.parametrize(("override", "key", "accepted"), BAD)
 def test_bad_spec_exits_2_with_one_line(tiny_spec_path, capsys, override, key, accepted):
-    extra = ["--set", "search.decide={}"] if override == "arms=[baseline]" else []
+    extra = {"arms=[baseline]": ["--set", "search.decide={}"],
+             "search.add_on=inherit": ["--set", "arms=[baseline, kd+fakd]"]}.get(override, [])
     assert main(["train", str(tiny_spec_path), "--set", override, *extra]) == 2
     err = capsys.readouterr().err.strip()
     assert "\n" not in err

@@ -13,12 +13,15 @@ from __future__ import annotations
 import math
 import shutil
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
+from fakd.errors import UserError
 from fakd.results import COMPLETE, FAILED, PENDING, PRUNED, RUNNING, TERMINAL, TrialRecord, read_trials
 from fakd.results.layout import StudyDir, now
 from fakd.results.records import append_result, write_trial
+from fakd.results.selection import select_best
+from fakd.results.space import inherits
 from fakd.spec import StudySpec
 from fakd.study.halving import CONTINUE, PRUNE, WAIT, AsyncHalving, SyncHalving, rung_milestones
 from fakd.study.optuna_link import OptunaLink
@@ -228,11 +231,16 @@ class SearchPhase(Phase):
     name = "search"
 
     def __init__(self, study: StudyDir, spec: StudySpec, log: Log, optuna: OptunaLink,
-                 records: list[TrialRecord] | None = None) -> None:
-        super().__init__(study, spec, log, records)
+                 records: list[TrialRecord] | None = None, arms: Sequence[str] | None = None) -> None:
+        """`arms`: the arms of this search stage (default: all; see `search_stages`). An add-on arm that inherits
+        takes its base arm's selected values from the study's records, so its stage starts after its base's."""
+        arms = list(spec.settings.arms if arms is None else arms)
+        records = read_trials(study, self.name) if records is None else records
+        super().__init__(study, spec, log, [r for r in records if r.arm in arms])
         search = spec.settings.search
         self.optuna = optuna
-        self.streams = [(arm, repeat) for repeat in range(search.selection_repeats) for arm in spec.settings.arms]
+        self.streams = [(arm, repeat) for repeat in range(search.selection_repeats) for arm in arms]
+        self.inherited = _inherited_values(study, spec, arms)
         self.per_stream = search.num_samples
         train = spec.defaults.train
         milestones = rung_milestones(math.ceil(train.iters / train.eval_every), search.grace_period,
@@ -312,6 +320,7 @@ class SearchPhase(Phase):
         index = repeat * self.per_stream + position
         key = f"search/{ARM_TABLE[arm].slug}-{index:03d}"
         number, values = self.optuna.ask(arm, repeat, key, index=index if fixed_order else None)
+        values = {**self.inherited.get((arm, repeat), {}), **values}
         cfg = self.spec.run_config(arm, values, phase="search")
         return self.add(TrialRecord(
             key=key, phase="search", arm=arm, index=index, values=values, run=cfg.model_dump(mode="json"),
@@ -324,6 +333,26 @@ class SearchPhase(Phase):
     def ended(self, record: TrialRecord) -> None:
         self.optuna.tell(record)
         shutil.rmtree(self.study.trial_dir(record.key) / "checkpoints", ignore_errors=True)
+
+
+def _inherited_values(study: StudyDir, spec: StudySpec, arms: Sequence[str]) -> dict[tuple[str, int], dict[str, Any]]:
+    """The values each inheriting add-on arm of `arms` takes from its base arm's selection, per selection repeat:
+    the base's searched values of every key the add-on uses but does not add."""
+    inheriting = [arm for arm in arms if inherits(spec, arm)]
+    if not inheriting:
+        return {}
+    selected = {(arm, repeat): record for (arm, repeat, _), record in select_best(read_trials(study)).items()}
+    found = {}
+    for arm in inheriting:
+        base = ARM_TABLE[arm].base
+        for repeat in range(spec.settings.search.selection_repeats):
+            source = selected.get((base, repeat))
+            if source is None:
+                raise UserError(f"no search trial of {base} finished, so {arm} has no selection of {base} to add "
+                                "FAKD to (search.add_on: inherit)", key=f"arms.{arm}")
+            found[(arm, repeat)] = {k: v for k, v in source.values.items()
+                                    if ARM_TABLE[arm].uses(k) and not ARM_TABLE[arm].adds(k)}
+    return found
 
 
 class RetrainPhase(Phase):

@@ -24,7 +24,7 @@ import ray
 
 from fakd.errors import UserError
 from fakd.preflight import DataFacts, preflight
-from fakd.results import FORMAT, StudyDir, front_json, open_study_dir, pareto_front, read_trials
+from fakd.results import FORMAT, StudyDir, TrialRecord, front_json, open_study_dir, pareto_front, read_trials
 from fakd.results.layout import (
     check_new_study_dir,
     check_outside_studies,
@@ -34,6 +34,7 @@ from fakd.results.layout import (
     write_json,
 )
 from fakd.results.selection import confirmed_scores, select_best
+from fakd.results.space import search_stages
 from fakd.results.verdicts import compared_arms, decide_rule, sequential_rule, study_verdicts, table_comparisons
 from fakd.spec import NAME_PATTERN, STORAGE_FILES, DecideConfig, StudySpec, load_spec
 from fakd.study.cluster import check_cluster_resources, check_local_resources, largest_node_cpus, ray_runtime
@@ -229,7 +230,8 @@ def _drive(study: StudyDir, spec: StudySpec, signals: StopSignals, log: Log, *, 
     optuna.verify(searched)
     optuna.claim(study)
     check_resumable(study, spec, meta, records)
-    search = SearchPhase(study, spec, log, optuna, searched)
+    stages = search_stages(spec)
+    search = SearchPhase(study, spec, log, optuna, searched, stages[0])
     if no_wandb:
         study.update_metadata(no_wandb=True)
     if seeds:
@@ -241,18 +243,25 @@ def _drive(study: StudyDir, spec: StudySpec, signals: StopSignals, log: Log, *, 
     teacher = _teacher(study, spec, log)
     signals.check()
     context = TrialContext(str(study.root), teacher["path"])
-    if not search.is_finished():
-        log(f"search: {search.budget()} trials ({len(spec.settings.arms)} arms × {spec.settings.search.num_samples}"
-            + (f" × {spec.settings.search.selection_repeats} repeats" if spec.settings.search.selection_repeats > 1
-               else "") + f"), {sum(r.state in ('COMPLETE', 'PRUNED', 'FAILED') for r in search.records.values())}"
-            " done")
-        _run(search, study, spec, context, teacher, signals, log)
+    for stage, arms in enumerate(stages):
+        if stage > 0:  # the add-on arms, on the selections of the stages before
+            search = SearchPhase(study, spec, log, optuna, read_trials(study, "search"), arms)
+        if not search.is_finished():
+            search_line = f"search: {search.budget()} trials ({len(arms)} arms × {spec.settings.search.num_samples}"
+            if spec.settings.search.selection_repeats > 1:
+                search_line += f" × {spec.settings.search.selection_repeats} repeats"
+            done = sum(r.state in ("COMPLETE", "PRUNED", "FAILED") for r in search.records.values())
+            inherit = f"; {', '.join(arms)} on their base arms' selections" if stage > 0 else ""
+            log(f"{search_line}), {done} done{inherit}")
+            _run(search, study, spec, context, teacher, signals, log)
+        if spec.settings.search.confirm is not None:
+            _confirm(study, spec, context, teacher, signals, log, arms)
+    if not study.metadata().get("search_finished"):
         study.update_metadata(search_finished=now())
-    if spec.settings.search.confirm is not None:
-        _confirm(study, spec, context, teacher, signals, log)
-    _summarise(search, log)
+    searched = read_trials(study, "search")
+    _summarise(spec, searched, log)
     if "params" in spec.settings.search.objectives:
-        front = pareto_front(list(search.records.values()))
+        front = pareto_front(searched)
         write_json(study.root / "pareto.json", front_json(front))
         log(f"Pareto front of mIoU vs parameters ({len(front)} trials): {study.root / 'pareto.json'}")
     hint = sync_hint(study.root) if effective_tracking(spec, study).wandb else None
@@ -287,9 +296,10 @@ def _run(phase: Phase, study: StudyDir, spec: StudySpec, context: TrialContext, 
 
 
 def _confirm(study: StudyDir, spec: StudySpec, context: TrialContext, teacher: dict[str, Any],
-             signals: StopSignals, log: Log) -> None:
-    """Train each arm's `search.confirm.top` best search trials again with `search.confirm.seeds` fresh seeds."""
-    phase = ConfirmPhase(study, spec, log, plan_confirm(spec, read_trials(study)))
+             signals: StopSignals, log: Log, arms: Sequence[str]) -> None:
+    """Train the `search.confirm.top` best search trials of `arms` again with `search.confirm.seeds` fresh seeds."""
+    plan = [r for r in plan_confirm(spec, read_trials(study)) if r.arm in arms]
+    phase = ConfirmPhase(study, spec, log, plan)
     if not phase.is_finished():
         confirm = spec.settings.search.confirm
         log(f"confirm: {phase.budget()} runs (each arm's {confirm.top} best search trials × {confirm.seeds} fresh "
@@ -300,16 +310,15 @@ def _confirm(study: StudyDir, spec: StudySpec, context: TrialContext, teacher: d
     confirmed = confirmed_scores(records)
     for (arm, _, _), record in sorted(select_best(records).items()):
         runs = confirmed.get(record.key, [])
-        if runs:
+        if runs and arm in arms:
             log(f"[{arm}] selected {record.key}: mean confirmed mIoU {sum(runs) / len(runs):.4f} over {len(runs)} "
                 f"seeds ({short_values(record.values)})")
 
 
-def _summarise(search: SearchPhase, log: Log) -> None:
-    for arm in search.spec.settings.arms:
-        states = Counter(outcome(r) for r in search.records.values() if r.arm == arm)
-        best = max((r.final_miou for r in search.records.values() if r.arm == arm and r.final_miou is not None),
-                   default=None)
+def _summarise(spec: StudySpec, searched: list[TrialRecord], log: Log) -> None:
+    for arm in spec.settings.arms:
+        states = Counter(outcome(r) for r in searched if r.arm == arm)
+        best = max((r.final_miou for r in searched if r.arm == arm and r.final_miou is not None), default=None)
         counts = ", ".join(f"{n} {state}" for state, n in sorted(states.items()))
         log(f"[{arm}] {counts}" + (f"; best held-out mIoU {best:.4f}" if best is not None else ""))
 
