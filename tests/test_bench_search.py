@@ -15,7 +15,7 @@ def test_replay_runs_two_trials_at_a_time_and_counts_every_window():
         points[1]: curve([5, 5, 5], [0.1, 0.2, 0.40]),  # ends at t = 15, then the third point starts
         points[2]: curve([2, 2, 2], [0.1, 0.2, 0.35]),  # runs from t = 15 to t = 21
     }
-    result = replay(GridPhase(points, total_iters=150), curves)
+    result = replay(GridPhase(points, total_iters=150), lambda record: curves[_point(record.values)])
     assert result.trials == 3 and result.compute == 30 + 15 + 6 and result.wall == 30
     # finishes: point 1 at t=15 (compute 15 + 15 of point 0's windows), point 2 at t=21, point 0 at t=30
     assert result.found == [(30.0, 15.0, 0.40), (6 + 15 + 21, 21.0, 0.40), (51.0, 30.0, 0.40)]
