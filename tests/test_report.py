@@ -679,3 +679,12 @@ def test_report_shows_each_arms_selection_with_its_confirmation_mean_and_the_run
     assert cells[3] == f"search/{student}-kd-r0-001" and cells[5] == f"search/{student}-kd-r0-000"
     assert cells[4].startswith("45.5 [") and cells[4].endswith("(2 confirmed)")
     assert cells[6].startswith("42.0 [")
+
+
+def test_until_decided_needs_a_comparison_and_changes_nothing_without_one(tmp_path, capsys):
+    study = make_study(tmp_path / "alone", arms=["baseline"])
+    digest = tree_digest(study.root)
+    assert main(["retrain", str(study.root), "--until-decided"]) == 2
+    err = capsys.readouterr().err
+    assert "--until-decided: no arm of this study has its base arm (baseline)" in err and err.count("\n") == 1
+    assert tree_digest(study.root) == digest
