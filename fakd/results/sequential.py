@@ -94,7 +94,10 @@ def confidence_sequence(differences: Sequence[float], alpha: float,
     m = n[1:]
     sd = np.sqrt(np.maximum(squares[1:], 0.0) / (m - 1))
     sd = np.where(sd <= 1e-12 * np.maximum(np.abs(x).max(), 1e-300), 0.0, sd)  # float noise of a constant
-    half = np.where(np.isinf(radius_factor(m, alpha, g)), np.inf, radius_factor(m, alpha, g) * sd / np.sqrt(m))
+    factor = radius_factor(m, alpha, g)
+    half = np.full(m.size, np.inf)
+    finite = np.isfinite(factor)
+    half[finite] = factor[finite] * sd[finite] / np.sqrt(m[finite])
     low[1:], high[1:] = mean[1:] - half, mean[1:] + half
     return low, high
 

@@ -151,12 +151,12 @@ def _until_decided_rule(study: StudyDir, spec: StudySpec, done: int, max_seeds: 
                         "no comparison to decide", key="--until-decided")
     rule = decide_rule(spec)
     if max_seeds is not None:
-        if max_seeds < 2:
-            raise UserError(f"must be at least 2, got {max_seeds}", key="--max-seeds")
         rule = rule.model_copy(update={"max_seeds": max_seeds})
     if rule.max_seeds < done:
         raise UserError(f"the study already has {done} retrain seeds; the maximum takes {done} or more",
                         key="--max-seeds" if max_seeds is not None else "search.decide.max_seeds")
+    if rule.max_seeds < 2:
+        raise UserError(f"must be at least 2 (a paired difference needs two seeds), got {max_seeds}", key="--max-seeds")
     return rule
 
 
