@@ -8,7 +8,7 @@ export HF_HUB_OFFLINE := 1
 export WANDB_MODE ?= offline
 export PYTHONUNBUFFERED := 1
 
-.PHONY: demo test bench lint install clean
+.PHONY: demo test test-fast bench lint install clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -24,6 +24,10 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest -q
+
+# the edit-test loop: every test that starts no Ray, no subprocess driver, no server and no browser
+test-fast: $(STAMP)
+	$(PY) -m pytest -q -m "not ray and not postgres and not driver and not browser and not slow"
 
 bench: $(STAMP)
 	$(PY) -m benchmarks

@@ -30,6 +30,16 @@ TINY_SPEC: dict[str, Any] = {
 }
 
 
+FIXTURE_MARKS = {"ray_local": "ray", "searched_study": "ray", "postgres_url": "postgres"}
+"""Fixtures that start a service: a test that uses one gets its mark, so `make test-fast` never starts it."""
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        for fixture in set(getattr(item, "fixturenames", ())) & set(FIXTURE_MARKS):
+            item.add_marker(FIXTURE_MARKS[fixture])
+
+
 def wait_for(condition: Callable[[], bool], timeout: float, what: str, every: float = 0.2,
              driver: subprocess.Popen | None = None, log: Path | None = None) -> None:
     """Poll `condition` until it holds; fail the test after `timeout` seconds, or at once (with the end of `log`)

@@ -609,6 +609,7 @@ def run_chromium(binary: str, profile: Path, *args: str) -> subprocess.Completed
 
 @pytest.mark.skipif(chromium() is None, reason="Debian's chromium is not installed (/usr/bin/chromium; .ci/run "
                     "installs it): the report is not rendered in a browser")
+@pytest.mark.browser
 def test_report_renders_in_a_headless_browser(tmp_path):
     from PIL import Image
 

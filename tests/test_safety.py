@@ -315,6 +315,7 @@ def test_data_errors_from_loader_workers_stay_one_line_naming_the_file(tmp_path:
     assert "DataLoader worker" not in str(info.value) and "Traceback" not in str(info.value)
 
 
+@pytest.mark.driver
 def test_status_names_a_driver_only_while_it_holds_the_lock(tmp_path: Path) -> None:
     """A lock file naming a holder that no longer holds the lock (a copied study, a killed driver) names nobody."""
     import json as json_module
@@ -354,6 +355,7 @@ def hold_training_lock(root: Path, seconds: float) -> Any:
     return holder
 
 
+@pytest.mark.driver
 def test_a_driver_waits_for_the_training_processes_of_an_earlier_one(tmp_path: Path) -> None:
     from fakd.results.layout import StudyDir
     from fakd.study.lock import wait_for_earlier_training

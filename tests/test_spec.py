@@ -107,6 +107,7 @@ def test_unknown_backbone_that_cannot_dilate_is_caught_before_training(tmp_path,
     assert not (tmp_path / "out" / "student").exists()
 
 
+@pytest.mark.driver
 def test_command_line_prints_no_traceback(tiny_spec_path):
     result = subprocess.run(
         [sys.executable, str(ROOT / "launch.py"), "train", str(tiny_spec_path), "--set", "train.iters=0"],
