@@ -107,6 +107,10 @@ def test_until_decided_adds_rounds_to_undecided_comparisons_only(searched_study,
         assert trained == (needed if undecided else set()), (target, found.verdicts)
     for arm in spec.settings.arms:
         assert seeds_of(records, arm) == list(range(1, len(seeds_of(records, arm)) + 1))
+    rounds = meta["decide_rounds"]  # recorded before each round is planned: what a resumed driver finishes
+    assert rounds[0] == {"budget": "equal-iters", "seeds": 2, "arms": ["baseline", "kd", "kd+fakd"]}
+    for step in rounds:
+        assert step["arms"] == [arm for arm in spec.settings.arms if step["seeds"] in seeds_of(records, arm)]
     capsys.readouterr()
     assert main(["export", str(copy), "--format", "csv"]) == 0
     rows = list(csv.DictReader(io.StringIO(capsys.readouterr().out)))

@@ -347,14 +347,16 @@ def _refuse_unselected(problems: dict[str, str]) -> None:
 def _retrain_until_decided(study: StudyDir, spec: StudySpec, context: TrialContext, teacher: dict[str, Any],
                            rule: DecideConfig, budget: str, signals: StopSignals, log: Log) -> None:
     """Rounds of `rule.round` fresh seeds, shared by the arms of the comparisons still undecided, until every
-    comparison is decided or has `rule.max_seeds` seeds. The rounds are a function of the records alone: a
-    resumed driver finishes the round it finds planned, then goes on as an uninterrupted one would."""
-    records = read_trials(study)
-    planned = seeds_done(records, budget)
-    first = min(rule.max_seeds, max(rule.round, spec.settings.search.retrain_seeds))
-    target = max(first, planned)
-    per_arm = {arm: seeds_done([r for r in records if r.arm == arm], budget) for arm in spec.settings.arms}
-    arms = [arm for arm in spec.settings.arms if per_arm[arm] == target] if planned >= first else spec.settings.arms
+    comparison is decided or has `rule.max_seeds` seeds. Each round (its seed count and arms) is recorded in the
+    metadata before its runs are planned: a resumed driver finishes the last recorded round, then goes on as an
+    uninterrupted one would."""
+    rounds = [r for r in study.metadata().get("decide_rounds") or [] if r.get("budget") == budget]
+    if rounds:
+        target, arms = int(rounds[-1]["seeds"]), list(rounds[-1]["arms"])
+    else:
+        first = min(rule.max_seeds, max(rule.round, spec.settings.search.retrain_seeds))
+        target, arms = max(first, seeds_done(read_trials(study), budget)), list(spec.settings.arms)
+        _record_round(study, budget, target, arms)
     while True:
         plan, problems = plan_retrain(spec, read_trials(study), retrain_seeds(spec, target), budget, arms)
         phase = RetrainPhase(study, spec, log, plan)
@@ -373,8 +375,15 @@ def _retrain_until_decided(study: StudyDir, spec: StudySpec, context: TrialConte
         needed = {arm for _, arm, _ in open_comparisons} | {ARM_TABLE[arm].base for _, arm, _ in open_comparisons}
         arms = [arm for arm in spec.settings.arms if arm in needed]
         target = min(target + rule.round, rule.max_seeds)
+        _record_round(study, budget, target, arms)
     study.update_metadata(retrain_finished=now())
     _refuse_unselected(problems)
+
+
+def _record_round(study: StudyDir, budget: str, seeds: int, arms: list[str]) -> None:
+    """Append a sequential retrain's next round to the study's metadata (before any of its runs is planned)."""
+    rounds = list(study.metadata().get("decide_rounds") or [])
+    study.update_metadata(decide_rounds=[*rounds, {"budget": budget, "seeds": seeds, "arms": arms}])
 
 
 def _teacher(study: StudyDir, spec: StudySpec, log: Log) -> dict[str, Any]:
