@@ -53,6 +53,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.common import markdown
+from fakd import spec_yaml
 from fakd.results import PRUNED, StudyDir, TrialRecord, read_trials
 from fakd.results.layout import FORMAT, write_json
 from fakd.results.records import RESULTS_FILE, read_results
@@ -209,13 +210,12 @@ def raw_spec(name: str, arms: list[str], reproducible: bool) -> dict[str, Any]:
 
 
 def new_study(root: Path, raw: dict[str, Any]) -> tuple[StudyDir, Any]:
-    import yaml
 
     from fakd.spec import validate_spec
 
     study = StudyDir(root)
     root.mkdir(parents=True)
-    study.spec.write_text(yaml.safe_dump(raw, sort_keys=False))
+    study.spec.write_text(spec_yaml.dump(raw))
     write_json(study.marker, {"format": FORMAT, "name": raw["name"], "optuna_prefix": raw["name"]})
     return study, validate_spec(raw, str(study.spec))
 

@@ -13,6 +13,7 @@ from pathlib import Path
 import yaml
 
 from benchmarks.common import markdown
+from fakd import spec_yaml
 from fakd.spec import apply_override, load_spec
 
 SPEC = Path(__file__).resolve().parents[1] / "studies" / "quickstart.yaml"
@@ -24,7 +25,7 @@ def _write_spec(path: Path, iters: int) -> Path:
     raw = yaml.safe_load(SPEC.read_text())
     for item in (f"train.iters={iters}", f"train.eval_every={max(1, iters // 4)}", "teacher.iters=20"):
         apply_override(raw, item, str(path))
-    path.write_text(yaml.safe_dump(raw))
+    path.write_text(spec_yaml.dump(raw))
     return path
 
 

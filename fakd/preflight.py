@@ -50,7 +50,8 @@ def _check_backbones(spec: StudySpec) -> None:
 
 def _check_weights(file: str, key: str, model: ModelConfig | TeacherConfig) -> None:
     if isinstance(model.pretrained, str) and not Path(model.pretrained).is_file():
-        raise UserError(f"weights file not found: {model.pretrained}", file=file, key=key)
+        what = "is a directory; name the weights file in it" if Path(model.pretrained).is_dir() else "not found"
+        raise UserError(f"weights file {what}: {model.pretrained}", file=file, key=key)
 
 
 def _check_data(spec: StudySpec) -> DataFacts:
@@ -82,7 +83,8 @@ def _check_models(spec: StudySpec, num_classes: int, teacher_checkpoint: bool) -
     checkpoint = spec.defaults.teacher.checkpoint
     if checkpoint and teacher_checkpoint:
         if not Path(checkpoint).is_file():
-            raise UserError(f"teacher checkpoint not found: {checkpoint}", file=spec.path, key="teacher.checkpoint")
+            what = "is a directory; name the checkpoint file in it" if Path(checkpoint).is_dir() else "not found"
+            raise UserError(f"teacher checkpoint {what}: {checkpoint}", file=spec.path, key="teacher.checkpoint")
         try:
             check_teacher_checkpoint(Path(checkpoint), spec.defaults, num_classes)
         except UserError as exc:

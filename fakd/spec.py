@@ -20,9 +20,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from pydantic import BaseModel, Field, ValidationError, field_validator
 
+from fakd import spec_yaml
 from fakd.config import ArmName, RunConfig, Strict
 from fakd.errors import UserError
 from fakd.vocab import ARM_TABLE, ARMS, BUDGETS, DEFAULT_BUDGET, REFERENCE_ARM
@@ -199,18 +199,28 @@ class StudySpec:
 def load_spec(path: str | Path, overrides: Iterable[str] = ()) -> StudySpec:
     """Read, override and validate a study spec; raise `UserError` on the first problem."""
     file = str(path)
+    if Path(file).is_dir():
+        raise UserError("is a directory; a spec is a YAML file", file=file)
     if not Path(file).is_file():
         raise UserError("spec file not found", file=file)
     try:
-        raw = yaml.safe_load(Path(file).read_text()) or {}
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1}" if mark else ""
-        raise UserError(f"not valid YAML{where}: {getattr(exc, 'problem', exc)}", file=file) from None
+        with open(file, "rb") as handle:
+            data = handle.read(spec_yaml.MAX_BYTES + 1)
+        raw = spec_yaml.load(spec_yaml.decode(data)) or {}
+    except UserError as exc:
+        raise exc.located(file) from None
+    except OSError as exc:
+        raise UserError(f"cannot read it: {exc.strerror}", file=file) from None
     if not isinstance(raw, dict):
         raise UserError("a spec is a YAML mapping of sections", file=file)
     overrides = tuple(overrides)
+    seen: dict[str, str] = {}
     for item in overrides:
+        key = item.partition("=")[0].strip()
+        if key in seen:
+            raise UserError(f"--set {key} is given twice ({spec_yaml.cut(seen[key])}, then {spec_yaml.cut(item)}); "
+                            "give each key once", file=file, key=key)
+        seen[key] = item
         apply_override(raw, item, file)
     return validate_spec(raw, file, overrides)
 
@@ -221,8 +231,10 @@ def apply_override(tree: dict[str, Any], item: str, file: str) -> None:
     if not sep or not key.strip():
         raise UserError(f"--set takes key=value, got {item!r}", file=file)
     try:
-        value = yaml.safe_load(text)
-    except yaml.YAMLError:
+        value = spec_yaml.load(text)
+    except UserError as exc:
+        if "not valid YAML" not in exc.message:
+            raise UserError(f"--set {key.strip()}: its value {exc.message}", file=file) from None
         value = text
     node = tree
     parts = key.strip().split(".")
@@ -279,6 +291,11 @@ def _check_effects(spec: StudySpec) -> None:
                             f"{', '.join(arm.fakd_forms)}); use form: exact, or study {unused[0]} with "
                             f"{' or '.join(accepted)} only", file=spec.path, key="loss.fakd.form")
     search = spec.raw.get("search") or {}
+    train = spec.defaults.train
+    if train.eval_every > train.iters and spec.settings.search.scheduler == "asha":
+        raise UserError(f"{train.eval_every} is above train.iters ({train.iters}): a trial would be evaluated only at "
+                        "its end, so successive halving could never stop one; take at most train.iters, or "
+                        "search.scheduler: none", file=spec.path, key="train.eval_every")
     if spec.settings.search.retrain_budget != DEFAULT_BUDGET and REFERENCE_ARM not in spec.settings.arms:
         raise UserError(f"{spec.settings.search.retrain_budget} gives every arm the wall-clock of the "
                         f"{REFERENCE_ARM}'s iterations, and the arms ({', '.join(spec.settings.arms)}) have no "
@@ -419,7 +436,7 @@ def _user_error(model: type[BaseModel], exc: ValidationError, file: str) -> User
         return UserError("required key is missing", file=file, key=key)
     message = problem["msg"].removeprefix("Value error, ")
     value = problem.get("input")
-    got = "" if isinstance(value, dict) else f" (got {value!r})"
+    got = "" if isinstance(value, dict) else f" (got {spec_yaml.short(value)})"
     return UserError(f"{message}{got}", file=file, key=key or None)
 
 

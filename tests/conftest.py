@@ -14,7 +14,8 @@ from pathlib import Path  # noqa: E402
 from typing import Any  # noqa: E402
 
 import pytest  # noqa: E402
-import yaml  # noqa: E402
+
+from fakd import spec_yaml  # noqa: E402
 
 TINY_SPEC: dict[str, Any] = {
     "name": "tiny",
@@ -56,7 +57,7 @@ def wait_for(condition: Callable[[], bool], timeout: float, what: str, every: fl
 
 def write_spec(directory: Path, spec: dict[str, Any] | None = None, name: str = "spec.yaml") -> Path:
     path = directory / name
-    path.write_text(yaml.safe_dump(spec if spec is not None else TINY_SPEC, sort_keys=False))
+    path.write_text(spec_yaml.dump(spec if spec is not None else TINY_SPEC))
     return path
 
 

@@ -27,6 +27,7 @@ import yaml
 from conftest import searched_spec
 from scipy import integrate, stats
 
+from fakd import spec_yaml
 from fakd.cli import main
 from fakd.export import export_study
 from fakd.export.render import WIDTH, compact_markdown
@@ -61,7 +62,7 @@ def make_study(root: Path, *, arms: list[str] = ARMS, students: tuple[str, ...] 
     if "cwd" in " ".join(arms):
         spec["loss"]["cwd"]["temperature"] = {"choice": [2.0, 4.0]}
     root.mkdir(parents=True)
-    study.spec.write_text(yaml.safe_dump(spec, sort_keys=False))
+    study.spec.write_text(spec_yaml.dump(spec))
     meta = {"format": FORMAT, "name": root.name, "data": {"class_names": CLASSES}, **DATES,
             "teacher": {"path": "teachers/x/teacher.pt", "metrics": {"val_miou": 0.6123, "val_iou": [0.9, 0.6, 0.7,
                                                                                                        0.25]}}}
@@ -540,7 +541,7 @@ def test_data_parallel_trials_count_every_worker_in_batch_and_hours(tmp_path, ca
     single = {row["arm"]: row for row in csv_rows(study, capsys)}
     spec = yaml.safe_load(study.spec.read_text())
     spec["resources"] = {"cpu": 2, "workers": 3}  # three processes of 2 CPUs each per trial
-    study.spec.write_text(yaml.safe_dump(spec, sort_keys=False))
+    study.spec.write_text(spec_yaml.dump(spec))
     rows = {row["arm"]: row for row in csv_rows(study, capsys)}
     for arm in ("baseline", "kd"):
         assert rows[arm]["effective_batch"] == str(3 * int(single[arm]["effective_batch"])) == "24"
@@ -650,7 +651,7 @@ def test_gpu_study_reports_gpu_hours(tmp_path, capsys):
     spec = yaml.safe_load(study.spec.read_text())
     spec = copy.deepcopy(spec)
     spec["resources"] = {"cpu": 4, "gpu": 0.5}
-    study.spec.write_text(yaml.safe_dump(spec))
+    study.spec.write_text(spec_yaml.dump(spec))
     rows = csv_rows(study, capsys)
     assert "gpu_hours" in rows[0] and float(rows[1]["gpu_hours"]) == pytest.approx(0.5 * (3 * 60 + 2 * 120) / 3600)
     assert main(["export", str(study.root)]) == 0

@@ -22,6 +22,7 @@ from typing import Any
 
 import ray
 
+from fakd import spec_yaml
 from fakd.errors import UserError
 from fakd.preflight import DataFacts, preflight
 from fakd.results import FORMAT, StudyDir, TrialRecord, front_json, open_study_dir, pareto_front, read_trials
@@ -200,9 +201,7 @@ def _create(study: StudyDir, spec: StudySpec, facts: DataFacts, name: str, spec_
     if not is_unstarted(study.root):
         raise UserError(f"{study.root} is no longer empty (another sweep created it)", key="--name")
     external = spec.settings.search.storage not in STORAGE_FILES
-    import yaml
-
-    write_atomic(study.spec, yaml.safe_dump(spec.raw, sort_keys=False))
+    write_atomic(study.spec, spec_yaml.dump(spec.raw))
     write_json(study.marker, {
         "format": FORMAT, "name": name, "created": now(), "spec_source": str(Path(spec_path).resolve()),
         "overrides": overrides, "no_wandb": no_wandb,
