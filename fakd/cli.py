@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import signal
 import sys
 from collections.abc import Callable, Sequence
@@ -74,7 +75,7 @@ def command_status(args: argparse.Namespace) -> int:
     from fakd.results.status import format_status, status, status_json
 
     records, driver = status(args.study_dir)
-    print(json.dumps(status_json(records)) if args.json else format_status(records, driver))
+    print(json.dumps(status_json(records, driver)) if args.json else format_status(records, driver))
     return 0
 
 
@@ -223,6 +224,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except UserError as exc:
         print(f"error: {exc.format()}", file=sys.stderr)
         return EXIT_USER_ERROR
+    except BrokenPipeError:  # `| head` closed our output: stop quietly, as other command-line tools do
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 128 + signal.SIGPIPE
     except KeyboardInterrupt as exc:
         signum = getattr(exc, "signum", signal.SIGINT)
         study = getattr(args, "study_dir", None) or _study_of(args)

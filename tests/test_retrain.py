@@ -40,7 +40,8 @@ def test_more_seeds_train_only_the_missing_ones(searched_study, tmp_path, ray_lo
     assert main(["retrain", str(copy), "--seeds", "1"]) == 2
     err = capsys.readouterr().err
     assert "--seeds: the study already has 2 retrain seeds" in err and err.count("\n") == 1
-    for bad, message in ((["--seeds", "0"], "--seeds: must be at least 1, got 0"),
+    for bad, message in ((["--seeds", "0"], "--seeds: takes 1 to 1000 seeds, got 0"),
+                         (["--seeds", "100000"], "--seeds: takes 1 to 1000 seeds, got 100000"),
                          (["--seeds", "3", "--budget", "equal-flops"], "invalid choice: 'equal-flops'")):
         assert main(["retrain", str(copy), *bad]) == 2
         err = capsys.readouterr().err

@@ -16,8 +16,17 @@ def status(study_path: str | Path) -> tuple[list[TrialRecord], str | None]:
     return read_trials(study), driver_state(study)
 
 
-def status_json(records: list[TrialRecord]) -> list[dict[str, Any]]:
-    return [record.status_json() for record in records]
+STOPPED = "STOPPED"
+"""How a trial shows that was RUNNING when its driver stopped: `resume` continues it from its checkpoint."""
+
+
+def shown_state(record: TrialRecord, driver: str | None) -> str:
+    """A trial's state as every view shows it: RUNNING only while a driver holds the study, else STOPPED."""
+    return STOPPED if record.state == "RUNNING" and driver is None else record.state
+
+
+def status_json(records: list[TrialRecord], driver: str | None = None) -> list[dict[str, Any]]:
+    return [{**record.status_json(), "status": shown_state(record, driver)} for record in records]
 
 
 def format_status(records: list[TrialRecord], driver: str | None) -> str:
@@ -28,13 +37,11 @@ def format_status(records: list[TrialRecord], driver: str | None) -> str:
     for r in records:
         metric = "-" if r.best_miou is None else f"{r.best_miou:.4f}"
         config = ", ".join(f"{k}={_short(v)}" for k, v in sorted({**r.values, "seed": r.seed}.items()))
-        status = r.state if r.state != "FAILED" else f"FAILED ({r.reason})"
-        if r.state == "RUNNING" and driver is None:
-            status = "STOPPED"  # it ran when its driver stopped: resume continues it from its checkpoint
+        status = f"FAILED ({r.reason})" if r.state == "FAILED" else shown_state(r, driver)
         rows.append((r.key, r.arm, status, str(r.iterations), metric, config))
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]) - 1)]
     lines = ["  ".join(c.ljust(w) for c, w in zip(row[:-1], widths, strict=True)) + "  " + row[-1] for row in rows]
-    counts = Counter(f"{r.phase} {r.state}" for r in records)
+    counts = Counter(f"{r.phase} {shown_state(r, driver)}" for r in records)
     lines.append("")
     lines.append(", ".join(f"{n} {what}" for what, n in sorted(counts.items())))
     lines.append(driver or "no driver is running (resume continues unfinished trials)"

@@ -53,6 +53,8 @@ from fakd.vocab import ARM_TABLE, BUDGETS
 
 Log = Callable[[str], None]
 GIVEN_TEACHER = "teachers/given/teacher.pt"
+MAX_SEEDS = 1000
+"""The most seeds `retrain --seeds` accepts: each is a run of every arm, planned at once."""
 
 
 def _print(message: str) -> None:
@@ -123,8 +125,8 @@ def retrain(
         raise UserError("takes either --seeds N or --until-decided", key="--seeds")
     if max_seeds is not None and not until_decided:
         raise UserError("applies to --until-decided only", key="--max-seeds")
-    if seeds is not None and seeds < 1:
-        raise UserError(f"must be at least 1, got {seeds}", key="--seeds")
+    if seeds is not None and not 1 <= seeds <= MAX_SEEDS:
+        raise UserError(f"takes 1 to {MAX_SEEDS} seeds, got {seeds}", key="--seeds")
     if budget is not None and budget not in BUDGETS:
         raise UserError(f"unknown budget {budget!r}; accepted: {', '.join(BUDGETS)}", key="--budget")
     study = open_study_dir(study_path)
