@@ -54,6 +54,10 @@ def _log_table(study: Path | str) -> None:
 
 
 def command_sweep(args: argparse.Namespace) -> int:
+    from fakd.spec import load_spec
+
+    teacher = [f"teacher.checkpoint={args.teacher}"] if args.teacher else []
+    load_spec(args.spec, [*args.set, *teacher])  # a bad spec is one line before Ray, torch and timm are imported
     from fakd.study import sweep
 
     study = sweep(args.spec, args.set, storage=args.storage, name=args.name, address=args.address,
@@ -104,12 +108,13 @@ def command_export(args: argparse.Namespace) -> int:
 
 def command_demo(args: argparse.Namespace) -> int:
     """Sweep the quickstart (or finish it when it was interrupted), then print its ablation table."""
+    from fakd.spec import load_spec
+
+    spec = load_spec(args.spec)  # a bad spec is one line before Ray, torch and timm are imported
     from fakd.export import export_study
     from fakd.results import StudyDir
-    from fakd.spec import load_spec
     from fakd.study import resume, sweep
 
-    spec = load_spec(args.spec)
     study_dir = Path(args.storage).expanduser().resolve() / spec.name
     if (study_dir / "study.json").is_file():
         resume(study_dir)

@@ -93,3 +93,20 @@ def test_eval_every_beyond_iters_with_halving_is_refused(tiny_spec_path, capsys)
 @pytest.mark.parametrize("key", ["teacher.checkpoint", "student.pretrained"])
 def test_a_directory_where_a_file_belongs_says_so(tiny_spec_path, tmp_path, capsys, key):
     assert "is a directory" in refused(capsys, tiny_spec_path, "--set", f"{key}={tmp_path}")
+
+
+@pytest.mark.driver
+@pytest.mark.parametrize("command", ["sweep", "demo"])
+def test_a_bad_spec_is_refused_before_torch_ray_or_timm_is_imported(tiny_spec_path, tmp_path, command):
+    import subprocess
+    import sys
+
+    args = [command, str(tiny_spec_path), "--storage", str(tmp_path)] + (["--set", "train.iters=-5"]
+                                                                         if command == "sweep" else [])
+    if command == "demo":
+        tiny_spec_path.write_text(tiny_spec_path.read_text().replace("iters: 4", "iters: -5", 1))
+    probe = ("import sys; from fakd.cli import main; code = main(sys.argv[1:]); "
+             "print([m for m in ('torch', 'ray', 'timm') if m in sys.modules]); sys.exit(code)")
+    result = subprocess.run([sys.executable, "-c", probe, *args], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2 and "iters" in result.stderr, result.stderr[-2000:]
+    assert result.stdout.strip() == "[]"
