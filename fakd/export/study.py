@@ -11,7 +11,7 @@ from fakd.errors import UserError
 from fakd.export.render import FORMATS, compact_latex, compact_markdown, decisions, render
 from fakd.export.table import AblationTable, build_table
 from fakd.results import StudyDir, TrialRecord, open_study_dir, read_trials
-from fakd.results.layout import check_writable_parent, enclosing_study
+from fakd.results.layout import check_no_links_out, check_writable_parent, enclosing_study
 from fakd.spec import StudySpec, load_spec
 
 
@@ -31,6 +31,7 @@ class Export:
 def check_output(study: StudyDir, out: str | Path) -> Path:
     """`--out` names a file to write, never a directory or a file of a study: inside any study directory only a
     file under the exported study's own `exports/` folder is accepted."""
+    check_no_links_out(study)
     path = Path(out).expanduser().resolve()
     if path.is_dir():
         raise UserError(f"{path} is a directory; --out names the table file to write", key="--out")

@@ -118,6 +118,28 @@ class StudyDir:
         write_json(self.marker, {**self.metadata(), **values})
 
 
+def check_no_links_out(study: StudyDir) -> None:
+    """No directory a driver or an export writes into is a symbolic link that leads out of the study, and `exports`
+    is no link at all (a link to the study itself would let an export overwrite the study's own files): a
+    `UserError` naming the first such link; nothing is written before this check."""
+    root = study.root.resolve()
+    if study.exports.is_symlink():
+        raise UserError(f"{study.exports} is a symbolic link (to {os.readlink(study.exports)}); a study writes its "
+                        "exports into a directory of its own: replace the link by a directory, nothing was changed",
+                        key="STUDY_DIR")
+    places = [study.teachers, study.tune, study.trials]
+    if study.trials.is_dir() and not study.trials.is_symlink():
+        for phase in sorted(study.trials.iterdir()):
+            places.append(phase)
+            if phase.is_dir() and not phase.is_symlink():
+                places += sorted(phase.iterdir())
+    for place in places:
+        if place.is_symlink() and not place.resolve().is_relative_to(root):
+            raise UserError(f"{place} is a symbolic link that leads out of the study (to {place.resolve()}); a driver "
+                            "writes only inside the study: move what it holds into the study, nothing was changed",
+                            key="STUDY_DIR")
+
+
 # What a sweep that stopped before it wrote the study's metadata can leave: the lock, the spec, their temporary files.
 UNSTARTED = (LOCK_FILE, "spec.yaml", ".spec.yaml.tmp-*", f".{MARKER}.tmp-*")
 

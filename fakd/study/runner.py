@@ -28,6 +28,7 @@ from fakd.preflight import DataFacts, preflight
 from fakd.results import FORMAT, StudyDir, TrialRecord, front_json, open_study_dir, pareto_front, read_trials
 from fakd.results.layout import (
     check_new_study_dir,
+    check_no_links_out,
     check_outside_studies,
     is_unstarted,
     now,
@@ -107,6 +108,7 @@ def resume(
 ) -> StudyDir:
     """Finish an interrupted study: finished trials stay finished, unfinished ones continue from checkpoints."""
     study = open_study_dir(study_path)
+    check_no_links_out(study)
     with _driving(study, "resume", address) as (spec, signals):
         log(f"resuming study {study.root}")
         _drive(study, spec, signals, log, no_wandb=no_wandb)
@@ -130,6 +132,7 @@ def retrain(
     if budget is not None and budget not in BUDGETS:
         raise UserError(f"unknown budget {budget!r}; accepted: {', '.join(BUDGETS)}", key="--budget")
     study = open_study_dir(study_path)
+    check_no_links_out(study)
     spec = load_spec(study.spec)
     chosen = budget or spec.settings.search.retrain_budget
     retrained = read_trials(study, "retrain")
@@ -231,6 +234,7 @@ def _drive(study: StudyDir, spec: StudySpec, signals: StopSignals, log: Log, *, 
     optuna.verify(searched)
     optuna.claim(study)
     check_resumable(study, spec, meta, records)
+    check_no_links_out(study)
     stages = search_stages(spec)
     search = SearchPhase(study, spec, log, optuna, searched, stages[0])
     if no_wandb:
