@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import torch
 
+from fakd.vocab import IGNORE_INDEX
+
 
 class ConfusionMatrix:
     """Counts (target, prediction) pairs over every labelled pixel seen; ignore pixels are skipped."""
 
-    def __init__(self, num_classes: int, ignore_index: int = 255) -> None:
+    def __init__(self, num_classes: int, ignore_index: int = IGNORE_INDEX) -> None:
         self.num_classes = num_classes
         self.ignore_index = ignore_index
         self.matrix = torch.zeros(num_classes, num_classes, dtype=torch.int64)

@@ -62,6 +62,9 @@ ARM_TABLE: dict[str, Arm] = {
 }
 ARMS: tuple[str, ...] = tuple(ARM_TABLE)
 
+IGNORE_INDEX = 255
+"""The label of pixels that no loss, statistic or metric counts (void, unlabelled, outside the image)."""
+
 HEADS: tuple[str, ...] = ("deeplabv3", "psp", "fcn")
 DATASETS: tuple[str, ...] = ("synthetic", "cityscapes", "voc", "ade20k", "camvid")
 BUDGETS: tuple[str, ...] = ("equal-iters", "equal-time")  # how long each arm's retrain runs
@@ -70,10 +73,3 @@ REFERENCE_ARM = next(a.name for a in ARM_TABLE.values() if a.base is None)  # CE
 # the arm whose wall-clock an equal-time retrain gives every arm
 DEFAULT_ARM = next(a.name for a in ARM_TABLE.values() if a.fakd and a.distill == "kd")  # of `launch.py train`
 
-
-def arm(name: str) -> Arm:
-    """The arm called `name` (KeyError naming the accepted arms otherwise)."""
-    try:
-        return ARM_TABLE[name]
-    except KeyError:
-        raise KeyError(f"unknown arm {name!r}; accepted: {', '.join(ARMS)}") from None

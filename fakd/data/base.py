@@ -7,7 +7,7 @@ from collections.abc import Callable
 import torch
 from torch.utils.data import Dataset
 
-IGNORE_INDEX = 255
+from fakd.vocab import IGNORE_INDEX  # re-exported: the datasets' ignore label
 
 Sample = tuple[torch.Tensor, torch.Tensor]
 

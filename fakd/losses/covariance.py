@@ -22,6 +22,7 @@ import torch
 from torch import Tensor, nn
 
 from fakd.losses.kd import resize_labels
+from fakd.vocab import IGNORE_INDEX
 
 # The diagonal pair table is built from chunks of (W_k − W_j)² holding at most this many entries.
 _PAIR_CHUNK_ELEMENTS = 1 << 20
@@ -135,7 +136,7 @@ class ClassCovariance(nn.Module):
         num_classes: int,
         dim: int,
         full: bool = False,
-        ignore_index: int = 255,
+        ignore_index: int = IGNORE_INDEX,
         all_reduce: Callable[[Tensor], Tensor] | None = None,
     ) -> None:
         super().__init__()

@@ -24,6 +24,7 @@ from torch.autograd.function import once_differentiable
 
 from fakd.losses.covariance import _as_weight, label_row_table, logit_variance, pair_table
 from fakd.losses.kd import check_logits, check_temperature, pixel_kd, resize_labels, resize_teacher
+from fakd.vocab import IGNORE_INDEX
 
 FORMS = ("exact", "label_row")
 
@@ -324,7 +325,7 @@ def exact_pixel_bounds(
     class_covariance: Tensor,
     strength: float,
     temperature: float = 1.0,
-    ignore_index: int = 255,
+    ignore_index: int = IGNORE_INDEX,
     *,
     chunk_size: int | None = None,
 ) -> Tensor:
@@ -385,7 +386,7 @@ def feature_augmented_kd(
     class_covariance: Tensor,
     strength: float,
     temperature: float = 1.0,
-    ignore_index: int = 255,
+    ignore_index: int = IGNORE_INDEX,
     *,
     chunk_size: int | None = None,
     form: str = "exact",
@@ -432,7 +433,7 @@ def feature_augmented_cwd(
     class_covariance: Tensor,
     strength: float,
     temperature: float = 1.0,
-    ignore_index: int = 255,
+    ignore_index: int = IGNORE_INDEX,
     *,
     chunk_size: int | None = None,
     form: str = "exact",

@@ -61,10 +61,6 @@ class Segmenter(nn.Module):
         """The classifier weight as a C x D view of the parameter."""
         return self.head.classifier.weight.flatten(1)
 
-    @property
-    def classifier_bias(self) -> torch.Tensor:
-        return self.head.classifier.bias
-
     def classify(self, features: torch.Tensor) -> torch.Tensor:
         """Apply the final 1x1 classifier to N x D x h x w features."""
         return self.head.classifier(features)

@@ -23,7 +23,6 @@ class IndexedSubset(Dataset):
         self.dataset, self.indices = dataset, indices
         self.num_classes = dataset.num_classes
         self.class_names = dataset.class_names
-        self.ignore_index = getattr(dataset, "ignore_index", 255)
 
     def __len__(self) -> int:
         return len(self.indices)

@@ -18,6 +18,7 @@ from fakd.losses import (
     strength_at,
 )
 from fakd.models import SegmenterOutput
+from fakd.vocab import IGNORE_INDEX
 
 
 class SegmentationObjective(nn.Module):
@@ -34,7 +35,7 @@ class SegmentationObjective(nn.Module):
         num_classes: int,
         feature_dim: int,
         total_steps: int,
-        ignore_index: int = 255,
+        ignore_index: int = IGNORE_INDEX,
         all_reduce: Callable[[torch.Tensor], torch.Tensor] | None = None,
     ) -> None:
         super().__init__()
