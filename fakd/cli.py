@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import NoReturn
 
 from fakd.errors import UserError
-from fakd.vocab import ARMS, BUDGETS, DEFAULT_ARM
+from fakd.vocab import ARMS, BUDGETS, DEFAULT_ARM, METRIC
 
 EXIT_USER_ERROR = 2
 
@@ -41,8 +41,8 @@ def command_train(args: argparse.Namespace) -> int:
     if result["reused"]:
         _log(f"{out} already holds this finished run: its results are shown, nothing was trained")
     teacher, student = result["teacher"], result["student"]
-    _log(f"teacher {cfg.teacher.label}: val mIoU {teacher.get('val_miou', float('nan')):.4f}")
-    _log(f"student {cfg.student.backbone} ({cfg.arm}): val mIoU {student['val_miou']:.4f}")
+    _log(f"teacher {cfg.teacher.label}: val mIoU {teacher.get(METRIC, float('nan')):.4f}")
+    _log(f"student {cfg.student.backbone} ({cfg.arm}): val mIoU {student[METRIC]:.4f}")
     return 0
 
 

@@ -62,6 +62,10 @@ ARM_TABLE: dict[str, Arm] = {
 }
 ARMS: tuple[str, ...] = tuple(ARM_TABLE)
 
+METRIC = "val_miou"
+"""The study's metric: mIoU (a fraction) on the split a run is scored on (held-out for search and confirmation
+runs, validation for retrained runs). Selection, halving, Optuna and the table all rank by it."""
+
 IGNORE_INDEX = 255
 """The label of pixels that no loss, statistic or metric counts (void, unlabelled, outside the image)."""
 

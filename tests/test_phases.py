@@ -30,6 +30,7 @@ from fakd.study.halving import CONTINUE, PRUNE, WAIT, AsyncHalving, SyncHalving,
 from fakd.study.optuna_link import OptunaLink, open_storage
 from fakd.study.phases import FINISHED, ConfirmPhase, RetrainPhase, SearchPhase
 from fakd.study.selection import plan_confirm, plan_retrain, retrain_seeds
+from fakd.vocab import METRIC
 
 
 def make_spec(**search):
@@ -458,3 +459,13 @@ def test_random_search_is_a_sampler_of_its_own(tmp_path):
     assert isinstance(qmc, optuna.samplers.QMCSampler)
     study, _ = search(tmp_path, spec, slots=2)
     assert sorted(r.arm for r in read_trials(study)) == ["baseline"] * 6 + ["kd"] * 6
+
+
+def test_an_evaluation_without_the_studys_metric_is_an_error_not_a_last_place(tmp_path):
+    spec = make_spec(scheduler="asha")
+    study = make_study(tmp_path)
+    phase = SearchPhase(study, spec, lambda line: None, OptunaLink(spec, open_storage(spec, study), "tiny"))
+    record = phase.next_trial()
+    with pytest.raises(RuntimeError, match=f"reported iteration 1 without {METRIC}"):
+        phase.on_result(record.key, {"iteration": 1, "val_mIoU": 0.5, "params": 1000})
+    assert phase.on_result(record.key, {"iteration": 1, "diverged": True, "error": "nan"}) is True

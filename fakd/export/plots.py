@@ -22,7 +22,7 @@ from matplotlib.ticker import MaxNLocator  # noqa: E402
 from fakd.results import COMPLETE, TERMINAL, TrialRecord, pareto_front  # noqa: E402
 from fakd.results.space import arm_space  # noqa: E402
 from fakd.spec import StudySpec  # noqa: E402
-from fakd.vocab import ARM_TABLE  # noqa: E402
+from fakd.vocab import ARM_TABLE, METRIC  # noqa: E402
 
 STRENGTH_KEY = "loss.fakd.max_strength"
 CAPTIONS = {
@@ -180,8 +180,8 @@ def curves_plot(records: list[TrialRecord], out: Path) -> Path | None:
     one panel per student and budget."""
     curves: dict[tuple[str, str], dict[str, list[dict[int, float]]]] = defaultdict(lambda: defaultdict(list))
     for r in records:
-        history = {row["iteration"]: float(row["val_miou"]) for row in r.results
-                   if isinstance(row.get("val_miou"), (int, float)) and math.isfinite(row["val_miou"])}
+        history = {row["iteration"]: float(row[METRIC]) for row in r.results
+                   if isinstance(row.get(METRIC), (int, float)) and math.isfinite(row[METRIC])}
         if r.phase == "retrain" and r.state == COMPLETE and history:
             curves[(r.student, r.budget or "equal-iters")][r.arm].append(history)
     if not curves:

@@ -27,7 +27,7 @@ from fakd.results import COMPLETE, FAILED, StudyDir, TrialRecord, read_trials
 from fakd.results.sequential import Verdict
 from fakd.results.verdicts import sequential_rule, study_verdicts, table_comparisons, table_rule
 from fakd.spec import StudySpec, load_spec
-from fakd.vocab import ARM_TABLE, BUDGETS, DEFAULT_BUDGET
+from fakd.vocab import ARM_TABLE, BUDGETS, DEFAULT_BUDGET, METRIC
 
 __all__ = ["ALPHA", "AblationTable", "POWER", "TARGET_DELTA", "build_table", "mean_ci"]
 
@@ -226,7 +226,7 @@ def _per_class(ious: list[list[float]], class_names: list[str]) -> dict[str, flo
 
 def _teacher_row(spec: StudySpec, meta: dict[str, Any], class_names: list[str]) -> dict[str, Any]:
     metrics = meta.get("teacher", {}).get("metrics", {})
-    miou = metrics.get("val_miou", math.nan)
+    miou = metrics.get(METRIC, math.nan)
     row: dict[str, Any] = {"student": spec.defaults.teacher.label, "arm": "teacher", "budget": None,
                            "n": 1 if metrics else 0, "miou_mean": miou}
     row.update({f"iou_{n}": v for n, v in zip(class_names, metrics.get("val_iou", []), strict=False)})

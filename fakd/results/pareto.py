@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from fakd.results.records import TrialRecord
+from fakd.vocab import METRIC
 
 
 def _point(record: TrialRecord) -> tuple[float, int] | None:
@@ -28,5 +29,5 @@ def pareto_front(records: list[TrialRecord]) -> list[TrialRecord]:
 
 
 def front_json(front: list[TrialRecord]) -> list[dict[str, Any]]:
-    return [{"trial": r.key, "arm": r.arm, "val_miou": r.final_miou, "params": int(r.last["params"]),
+    return [{"trial": r.key, "arm": r.arm, METRIC: r.final_miou, "params": int(r.last["params"]),
              "config": r.values} for r in front]

@@ -17,6 +17,7 @@ from typing import Any
 
 from fakd.errors import UserError
 from fakd.results.layout import StudyDir, read_json, write_json
+from fakd.vocab import METRIC
 
 PHASES = ("search", "confirm", "retrain")
 PENDING, RUNNING, COMPLETE, PRUNED, FAILED = "PENDING", "RUNNING", "COMPLETE", "PRUNED", "FAILED"
@@ -75,11 +76,11 @@ class TrialRecord:
         """Validation mIoU of the finished model (COMPLETE trials only)."""
         if self.state != COMPLETE or not self.last:
             return None
-        return _finite(self.last.get("val_miou"))
+        return _finite(self.last.get(METRIC))
 
     @property
     def best_miou(self) -> float | None:
-        values = [v for v in (_finite(row.get("val_miou")) for row in self.results) if v is not None]
+        values = [v for v in (_finite(row.get(METRIC)) for row in self.results) if v is not None]
         return max(values) if values else None
 
     @property
@@ -104,7 +105,7 @@ class TrialRecord:
             "trial": self.key, "phase": self.phase, "arm": self.arm, "repeat": self.repeat, "index": self.index,
             "status": self.state, "reason": self.reason, "config": {**self.values, "seed": self.seed},
             "student": self.student, "iterations": self.iterations, "metric": self.best_miou,
-            "final": {k: last[k] for k in ("val_miou", "val_pixel_acc", "params") if k in last},
+            "final": {k: last[k] for k in (METRIC, "val_pixel_acc", "params") if k in last},
             "source": self.source,
         }
 

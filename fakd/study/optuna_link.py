@@ -25,6 +25,7 @@ from fakd.results import COMPLETE, FAILED, PRUNED, TrialRecord
 from fakd.results.layout import StudyDir
 from fakd.results.space import arm_space
 from fakd.spec import STORAGE_FILES, StudySpec
+from fakd.vocab import METRIC
 
 TRIAL_ATTR = "fakd_trial"  # the Optuna trial's user attribute naming its study trial
 HOME_ATTR = "fakd_home"  # an Optuna study's user attribute: the study directory that drives it (database storages)
@@ -167,7 +168,7 @@ class OptunaLink:
     def report(self, record: TrialRecord, evaluation: int, row: Mapping[str, Any]) -> None:
         """The evaluation as an intermediate value (single-objective studies: Optuna keeps learning curves
         for those only, and its TPE cannot rank pruned multi-objective trials that have them)."""
-        value = row.get("val_miou")
+        value = row.get(METRIC)
         if record.optuna_number is None or not isinstance(value, (int, float)) or len(self.directions) > 1:
             return
         study = self.study(record.arm, record.repeat)

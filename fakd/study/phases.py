@@ -25,11 +25,11 @@ from fakd.results.space import inherits
 from fakd.spec import StudySpec
 from fakd.study.halving import CONTINUE, PRUNE, WAIT, AsyncHalving, SyncHalving, rung_milestones
 from fakd.study.optuna_link import OptunaLink
-from fakd.vocab import ARM_TABLE
+from fakd.vocab import ARM_TABLE, METRIC
 
 FINISHED = "FINISHED"
 MAX_UNFINISHED_ENDS = 3  # a trial whose process ends early this often, without an error, is failed
-ROW_KEYS = ("iteration", "loss", "lr", "seconds_per_iter", "window_seconds", "params", "val_miou", "val_pixel_acc",
+ROW_KEYS = ("iteration", "loss", "lr", "seconds_per_iter", "window_seconds", "params", METRIC, "val_pixel_acc",
             "val_iou", "fakd_strength", "diverged", "error")
 Log = Callable[[str], None]
 
@@ -107,6 +107,10 @@ class Phase:
         if not isinstance(result.get("iteration"), int):
             return True
         row = {k: result[k] for k in ROW_KEYS if k in result}
+        if not row.get("diverged") and not isinstance(row.get(METRIC), (int, float)):
+            raise RuntimeError(f"trial {key} reported iteration {row['iteration']} without {METRIC} (keys: "
+                               f"{', '.join(sorted(result)[:20])}): a trial reports the study's metric at every "
+                               "evaluation; halving would have ranked it last")
         if "node_ip" in result:
             row["node"] = result["node_ip"]
         self.on_start(key)
@@ -119,7 +123,7 @@ class Phase:
         if row.get("diverged") or self.halving is None:
             return True
         decision = self.halving.decide((record.arm, record.repeat), key, evaluation_of(record, row["iteration"]),
-                                       row.get("val_miou"))
+                                       row.get(METRIC))
         if decision == PRUNE:
             self.prune_requested.add(key)
         elif decision == WAIT:
@@ -210,7 +214,7 @@ class Phase:
             record = self.records[key]
             if not row.get("diverged"):
                 decisions[key] = self.halving.decide((record.arm, record.repeat), key, evaluation_of(record, iteration),
-                                                     row.get("val_miou"))
+                                                     row.get(METRIC))
         for key in sorted(self.records):
             record, decision = self.records[key], decisions[key]
             if record.state == FAILED:

@@ -50,7 +50,7 @@ from fakd.study.tracking import WandbStreamer, sync_hint
 from fakd.study.trainable import TrialContext
 from fakd.study.tune_glue import run_phase
 from fakd.tracking import effective_tracking, git_commit
-from fakd.vocab import ARM_TABLE, BUDGETS
+from fakd.vocab import ARM_TABLE, BUDGETS, METRIC
 
 Log = Callable[[str], None]
 GIVEN_TEACHER = "teachers/given/teacher.pt"
@@ -439,7 +439,7 @@ def _teacher(study: StudyDir, spec: StudySpec, log: Log) -> dict[str, Any]:
             artifact = ray.get(task.remote(cfg, study))
         teacher = {"key": artifact.key, "path": study.relative(artifact.path), "metrics": artifact.metrics}
     study.update_metadata(teacher=teacher)
-    miou = teacher["metrics"].get("val_miou", float("nan"))
+    miou = teacher["metrics"].get(METRIC, float("nan"))
     log(f"teacher {spec.defaults.teacher.label} ready ({teacher['key']}, val mIoU {miou:.4f}, "
         f"{time.perf_counter() - started:.0f} s)")
     return teacher

@@ -32,6 +32,7 @@ from fakd.train.data import Splits, eval_loader, train_loader
 from fakd.train.distributed import DistContext, sync_batchnorm
 from fakd.train.objective import SegmentationObjective
 from fakd.train.optim import build_optimizer, poly_schedule
+from fakd.vocab import METRIC
 
 Reporter = Callable[[dict[str, Any], "str | None"], None]
 
@@ -98,7 +99,7 @@ def evaluate(
         matrix.matrix = dist.all_reduce_sum(matrix.matrix)
     model.train(was_training)
     summary = matrix.summary()
-    return {"val_miou": summary["miou"], "val_pixel_acc": summary["pixel_acc"], "val_iou": summary["per_class_iou"]}
+    return {METRIC: summary["miou"], "val_pixel_acc": summary["pixel_acc"], "val_iou": summary["per_class_iou"]}
 
 
 @dataclass
@@ -326,7 +327,7 @@ def fit(
             directory = write_checkpoint(state.state_dict(iteration, metrics, rng_by_rank), checkpoints, iteration)
         directory = dist.broadcast_object(directory)  # no process reports a checkpoint before it is complete
         if log is not None and dist.is_main:
-            log(f"[{label}] iter {iteration}/{total} loss {metrics['loss']:.4f} val mIoU {metrics['val_miou']:.4f}")
+            log(f"[{label}] iter {iteration}/{total} loss {metrics['loss']:.4f} val mIoU {metrics[METRIC]:.4f}")
         if report is not None:
             report(metrics, str(directory))
         if dist.is_main:
