@@ -19,6 +19,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
+from fakd.atomic import atomic_file  # noqa: E402
 from fakd.results import COMPLETE, TERMINAL, TrialRecord, pareto_front  # noqa: E402
 from fakd.results.space import arm_space  # noqa: E402
 from fakd.spec import StudySpec  # noqa: E402
@@ -48,7 +49,8 @@ def _arm_order(arm: str) -> int:
 
 def _save(figure: plt.Figure, path: Path) -> Path:
     figure.tight_layout()
-    figure.savefig(path, dpi=120)
+    with atomic_file(path, "wb") as handle:
+        figure.savefig(handle, dpi=120, format="png")
     plt.close(figure)
     return path
 

@@ -7,6 +7,7 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from fakd.atomic import write_atomic
 from fakd.errors import UserError
 from fakd.export.render import FORMATS, compact_latex, compact_markdown, decisions, render
 from fakd.export.table import AblationTable, build_table
@@ -92,7 +93,7 @@ def export_study(study_path: str | Path, fmt: str = "md", out: str | Path | None
         text = render(table.frame, fmt)
         if fmt == "md":
             text = _markdown_file(spec.name, summary, decisions(table), text)
-    target.write_text(text)
+    write_atomic(target, text)
     note = "\n".join([note, *skipped])
     return Export(text, table, note, written, summary)
 

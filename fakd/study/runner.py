@@ -10,9 +10,7 @@ or SIGTERM stops it cleanly (`StopSignals`); everything it decides is in the stu
 from __future__ import annotations
 
 import contextlib
-import os
 import re
-import shutil
 import time
 import uuid
 from collections import Counter
@@ -23,6 +21,7 @@ from typing import Any
 import ray
 
 from fakd import spec_yaml
+from fakd.atomic import copy_atomic, write_atomic
 from fakd.errors import UserError
 from fakd.preflight import DataFacts, preflight
 from fakd.results import FORMAT, StudyDir, TrialRecord, front_json, open_study_dir, pareto_front, read_trials
@@ -32,7 +31,6 @@ from fakd.results.layout import (
     check_outside_studies,
     is_unstarted,
     now,
-    write_atomic,
     write_json,
 )
 from fakd.results.selection import confirmed_scores, select_best
@@ -417,9 +415,7 @@ def _teacher(study: StudyDir, spec: StudySpec, log: Log) -> dict[str, Any]:
         from fakd.train import read_teacher_file
 
         target = study.path(GIVEN_TEACHER)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(given, target.with_name(".teacher.pt.partial"))
-        os.replace(target.with_name(".teacher.pt.partial"), target)
+        copy_atomic(given, target)
         payload = read_teacher_file(target)
         teacher = {"key": payload.get("key", "given"), "path": GIVEN_TEACHER, "metrics": payload.get("metrics", {}),
                    "source": str(given)}

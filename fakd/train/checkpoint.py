@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from fakd.atomic import atomic_file
 from fakd.errors import UserError
 
 STATE_FILE = "state.pt"
@@ -87,13 +88,8 @@ def load_error_reason(exc: BaseException) -> str:
 
 def atomic_save(obj: Any, path: Path) -> None:
     """`torch.save` to a temporary file beside `path`, flushed to disk, then renamed over it."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "wb") as handle:
+    with atomic_file(path, "wb") as handle:
         torch.save(obj, handle)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
 
 
 def write_checkpoint(state: dict[str, Any], root: Path, iteration: int) -> Path:

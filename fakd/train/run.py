@@ -7,6 +7,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from fakd.atomic import write_atomic
 from fakd.config import RunConfig
 from fakd.errors import UserError
 from fakd.train.checkpoint import checkpoint_iteration, latest_checkpoint
@@ -72,7 +73,7 @@ def _claim(work: Path, cfg: RunConfig) -> None:
         raise UserError(f"{work.parent} holds a run with another configuration; choose another --out",
                         key="--out")
     work.mkdir(parents=True, exist_ok=True)
-    record.write_text(json.dumps(config, indent=2))
+    write_atomic(record, json.dumps(config, indent=2))
 
 
 def check_models(cfg: RunConfig, file: str, num_classes: int) -> None:

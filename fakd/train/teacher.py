@@ -10,7 +10,6 @@ import contextlib
 import fcntl
 import hashlib
 import json
-import os
 import shutil
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -19,6 +18,7 @@ from typing import Any
 
 import torch
 
+from fakd.atomic import copy_atomic, write_atomic
 from fakd.config import ModelConfig, RunConfig, TeacherConfig, config_hash
 from fakd.errors import UserError
 from fakd.models import Segmenter, build_segmenter
@@ -139,7 +139,7 @@ def _train(
         "metrics": metrics,
     }
     atomic_save(payload, directory / TEACHER_FILE)
-    (directory / "meta.json").write_text(json.dumps(
+    write_atomic(directory / "meta.json", json.dumps(
         {"key": key, "config": cfg.teacher_run().model_dump(mode="json"), "metrics": metrics}, indent=2))
     shutil.rmtree(work, ignore_errors=True)
 
@@ -285,10 +285,7 @@ def zoo_teacher_key(cfg: RunConfig, path: str | Path) -> str:
 
 def copy_teacher_file(source: str | Path, target: Path) -> None:
     """Copy `source` to `target` through a temporary file: `target` is whole or absent."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    partial = target.with_name(f".{target.name}.partial-{os.getpid()}")
-    shutil.copyfile(source, partial)
-    os.replace(partial, target)
+    copy_atomic(source, target)
 
 
 def evaluate_teacher(path: str | Path, cfg: RunConfig) -> dict[str, Any]:
@@ -321,7 +318,5 @@ def zoo_teacher(
                 log(f"evaluating teacher {cfg.teacher.label} ({key}) on the validation split")
             metrics = evaluate_teacher(directory / TEACHER_FILE, cfg)
             record = {"key": key, "source": cfg.teacher.source, "checkpoint": str(source), "metrics": metrics}
-            partial = directory / f".{ZOO_META}.partial"
-            partial.write_text(json.dumps(record, indent=2))
-            os.replace(partial, meta)
+            write_atomic(meta, json.dumps(record, indent=2))
     return TeacherArtifact(directory / TEACHER_FILE, key, json.loads(meta.read_text())["metrics"])
