@@ -47,7 +47,8 @@ def main() -> list[dict]:
     import ray
     from ray import tune
 
-    from fakd.study.trainable import TrialContext, make_trainable
+    from fakd.study.trainable import TrialContext
+    from fakd.study.tune_glue import make_trainable
     from fakd.train import ensure_teacher
 
     with tempfile.TemporaryDirectory() as root:

@@ -4,7 +4,8 @@ The trial never opens the spec: the driver resolved its `RunConfig` once. It wri
 its own directory of the study and reports each evaluation to Tune; the driver records the reports. A
 trial started again (after a fault, a pause at a rung or a stopped driver) continues from its latest
 checkpoint and first reports that checkpoint's metrics again, so nothing reported is ever lost.
-With `resources.workers` > 1 a trial is a data-parallel Ray Train run (`fakd.study.data_parallel`).
+With `resources.workers` > 1 a trial is a data-parallel Ray Train run (`fakd.study.data_parallel`); the trainable
+of either kind is made in `fakd.study.tune_glue`.
 """
 
 from __future__ import annotations
@@ -50,15 +51,3 @@ def run_trial(config: dict[str, Any], context: TrialContext) -> None:
             tune.report({"iteration": exc.iteration, "diverged": True, "error": str(exc)})
         except UserError as exc:  # a damaged data file fails every retry alike: the study stops and says which
             tune.report({"user_error": exc.format()})
-
-
-def make_trainable(context: TrialContext, cpu: float, gpu: float, workers: int = 1) -> Any:
-    """The phase's trainable: `run_trial` with one trial's resources, or with `workers` > 1 a `DataParallelTrial`
-    whose Train run takes `workers` × (`cpu`, `gpu`)."""
-    if workers == 1:
-        return tune.with_resources(tune.with_parameters(run_trial, context=context), {"cpu": cpu, "gpu": gpu})
-    from fakd.study.data_parallel import DRIVER_RESOURCES, DataParallelTrial, Scaling
-
-    scaling = Scaling(workers, cpu, gpu)
-    trainable = tune.with_parameters(DataParallelTrial, context=context, scaling=scaling)
-    return tune.with_resources(trainable, DRIVER_RESOURCES)

@@ -16,9 +16,10 @@ from ray.tune.schedulers import FIFOScheduler, TrialScheduler
 from ray.tune.search import Searcher
 from ray.tune.stopper import Stopper
 
+from fakd.study.data_parallel import DRIVER_RESOURCES, DataParallelTrial, Scaling
 from fakd.study.phases import FINISHED, Phase
 from fakd.study.signals import StopSignals
-from fakd.study.trainable import TrialContext, make_trainable
+from fakd.study.trainable import TrialContext, run_trial
 
 
 def _key(trial: Trial) -> str:
@@ -110,6 +111,16 @@ def _error_text(trial: Trial, lines: int = 12) -> str:
         text = Path(path).read_text().strip().splitlines()
         return "\n".join(text[-lines:])
     return "the trial failed without an error file"
+
+
+def make_trainable(context: TrialContext, cpu: float, gpu: float, workers: int = 1) -> Any:
+    """The phase's trainable: `run_trial` with one trial's resources, or with `workers` > 1 a `DataParallelTrial`
+    whose Train run takes `workers` × (`cpu`, `gpu`)."""
+    if workers == 1:
+        return tune.with_resources(tune.with_parameters(run_trial, context=context), {"cpu": cpu, "gpu": gpu})
+    scaling = Scaling(workers, cpu, gpu)
+    trainable = tune.with_parameters(DataParallelTrial, context=context, scaling=scaling)
+    return tune.with_resources(trainable, DRIVER_RESOURCES)
 
 
 def run_phase(phase: Phase, context: TrialContext, *, cpu: float, gpu: float, max_concurrent: int,
