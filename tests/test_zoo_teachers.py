@@ -252,7 +252,7 @@ def test_study_copies_and_evaluates_a_zoo_teacher_once(tmp_path: Path, ray_local
                                                        monkeypatch: pytest.MonkeyPatch) -> None:
     from fakd.results import StudyDir
     from fakd.results.layout import write_json
-    from fakd.study.runner import GIVEN_TEACHER, _teacher
+    from fakd.study.teacher import GIVEN_TEACHER, study_teacher
     from fakd.train import zoo_teacher_key
 
     given = mmseg_checkpoint(tmp_path / "pspnet.pth")
@@ -260,7 +260,7 @@ def test_study_copies_and_evaluates_a_zoo_teacher_once(tmp_path: Path, ray_local
     study = StudyDir(tmp_path / "study")
     write_json(study.marker, {"format": 2, "name": "tiny"})
     logs: list[str] = []
-    record = _teacher(study, spec, logs.append)
+    record = study_teacher(study, spec, logs.append)
     assert record["path"] == GIVEN_TEACHER and digest(study.path(GIVEN_TEACHER)) == digest(given)
     assert record["zoo"] == "mmseg" and record["source"] == given
     cfg = spec.run_config("kd")
@@ -270,7 +270,7 @@ def test_study_copies_and_evaluates_a_zoo_teacher_once(tmp_path: Path, ray_local
     assert "teacher mmseg:pspnet ready" in logs[-1]
 
     monkeypatch.setattr("fakd.train.evaluate_teacher", lambda *a, **k: pytest.fail("evaluated twice"))
-    assert _teacher(study, spec, logs.append) == study.metadata()["teacher"]
+    assert study_teacher(study, spec, logs.append) == study.metadata()["teacher"]
     # a trial loads the teacher from the study's copy
     artifact = TeacherArtifact(study.root / record["path"], "study", {})
     assert isinstance(load_teacher(artifact, cfg, NUM_CLASSES), ZooTeacher)

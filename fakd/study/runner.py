@@ -18,10 +18,8 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-import ray
-
 from fakd import spec_yaml
-from fakd.atomic import copy_atomic, write_atomic
+from fakd.atomic import write_atomic
 from fakd.errors import UserError
 from fakd.preflight import DataFacts, preflight
 from fakd.results import FORMAT, StudyDir, TrialRecord, front_json, open_study_dir, pareto_front, read_trials
@@ -37,21 +35,21 @@ from fakd.results.selection import confirmed_scores, select_best
 from fakd.results.space import search_stages
 from fakd.results.verdicts import compared_arms, decide_rule, sequential_rule, study_verdicts, table_comparisons
 from fakd.spec import NAME_PATTERN, STORAGE_FILES, DecideConfig, StudySpec, load_spec
-from fakd.study.cluster import check_cluster_resources, check_local_resources, largest_node_cpus, ray_runtime
+from fakd.study.cluster import check_cluster_resources, check_local_resources, ray_runtime
 from fakd.study.integrity import check_resumable
-from fakd.study.lock import StudyLock, training_in, wait_for_earlier_training
+from fakd.study.lock import StudyLock, wait_for_earlier_training
 from fakd.study.optuna_link import OptunaLink, open_storage
 from fakd.study.phases import ConfirmPhase, Phase, RetrainPhase, SearchPhase, short_values
 from fakd.study.selection import outcome, plan_confirm, plan_retrain, retrain_seeds, seeds_done
 from fakd.study.signals import StopSignals
+from fakd.study.teacher import study_teacher
 from fakd.study.tracking import WandbStreamer, sync_hint
 from fakd.study.trainable import TrialContext
 from fakd.study.tune_glue import run_phase
 from fakd.tracking import effective_tracking, git_commit
-from fakd.vocab import ARM_TABLE, BUDGETS, METRIC
+from fakd.vocab import ARM_TABLE, BUDGETS
 
 Log = Callable[[str], None]
-GIVEN_TEACHER = "teachers/given/teacher.pt"
 MAX_SEEDS = 1000
 """The most seeds `retrain --seeds` accepts: each is a run of every arm, planned at once."""
 
@@ -243,7 +241,7 @@ def _drive(study: StudyDir, spec: StudySpec, signals: StopSignals, log: Log, *, 
                               seeds_raised=bool(meta.get("seeds_raised")) or raised)
     elif rule is not None:
         study.update_metadata(retrain_mode="sequential", decide=rule.model_dump(), retrain_budget=budget)
-    teacher = _teacher(study, spec, log)
+    teacher = study_teacher(study, spec, log)
     signals.check()
     context = TrialContext(str(study.root), teacher["path"])
     for stage, arms in enumerate(stages):
@@ -387,66 +385,6 @@ def _record_round(study: StudyDir, budget: str, seeds: int, arms: list[str]) -> 
     """Append a sequential retrain's next round to the study's metadata (before any of its runs is planned)."""
     rounds = list(study.metadata().get("decide_rounds") or [])
     study.update_metadata(decide_rounds=[*rounds, {"budget": budget, "seeds": seeds, "arms": arms}])
-
-
-def _teacher(study: StudyDir, spec: StudySpec, log: Log) -> dict[str, Any]:
-    """The study's teacher, recorded relative to the study: trained once (a Ray task with a trial's
-    resources) or copied from the given checkpoint; a model-zoo teacher is copied and then evaluated once on
-    the validation split (a Ray task with a trial's resources), so the table's teacher row has its metrics."""
-    known = study.metadata().get("teacher")
-    if known and study.path(known["path"]).is_file():
-        return known
-    given = spec.defaults.teacher.checkpoint
-    started = time.perf_counter()
-    if given and spec.defaults.teacher.is_zoo:
-        from fakd.train import evaluate_teacher, zoo_teacher_key
-        from fakd.train.teacher import copy_teacher_file
-
-        target = study.path(GIVEN_TEACHER)
-        copy_teacher_file(given, target)
-        cfg = spec.run_config(spec.settings.arms[0], phase="final")
-        log(f"evaluating teacher {cfg.teacher.label} on the validation split")
-        resources = spec.settings.resources
-        task = ray.remote(num_cpus=resources.cpu, num_gpus=resources.gpu)(evaluate_teacher)
-        metrics = ray.get(task.remote(target, cfg))
-        teacher = {"key": zoo_teacher_key(cfg, target), "path": GIVEN_TEACHER, "metrics": metrics,
-                   "source": str(given), "zoo": cfg.teacher.source}
-    elif given:
-        from fakd.train import read_teacher_file
-
-        target = study.path(GIVEN_TEACHER)
-        copy_atomic(given, target)
-        payload = read_teacher_file(target)
-        teacher = {"key": payload.get("key", "given"), "path": GIVEN_TEACHER, "metrics": payload.get("metrics", {}),
-                   "source": str(given)}
-    else:
-        resources = spec.settings.resources
-        cfg = spec.run_config(spec.settings.arms[0])
-        if resources.workers > 1:  # data-parallel, as the trials: a Ray Train run (its workers take the resources)
-            from fakd.study.data_parallel import Scaling, ensure_teacher_data_parallel
-
-            scaling = Scaling(resources.workers, resources.cpu, resources.gpu)
-            task = ray.remote(num_cpus=0)(ensure_teacher_data_parallel)
-            artifact = ray.get(task.remote(cfg, study, scaling))
-        else:
-            # nothing else runs while the teacher trains: on CPU it may take a whole node's cores
-            cpus = resources.cpu if resources.gpu > 0 else max(resources.cpu, largest_node_cpus())
-            task = ray.remote(num_cpus=cpus, num_gpus=resources.gpu)(_teacher_in_study)
-            artifact = ray.get(task.remote(cfg, study))
-        teacher = {"key": artifact.key, "path": study.relative(artifact.path), "metrics": artifact.metrics}
-    study.update_metadata(teacher=teacher)
-    miou = teacher["metrics"].get(METRIC, float("nan"))
-    log(f"teacher {spec.defaults.teacher.label} ready ({teacher['key']}, val mIoU {miou:.4f}, "
-        f"{time.perf_counter() - started:.0f} s)")
-    return teacher
-
-
-def _teacher_in_study(cfg: Any, study: StudyDir) -> Any:
-    """`ensure_teacher` into the study's teacher cache, as one of the study's training processes."""
-    from fakd.train import ensure_teacher
-
-    with training_in(study.root):
-        return ensure_teacher(cfg, study.teachers, progress=False, log=_print)
 
 
 def _callbacks(spec: StudySpec, study: StudyDir, phase: Phase, teacher_key: str) -> list[Any]:
