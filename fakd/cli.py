@@ -20,6 +20,20 @@ def _log(message: str) -> None:
     print(message, flush=True)
 
 
+class ClosedOutput(Exception):
+    """The reader of a command's printed result went away (`| head`)."""
+
+
+def _emit(text: str) -> None:
+    """Print a command's result; when the reader closed the pipe, stop quietly, as other command-line tools do (the
+    rest of the output goes nowhere, so the interpreter's last flush cannot fail either)."""
+    try:
+        print(text, flush=True)
+    except BrokenPipeError:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        raise ClosedOutput from None
+
+
 def command_train(args: argparse.Namespace) -> int:
     from fakd.preflight import preflight
     from fakd.results.layout import check_outside_studies
@@ -79,7 +93,7 @@ def command_status(args: argparse.Namespace) -> int:
     from fakd.results.status import format_status, status, status_json
 
     records, driver = status(args.study_dir)
-    print(json.dumps(status_json(records, driver)) if args.json else format_status(records, driver))
+    _emit(json.dumps(status_json(records, driver)) if args.json else format_status(records, driver))
     return 0
 
 
@@ -97,7 +111,7 @@ def command_export(args: argparse.Namespace) -> int:
 
     result = export_study(args.study_dir, args.format, args.out)
     if args.out is None:
-        print(result.text)
+        _emit(result.text)
     else:
         _log(f"wrote {args.out}" + (" (self-contained: plots embedded)" if args.format == "html" else ""))
         for plot in result.plots:
@@ -229,8 +243,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except UserError as exc:
         print(f"error: {exc.format()}", file=sys.stderr)
         return EXIT_USER_ERROR
-    except BrokenPipeError:  # `| head` closed our output: stop quietly, as other command-line tools do
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    except ClosedOutput:
         return 128 + signal.SIGPIPE
     except KeyboardInterrupt as exc:
         signum = getattr(exc, "signum", signal.SIGINT)

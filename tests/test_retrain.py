@@ -138,3 +138,25 @@ def test_until_decided_refusals_change_nothing(searched_study, tmp_path, capsys)
         err = capsys.readouterr().err
         assert message in err and err.count("\n") == 1, err
     assert {path: tree_digest(path) for path in digests} == digests
+
+
+def test_fewer_seeds_drop_the_planned_runs_that_never_started(searched_study, tmp_path, ray_local, capsys):
+    _, study = searched_study
+    copy = tmp_path / "study"
+    shutil.copytree(study.root, copy)
+    planned = []
+    for trial in sorted((copy / "trials" / "retrain").glob("*-seed2")):  # a later seed planned, never started
+        record = json.loads((trial / "trial.json").read_text())
+        key = record["key"].replace("-seed2", "-seed7")
+        target = copy / "trials" / key
+        target.mkdir()
+        (target / "trial.json").write_text(json.dumps({**record, "key": key, "seed": 7, "index": 7,
+                                                       "state": "PENDING", "finished": None}))
+        planned.append(target)
+    finished = retrain_files(copy)
+    assert main(["retrain", str(copy), "--seeds", "1"]) == 2  # seed 2 finished: it is never dropped
+    assert "--seeds: the study already has 2 retrain seeds at equal-iters that started or finished" in \
+        capsys.readouterr().err
+    assert main(["retrain", str(copy), "--seeds", "2"]) == 0
+    assert "dropped 3 planned retrain runs of seeds above 2 (equal-iters) that never started" in capsys.readouterr().out
+    assert not any(p.exists() for p in planned) and retrain_files(copy) == finished

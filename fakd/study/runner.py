@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import re
+import shutil
 import time
 import uuid
 from collections import Counter
@@ -22,7 +23,7 @@ from fakd import spec_yaml
 from fakd.atomic import write_atomic
 from fakd.errors import UserError
 from fakd.preflight import DataFacts, preflight
-from fakd.results import FORMAT, StudyDir, TrialRecord, front_json, open_study_dir, pareto_front, read_trials
+from fakd.results import FORMAT, PENDING, StudyDir, TrialRecord, front_json, open_study_dir, pareto_front, read_trials
 from fakd.results.layout import (
     check_new_study_dir,
     check_no_links_out,
@@ -134,12 +135,32 @@ def retrain(
     retrained = read_trials(study, "retrain")
     done = seeds_done(retrained, chosen)
     rule = _until_decided_rule(study, spec, done, max_seeds) if until_decided else None
-    if seeds is not None and seeds < done:
-        raise UserError(f"the study already has {done} retrain seeds at {chosen}; --seeds takes {done} or more "
-                        "(more seeds train only the missing ones)", key="--seeds")
+    started = max((r.seed for r in retrained if r.budget == chosen and not never_started(study, r)), default=0)
+    if seeds is not None and seeds < started:
+        raise UserError(f"the study already has {started} retrain seeds at {chosen} that started or finished; --seeds "
+                        f"takes {started} or more (more seeds train only the missing ones; planned seeds that never "
+                        "started are dropped below it)", key="--seeds")
     with _driving(study, "retrain", address) as (spec, signals):
         _drive(study, spec, signals, log, seeds=seeds, budget=chosen, rule=rule, no_wandb=no_wandb)
     return study
+
+
+def never_started(study: StudyDir, record: TrialRecord) -> bool:
+    """Whether a planned trial never ran: PENDING, nothing reported, no checkpoint."""
+    return (record.state == PENDING and not record.results
+            and not (study.trial_dir(record.key) / "checkpoints").exists())
+
+
+def _drop_unstarted(study: StudyDir, records: list[TrialRecord], budget: str, seeds: int, log: Log) -> None:
+    """`retrain --seeds N` below the seeds planned: remove the planned retrain trials of later seeds that never
+    started (a finished or started one is never removed; `retrain` refused those already)."""
+    dropped = [r for r in records if r.phase == "retrain" and r.budget == budget and r.seed > seeds
+               and never_started(study, r)]
+    for record in dropped:
+        shutil.rmtree(study.trial_dir(record.key))
+        records.remove(record)
+    if dropped:
+        log(f"dropped {len(dropped)} planned retrain runs of seeds above {seeds} ({budget}) that never started")
 
 
 def _until_decided_rule(study: StudyDir, spec: StudySpec, done: int, max_seeds: int | None) -> DecideConfig:
@@ -236,6 +257,7 @@ def _drive(study: StudyDir, spec: StudySpec, signals: StopSignals, log: Log, *, 
     if no_wandb:
         study.update_metadata(no_wandb=True)
     if seeds:
+        _drop_unstarted(study, records, budget or "", seeds, log)
         raised = bool(meta.get("retrain_finished")) and seeds > seeds_done(records, budget or "")
         study.update_metadata(retrain_seeds=seeds, retrain_budget=budget, retrain_mode="fixed",
                               seeds_raised=bool(meta.get("seeds_raised")) or raised)
