@@ -393,7 +393,7 @@ def test_trials_and_the_teacher_train_holding_the_training_lock(tmp_path: Path, 
     import fakd.train
     from fakd.results.layout import StudyDir
     from fakd.spec import load_spec
-    from fakd.study import runner, trainable
+    from fakd.study import teacher, trainable
 
     study = StudyDir(tmp_path / "study")
     study.root.mkdir()
@@ -414,7 +414,7 @@ def test_trials_and_the_teacher_train_holding_the_training_lock(tmp_path: Path, 
     cfg = load_spec(write_spec(tmp_path)).run_config("baseline")
     trainable.run_trial({"trial": "search/baseline-000", "run": cfg.model_dump(mode="json")},
                         trainable.TrialContext(str(study.root), None))
-    runner._teacher_in_study(cfg, study)
+    teacher._teacher_in_study(cfg, study)
     assert held == [True, True]
     lock_is_held()
     assert held[-1] is False, "the lock outlived the training"
