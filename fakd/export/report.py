@@ -27,7 +27,7 @@ from fakd.export.render import (
 from fakd.export.stats import mean_ci
 from fakd.export.table import ALPHA, AblationTable, budget_of, effective_batch
 from fakd.results import TrialRecord
-from fakd.results.selection import confirmed_scores, select_best
+from fakd.results.selection import confirmed_scores, select_best, selection_score
 from fakd.spec import StudySpec
 
 STYLE = """
@@ -66,10 +66,6 @@ def selection_rows(spec: StudySpec, records: list[TrialRecord]) -> tuple[list[li
         if record.phase == "search" and record.final_miou is not None:
             searched[(record.arm, record.repeat, record.student)].append(record)
 
-    def score(record: TrialRecord) -> tuple[bool, float]:
-        runs = confirmed.get(record.key)
-        return (True, sum(runs) / len(runs)) if runs else (False, float(record.final_miou))
-
     def cell(record: TrialRecord | None) -> str:
         if record is None:
             return "-"
@@ -82,7 +78,8 @@ def selection_rows(spec: StudySpec, records: list[TrialRecord]) -> tuple[list[li
     for group in sorted(selected, key=lambda g: (g[2], order.get(g[0], len(order)), g[1])):
         arm, repeat, student = group
         best = selected[group]
-        others = sorted((r for r in searched[group] if r.key != best.key), key=lambda r: (score(r), -r.index))
+        others = sorted((r for r in searched[group] if r.key != best.key),
+                        key=lambda r: (selection_score(r, confirmed), -r.index))
         runner_up = others[-1] if others else None
         values = ", ".join(f"{k}={_short(v)}" for k, v in sorted(best.values.items())) or "(defaults)"
         rows.append([student, arm, str(repeat), best.key, cell(best), runner_up.key if runner_up else "-",

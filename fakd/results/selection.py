@@ -30,6 +30,13 @@ def confirmed_scores(records: list[TrialRecord]) -> dict[str, list[float]]:
     return {source: [score for _, score in sorted(pairs)] for source, pairs in found.items()}
 
 
+def selection_score(record: TrialRecord, confirmed: dict[str, list[float]]) -> tuple[bool, float]:
+    """What a search trial is selected on: (True, the mean of its confirmation runs) where it was confirmed, else
+    (False, its held-out score); a confirmed trial ranks above every unconfirmed one."""
+    runs = confirmed.get(record.key)
+    return (True, statistics.fmean(runs)) if runs else (False, float(record.final_miou))
+
+
 def select_best(records: list[TrialRecord]) -> dict[Group, TrialRecord]:
     """The selected search trial of each (arm, repeat, student): the best mean of its confirmation runs where the
     group was confirmed (the search trial's own score, chosen for being high, is left out of that mean), else the
@@ -41,8 +48,7 @@ def select_best(records: list[TrialRecord]) -> dict[Group, TrialRecord]:
         if record.phase != "search" or record.final_miou is None:
             continue
         group = (record.arm, record.repeat, record.student)
-        runs = confirmed.get(record.key)
-        mine = (True, statistics.fmean(runs)) if runs else (False, record.final_miou)
+        mine = selection_score(record, confirmed)
         if group not in best or mine > score[group]:
             best[group], score[group] = record, mine
     return best

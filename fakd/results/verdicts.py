@@ -9,6 +9,7 @@ are read (`fakd.results.sequential`).
 
 from __future__ import annotations
 
+from collections import defaultdict
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -80,18 +81,25 @@ def table_comparisons(spec: StudySpec, records: list[TrialRecord], budget: str |
     return [(student, arm, each) for student in students for each in sorted(budgets) for arm in compared_arms(spec)]
 
 
-def differences(records: Iterable[TrialRecord], comparison: Comparison) -> list[float]:
+Scores = dict[Comparison, dict[tuple[int, int], float]]  # (student, arm, budget) → (seed, repeat) → final mIoU
+
+
+def retrain_scores(records: Iterable[TrialRecord]) -> Scores:
+    """Every finished retrain run's final mIoU, by (student, arm, budget) and (seed, repeat): one pass over the
+    records."""
+    scores: Scores = defaultdict(dict)
+    for record in records:
+        if record.phase == "retrain" and record.state == COMPLETE and record.final_miou is not None:
+            group = (record.student, record.arm, record.budget or DEFAULT_BUDGET)
+            scores[group][(record.seed, record.repeat)] = record.final_miou
+    return scores
+
+
+def differences(scores: Scores, comparison: Comparison) -> list[float]:
     """The paired differences (arm − base) of a comparison, in (seed, repeat) order."""
     student, arm, budget = comparison
-    base = ARM_TABLE[arm].base
-    scores: dict[str, dict[tuple[int, int], float]] = {arm: {}, base: {}}
-    for record in records:
-        if (record.phase == "retrain" and record.student == student and record.arm in scores
-                and (record.budget or DEFAULT_BUDGET) == budget and record.state == COMPLETE
-                and record.final_miou is not None):
-            scores[record.arm][(record.seed, record.repeat)] = record.final_miou
-    shared = sorted(set(scores[arm]) & set(scores[base]))
-    return [scores[arm][run] - scores[base][run] for run in shared]
+    mine, base = scores.get(comparison, {}), scores.get((student, ARM_TABLE[arm].base, budget), {})
+    return [mine[run] - base[run] for run in sorted(set(mine) & set(base))]
 
 
 def study_verdicts(spec: StudySpec, records: list[TrialRecord], comparisons: list[Comparison],
@@ -101,6 +109,7 @@ def study_verdicts(spec: StudySpec, records: list[TrialRecord], comparisons: lis
     rule = rule or decide_rule(spec)
     alpha_each = rule.alpha / max(1, len(comparisons))
     repeats = max([spec.settings.search.selection_repeats] + [r.repeat + 1 for r in records])
-    found = {key: verdict(differences(records, key), margin=rule.margin, alpha=alpha_each,
+    scores = retrain_scores(records)
+    found = {key: verdict(differences(scores, key), margin=rule.margin, alpha=alpha_each,
                           max_n=rule.max_seeds * repeats) for key in comparisons}
     return StudyVerdicts(found, alpha_each, rule)
