@@ -1,5 +1,5 @@
 """Run every benchmark: `python -m benchmarks [name ...]` (names: train_step, losses, harness, cluster, search,
-cityscapes_step)."""
+cityscapes_step, cli)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import time
 
 import torch
 
-BENCHMARKS = ("train_step", "losses", "harness", "cluster", "search", "cityscapes_step")
+BENCHMARKS = ("train_step", "losses", "harness", "cluster", "search", "cityscapes_step", "cli")
 
 
 def machine() -> str:

@@ -81,6 +81,9 @@ def command_sweep(args: argparse.Namespace) -> int:
 
 
 def command_resume(args: argparse.Namespace) -> int:
+    from fakd.results import open_study_dir
+
+    open_study_dir(args.study_dir)  # not a study: one line before Ray, torch and timm are imported
     from fakd.study import resume
 
     _log_table(resume(args.study_dir, address=args.address, no_wandb=args.no_wandb).root)
@@ -98,6 +101,11 @@ def command_status(args: argparse.Namespace) -> int:
 
 
 def command_retrain(args: argparse.Namespace) -> int:
+    from fakd.study.requests import retrain_request
+
+    # refusals before Ray, torch and timm are imported
+    retrain_request(args.study_dir, args.seeds, until_decided=args.until_decided, max_seeds=args.max_seeds,
+                    budget=args.budget)
     from fakd.study import retrain
 
     study = retrain(args.study_dir, args.seeds, until_decided=args.until_decided, max_seeds=args.max_seeds,

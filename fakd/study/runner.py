@@ -23,7 +23,7 @@ from fakd import spec_yaml
 from fakd.atomic import write_atomic
 from fakd.errors import UserError
 from fakd.preflight import DataFacts, preflight
-from fakd.results import FORMAT, PENDING, StudyDir, TrialRecord, front_json, open_study_dir, pareto_front, read_trials
+from fakd.results import FORMAT, StudyDir, TrialRecord, front_json, open_study_dir, pareto_front, read_trials
 from fakd.results.layout import (
     check_new_study_dir,
     check_no_links_out,
@@ -34,13 +34,14 @@ from fakd.results.layout import (
 )
 from fakd.results.selection import confirmed_scores, select_best
 from fakd.results.space import search_stages
-from fakd.results.verdicts import compared_arms, decide_rule, sequential_rule, study_verdicts, table_comparisons
+from fakd.results.verdicts import sequential_rule, study_verdicts, table_comparisons
 from fakd.spec import NAME_PATTERN, STORAGE_FILES, DecideConfig, StudySpec, load_spec
 from fakd.study.cluster import check_cluster_resources, check_local_resources, ray_runtime
 from fakd.study.integrity import check_resumable
 from fakd.study.lock import StudyLock, wait_for_earlier_training
 from fakd.study.optuna_link import OptunaLink, open_storage
 from fakd.study.phases import ConfirmPhase, Phase, RetrainPhase, SearchPhase, short_values
+from fakd.study.requests import never_started, retrain_request
 from fakd.study.selection import outcome, plan_confirm, plan_retrain, retrain_seeds, seeds_done
 from fakd.study.signals import StopSignals
 from fakd.study.teacher import study_teacher
@@ -48,11 +49,9 @@ from fakd.study.tracking import WandbStreamer, sync_hint
 from fakd.study.trainable import TrialContext
 from fakd.study.tune_glue import run_phase
 from fakd.tracking import effective_tracking, git_commit
-from fakd.vocab import ARM_TABLE, BUDGETS
+from fakd.vocab import ARM_TABLE
 
 Log = Callable[[str], None]
-MAX_SEEDS = 1000
-"""The most seeds `retrain --seeds` accepts: each is a run of every arm, planned at once."""
 
 
 def _print(message: str) -> None:
@@ -120,35 +119,11 @@ def retrain(
     if it was interrupted: with `seeds`, that many seeds (more than the study has train only the missing ones);
     with `until_decided`, rounds of `search.decide.round` seeds until every comparison is decided or has
     `max_seeds` (default: `search.decide.max_seeds`). Every refusal happens before anything is written."""
-    if (seeds is None) == (not until_decided):
-        raise UserError("takes either --seeds N or --until-decided", key="--seeds")
-    if max_seeds is not None and not until_decided:
-        raise UserError("applies to --until-decided only", key="--max-seeds")
-    if seeds is not None and not 1 <= seeds <= MAX_SEEDS:
-        raise UserError(f"takes 1 to {MAX_SEEDS} seeds, got {seeds}", key="--seeds")
-    if budget is not None and budget not in BUDGETS:
-        raise UserError(f"unknown budget {budget!r}; accepted: {', '.join(BUDGETS)}", key="--budget")
-    study = open_study_dir(study_path)
-    check_no_links_out(study)
-    spec = load_spec(study.spec)
-    chosen = budget or spec.settings.search.retrain_budget
-    retrained = read_trials(study, "retrain")
-    done = seeds_done(retrained, chosen)
-    rule = _until_decided_rule(study, spec, done, max_seeds) if until_decided else None
-    started = max((r.seed for r in retrained if r.budget == chosen and not never_started(study, r)), default=0)
-    if seeds is not None and seeds < started:
-        raise UserError(f"the study already has {started} retrain seeds at {chosen} that started or finished; --seeds "
-                        f"takes {started} or more (more seeds train only the missing ones; planned seeds that never "
-                        "started are dropped below it)", key="--seeds")
-    with _driving(study, "retrain", address) as (spec, signals):
-        _drive(study, spec, signals, log, seeds=seeds, budget=chosen, rule=rule, no_wandb=no_wandb)
-    return study
-
-
-def never_started(study: StudyDir, record: TrialRecord) -> bool:
-    """Whether a planned trial never ran: PENDING, nothing reported, no checkpoint."""
-    return (record.state == PENDING and not record.results
-            and not (study.trial_dir(record.key) / "checkpoints").exists())
+    request = retrain_request(study_path, seeds, until_decided=until_decided, max_seeds=max_seeds, budget=budget)
+    with _driving(request.study, "retrain", address) as (spec, signals):
+        _drive(request.study, spec, signals, log, seeds=seeds, budget=request.budget, rule=request.rule,
+               no_wandb=no_wandb)
+    return request.study
 
 
 def _drop_unstarted(study: StudyDir, records: list[TrialRecord], budget: str, seeds: int, log: Log) -> None:
@@ -161,26 +136,6 @@ def _drop_unstarted(study: StudyDir, records: list[TrialRecord], budget: str, se
         records.remove(record)
     if dropped:
         log(f"dropped {len(dropped)} planned retrain runs of seeds above {seeds} ({budget}) that never started")
-
-
-def _until_decided_rule(study: StudyDir, spec: StudySpec, done: int, max_seeds: int | None) -> DecideConfig:
-    """The decision settings of `retrain --until-decided`, refused (one line) where they cannot apply."""
-    if done == 0:
-        raise UserError(f"{study.root} has no retrain runs to decide from; retrain a first round with "
-                        f"`launch.py retrain {study.root} --seeds N`, or sweep with search.decide in the spec",
-                        key="--until-decided")
-    if not compared_arms(spec):
-        raise UserError(f"no arm of this study has its base arm ({', '.join(spec.settings.arms)}), so there is "
-                        "no comparison to decide", key="--until-decided")
-    rule = decide_rule(spec)
-    if max_seeds is not None:
-        rule = rule.model_copy(update={"max_seeds": max_seeds})
-    if rule.max_seeds < done:
-        raise UserError(f"the study already has {done} retrain seeds; the maximum takes {done} or more",
-                        key="--max-seeds" if max_seeds is not None else "search.decide.max_seeds")
-    if rule.max_seeds < 2:
-        raise UserError(f"must be at least 2 (a paired difference needs two seeds), got {max_seeds}", key="--max-seeds")
-    return rule
 
 
 @contextlib.contextmanager
