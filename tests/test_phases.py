@@ -23,8 +23,10 @@ from conftest import TINY_SPEC
 from fakd.errors import UserError
 from fakd.results import COMPLETE, FAILED, PRUNED, StudyDir, TrialRecord, read_trials
 from fakd.results.layout import FORMAT, write_json
+from fakd.results.records import OUT_OF_MEMORY
 from fakd.results.selection import select_best
 from fakd.results.space import search_stages
+from fakd.results.status import format_status
 from fakd.spec import validate_spec
 from fakd.study.halving import CONTINUE, PRUNE, WAIT, AsyncHalving, SyncHalving, rung_milestones
 from fakd.study.optuna_link import OptunaLink, open_storage
@@ -469,3 +471,26 @@ def test_an_evaluation_without_the_studys_metric_is_an_error_not_a_last_place(tm
     with pytest.raises(RuntimeError, match=f"reported iteration 1 without {METRIC}"):
         phase.on_result(record.key, {"iteration": 1, "val_mIoU": 0.5, "params": 1000})
     assert phase.on_result(record.key, {"iteration": 1, "diverged": True, "error": "nan"}) is True
+
+
+def test_a_trial_out_of_memory_fails_with_its_batch_and_crop_and_is_not_handed_out_again(tmp_path):
+    """Memory is exhausted by injection here: the report that `run_trial` makes of a `MemoryError` (tested in
+    test_study.py), and the error text Ray gives a trial its memory monitor ended."""
+    spec = make_spec(scheduler="none", num_samples=3)
+    study = make_study(tmp_path)
+    phase = SearchPhase(study, spec, lambda line: None, OptunaLink(spec, open_storage(spec, study), "tiny"))
+    caught, killed = phase.next_trial(), phase.next_trial()
+    assert phase.on_result(caught.key, {"out_of_memory": "MemoryError: cannot allocate"}) is False
+    phase.on_end(caught.key, None)
+    phase.on_end(killed.key, "Traceback (most recent call last):\nray.exceptions.OutOfMemoryError: Task was killed "
+                             "due to the node running low on memory.")
+    handed_out = {phase.next_trial().key for _ in range(4)} - {None}
+    assert not handed_out & {caught.key, killed.key}
+    records = {r.key: r for r in read_trials(study)}
+    expected = {caught.key: "MemoryError: cannot allocate", killed.key: "ray.exceptions.OutOfMemoryError: Task was"}
+    for key, error in expected.items():
+        assert (records[key].state, records[key].reason) == (FAILED, OUT_OF_MEMORY)
+        assert records[key].error.startswith(f"batch 2, crop 32×32: {error}")
+    assert optuna_states(study)["tiny/baseline"].get("FAIL", 0) + optuna_states(study)["tiny/kd"].get("FAIL", 0) == 2
+    table = format_status(read_trials(study), None)
+    assert sum(f"FAILED ({OUT_OF_MEMORY})" in line for line in table.splitlines()) == 2

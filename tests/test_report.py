@@ -33,7 +33,7 @@ from fakd.export import export_study
 from fakd.export.render import WIDTH, compact_markdown
 from fakd.export.table import build_table
 from fakd.results import FORMAT, StudyDir, TrialRecord
-from fakd.results.records import append_result, write_trial
+from fakd.results.records import OUT_OF_MEMORY, append_result, read_trials, write_trial
 from fakd.vocab import ARM_TABLE
 
 CLASSES = ["road", "car", "sky", "tree"]
@@ -690,3 +690,15 @@ def test_until_decided_needs_a_comparison_and_changes_nothing_without_one(tmp_pa
     err = capsys.readouterr().err
     assert "--until-decided: no arm of this study has its base arm (baseline)" in err and err.count("\n") == 1
     assert tree_digest(study.root) == digest
+
+
+def test_out_of_memory_trials_are_named_under_the_table_with_batch_and_crop(tmp_path, capsys):
+    study = make_study(tmp_path / "oom", arms=["baseline", "kd"], seeds=(1, 2))
+    record = next(r for r in read_trials(study, "search") if r.arm == "kd")
+    record.state, record.reason, record.error = "FAILED", OUT_OF_MEMORY, "batch 64, crop 512×1024: MemoryError: x"
+    write_trial(study, record)
+    assert main(["export", str(study.root)]) == 0
+    shown = capsys.readouterr().out
+    assert f"out of memory (failed, not retried): {record.key} (batch 64, crop 512×1024)" in shown
+    assert main(["status", str(study.root)]) == 0
+    assert f"FAILED ({OUT_OF_MEMORY})" in capsys.readouterr().out

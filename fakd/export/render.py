@@ -282,6 +282,8 @@ def compact(table: AblationTable) -> Compact:
                 for _, r in arms.iterrows() if not missing(r["diverged"]) and int(r["diverged"]) > 0]
     if diverged:
         footnotes.append("diverged trials (search and retrain): " + ", ".join(diverged))
+    if table.out_of_memory:
+        footnotes.append("out of memory (failed, not retried): " + ", ".join(table.out_of_memory))
     blocks = []
     parts = [f"{_label(r, several_students, several_budgets)} {mde_cell(r['mde'])} pp / {seeds_text(r)}"
              for _, r in tests.iterrows()]

@@ -73,6 +73,7 @@ class AblationTable:
     sequential: bool = False
     seeds_raised: bool = False
     method: str = ""
+    out_of_memory: tuple[str, ...] = ()
 
 
 def budget_of(record: TrialRecord) -> str:
@@ -178,7 +179,12 @@ def build_table(study: StudyDir, spec: StudySpec | None = None,
     return AblationTable(frame, max(0, len(retrain) - done - failed), len(retrain), hours_column, repeats, budgets,
                          tuple(class_names), {group: tuple(sorted(pairs)) for group, pairs in batches.items()},
                          resources.workers, sequential_rule(spec, meta) is not None or raised, raised,
-                         found.method())
+                         found.method(), tuple(_memory_line(r) for r in records if r.out_of_memory))
+
+
+def _memory_line(record: TrialRecord) -> str:
+    """`trial (batch …, crop …)` of a trial that ran out of memory (its error starts with the batch and crop)."""
+    return f"{record.key} ({(record.error or '').split(':')[0]})"
 
 
 def _verdict(found: Verdict) -> dict[str, Any]:

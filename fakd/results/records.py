@@ -22,6 +22,8 @@ from fakd.vocab import METRIC
 PHASES = ("search", "confirm", "retrain")
 PENDING, RUNNING, COMPLETE, PRUNED, FAILED = "PENDING", "RUNNING", "COMPLETE", "PRUNED", "FAILED"
 TERMINAL = frozenset({COMPLETE, PRUNED, FAILED})
+OUT_OF_MEMORY = "out of memory"
+"""The reason of a trial that did not fit in memory: a property of its configuration, never retried."""
 TRIAL_FILE, RESULTS_FILE = "trial.json", "results.jsonl"
 
 
@@ -44,7 +46,7 @@ class TrialRecord:
     optuna_number: int | None = None
     source: str | None = None  # confirm and retrain: the search trial whose configuration it trains again
     budget: str | None = None  # retrain: "equal-iters" or "equal-time"
-    reason: str | None = None  # why it ended as it did (pruned at ..., diverged, error)
+    reason: str | None = None  # why it ended as it did (pruned at ..., diverged, out of memory, error)
     error: str | None = None  # the end of the traceback of an errored trial
     created: str | None = None
     finished: str | None = None
@@ -70,6 +72,10 @@ class TrialRecord:
     @property
     def diverged(self) -> bool:
         return self.state == FAILED and self.reason == "diverged"
+
+    @property
+    def out_of_memory(self) -> bool:
+        return self.state == FAILED and self.reason == OUT_OF_MEMORY
 
     @property
     def final_miou(self) -> float | None:

@@ -16,10 +16,11 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from fakd.config import RunConfig
 from fakd.errors import UserError
 from fakd.results import COMPLETE, FAILED, PENDING, PRUNED, RUNNING, TERMINAL, TrialRecord, read_trials
 from fakd.results.layout import StudyDir, now
-from fakd.results.records import append_result, write_trial
+from fakd.results.records import OUT_OF_MEMORY, append_result, write_trial
 from fakd.results.selection import select_best
 from fakd.results.space import inherits
 from fakd.spec import StudySpec
@@ -32,6 +33,19 @@ MAX_UNFINISHED_ENDS = 3  # a trial whose process ends early this often, without 
 ROW_KEYS = ("iteration", "loss", "lr", "seconds_per_iter", "window_seconds", "params", METRIC, "val_pixel_acc",
             "val_iou", "fakd_strength", "diverged", "error")
 Log = Callable[[str], None]
+
+
+def is_memory_error(error: str) -> bool:
+    """Whether a trial's error text is memory exhausted: `MemoryError`, a device's or Ray's `OutOfMemoryError` (Ray's
+    memory monitor ends a worker that would push the host out of memory)."""
+    return "OutOfMemoryError" in error or "MemoryError" in error
+
+
+def memory_error_text(record: TrialRecord, error: str) -> str:
+    """The error of an out-of-memory trial, with what sets its memory: the batch size and the crop."""
+    cfg = RunConfig.model_validate(record.run)
+    height, width = cfg.data.crop_size
+    return f"batch {cfg.train.batch_size}, crop {height}×{width}: {error.strip().splitlines()[-1][:300]}"
 
 
 def evaluation_of(record: TrialRecord, iteration: int) -> int:
@@ -59,6 +73,7 @@ class Phase:
         self.ready: list[str] = []  # promoted from a rung: to be resumed
         self.prune_requested: set[str] = set()
         self.unfinished_ends: Counter[str] = Counter()
+        self.out_of_memory: dict[str, str] = {}  # trial key -> the memory error it reported
         self.stopping = False  # set when the study is interrupted: nothing new starts
         self.halt: str | None = None  # a mistake the user must fix (a damaged data file): the phase stops on it
         self.halving: AsyncHalving | SyncHalving | None = None
@@ -104,6 +119,9 @@ class Phase:
             self.halt = self.halt or result["user_error"]
             self.stopping = True
             return False
+        if isinstance(result.get("out_of_memory"), str):
+            self.out_of_memory[key] = result["out_of_memory"]
+            return False
         if not isinstance(result.get("iteration"), int):
             return True
         row = {k: result[k] for k in ROW_KEYS if k in result}
@@ -138,7 +156,9 @@ class Phase:
         if record.state in TERMINAL:
             return
         last = record.last or {}
-        if error is not None:
+        if key in self.out_of_memory or (error is not None and is_memory_error(error)):
+            self.finish(record, FAILED, OUT_OF_MEMORY, memory_error_text(record, self.out_of_memory.get(key, error)))
+        elif error is not None:
             self.finish(record, FAILED, "error", error)
         elif last.get("diverged"):
             self.finish(record, FAILED, "diverged", last.get("error"))

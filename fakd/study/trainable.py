@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import torch
 from ray import tune
 
 from fakd.config import RunConfig
@@ -22,6 +23,9 @@ from fakd.errors import UserError
 from fakd.study.lock import training_in
 from fakd.train import NonFiniteLossError, TeacherArtifact, train_student
 from fakd.train.checkpoint import latest_checkpoint
+
+MEMORY_ERRORS = (MemoryError, torch.OutOfMemoryError)
+"""Host and device memory exhausted inside the trial (the kernel's OOM killer ends the process instead)."""
 
 
 @dataclass(frozen=True)
@@ -51,3 +55,5 @@ def run_trial(config: dict[str, Any], context: TrialContext) -> None:
             tune.report({"iteration": exc.iteration, "diverged": True, "error": str(exc)})
         except UserError as exc:  # a damaged data file fails every retry alike: the study stops and says which
             tune.report({"user_error": exc.format()})
+        except MEMORY_ERRORS as exc:  # the configuration does not fit: a retry would run out of memory again
+            tune.report({"out_of_memory": f"{type(exc).__name__}: {exc}"[:300]})
