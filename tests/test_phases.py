@@ -15,6 +15,7 @@ import random
 import sqlite3
 import statistics
 from pathlib import Path
+from types import SimpleNamespace
 
 import optuna
 import pytest
@@ -32,6 +33,7 @@ from fakd.study.halving import CONTINUE, PRUNE, WAIT, AsyncHalving, SyncHalving,
 from fakd.study.optuna_link import OptunaLink, open_storage
 from fakd.study.phases import FINISHED, ConfirmPhase, RetrainPhase, SearchPhase
 from fakd.study.selection import plan_confirm, plan_retrain, retrain_seeds
+from fakd.study.tune_glue import PhaseRecorder
 from fakd.vocab import METRIC
 
 
@@ -482,8 +484,13 @@ def test_a_trial_out_of_memory_fails_with_its_batch_and_crop_and_is_not_handed_o
     caught, killed = phase.next_trial(), phase.next_trial()
     assert phase.on_result(caught.key, {"out_of_memory": "MemoryError: cannot allocate"}) is False
     phase.on_end(caught.key, None)
-    phase.on_end(killed.key, "Traceback (most recent call last):\nray.exceptions.OutOfMemoryError: Task was killed "
-                             "due to the node running low on memory.")
+    error_file = tmp_path / "error.txt"
+    error_file.write_text("Traceback (most recent call last):\nray.exceptions.OutOfMemoryError: Task was killed due "
+                          "to the node running low on memory.")
+    retried = SimpleNamespace(config={"trial": killed.key}, error_file=str(error_file))
+    PhaseRecorder(phase).on_trial_recover(0, [], retried)  # Tune retries it: the retry stops at its first report
+    assert phase.on_result(killed.key, {"iteration": 1, METRIC: 0.5, "params": 1000}) is False
+    assert phase.records[killed.key].results == []
     handed_out = {phase.next_trial().key for _ in range(4)} - {None}
     assert not handed_out & {caught.key, killed.key}
     records = {r.key: r for r in read_trials(study)}

@@ -115,6 +115,8 @@ class Phase:
     def on_result(self, key: str, result: dict[str, Any]) -> bool:
         """Record one report of a running trial; False when the trial must stop now."""
         record = self.records[key]
+        if record.state in TERMINAL:  # failed while Tune retried it (out of memory): stop the retry
+            return False
         if isinstance(result.get("user_error"), str):  # the trial is left as it is, to continue once it is fixed
             self.halt = self.halt or result["user_error"]
             self.stopping = True
