@@ -25,9 +25,10 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(PY) -m pytest -q
 
-# the edit-test loop: every test that starts no Ray, no subprocess driver, no server and no browser
+# the edit-test loop: every test that starts no Ray, no subprocess driver, no server and no browser, on two
+# pytest-xdist workers (a module's tests stay on one worker, so its module-scoped fixtures are built once)
 test-fast: $(STAMP)
-	$(PY) -m pytest -q -m "not ray and not postgres and not driver and not browser and not slow"
+	$(PY) -m pytest -q -n 2 --dist loadscope -m "not ray and not postgres and not driver and not browser and not slow"
 
 bench: $(STAMP)
 	$(PY) -m benchmarks
