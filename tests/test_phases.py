@@ -22,7 +22,7 @@ import pytest
 from conftest import TINY_SPEC
 
 from fakd.errors import UserError
-from fakd.results import COMPLETE, FAILED, PRUNED, StudyDir, TrialRecord, read_trials
+from fakd.results import COMPLETE, FAILED, PRUNED, RUNNING, StudyDir, TrialRecord, read_trials
 from fakd.results.layout import FORMAT, write_json
 from fakd.results.records import OUT_OF_MEMORY
 from fakd.results.selection import select_best
@@ -501,3 +501,36 @@ def test_a_trial_out_of_memory_fails_with_its_batch_and_crop_and_is_not_handed_o
     assert optuna_states(study)["tiny/baseline"].get("FAIL", 0) + optuna_states(study)["tiny/kd"].get("FAIL", 0) == 2
     table = format_status(read_trials(study), None)
     assert sum(f"FAILED ({OUT_OF_MEMORY})" in line for line in table.splitlines()) == 2
+
+
+def intermediate_values(study: StudyDir) -> dict[tuple[str, int], dict[int, float]]:
+    """(Optuna study, trial number) -> its intermediate values, read from optuna.db."""
+    with sqlite3.connect(study.root / "optuna.db") as db:
+        rows = db.execute("select s.study_name, t.number, v.step, v.intermediate_value from trial_intermediate_values v "
+                          "join trials t using (trial_id) join studies s using (study_id)").fetchall()
+    found: dict[tuple[str, int], dict[int, float]] = {}
+    for name, number, step, value in rows:
+        found.setdefault((name, number), {})[step] = value
+    return found
+
+
+def test_resume_writes_back_the_evaluations_optuna_lost(tmp_path):
+    """The study's records are the truth: evaluations deleted from optuna.db (a finished trial's and a stopped
+    running one's, as a storage failing mid-write loses them) are back before the search continues."""
+    spec = make_spec(scheduler="none", num_samples=4)
+    study = make_study(tmp_path)
+    with pytest.raises(KeyboardInterrupt):
+        Executor(SearchPhase(study, spec, lambda line: None, OptunaLink(spec, open_storage(spec, study), "tiny")), 2,
+                 0, crash_after=20).run()
+    before = intermediate_values(study)
+    records = read_trials(study)
+    finished = next(r for r in records if r.state == COMPLETE)
+    running = next(r for r in records if r.state == RUNNING and len(r.results) >= 2)
+    with sqlite3.connect(study.root / "optuna.db") as db:
+        for record in (finished, running):
+            db.execute("delete from trial_intermediate_values where step <= 2 and trial_id = (select trial_id from "
+                       "trials join studies using (study_id) where study_name = ? and number = ?)",
+                       (f"tiny/{record.arm}", record.optuna_number))
+    assert intermediate_values(study) != before
+    SearchPhase(study, spec, lambda line: None, OptunaLink(spec, open_storage(spec, study), "tiny"))
+    assert intermediate_values(study) == before

@@ -121,6 +121,17 @@ class TrialRecord:
         return cls(**{k: v for k, v in data.items() if k in known})
 
 
+def evaluation_of(record: TrialRecord, iteration: int) -> int:
+    """1, 2, … : which evaluation of the trial an iteration's report is."""
+    return math.ceil(iteration / record.eval_every)
+
+
+def learning_curve(record: TrialRecord) -> dict[int, float]:
+    """The trial's reported metric by evaluation (its Optuna intermediate values)."""
+    return {evaluation_of(record, int(row["iteration"])): float(row[METRIC]) for row in record.results
+            if isinstance(row.get("iteration"), int) and isinstance(row.get(METRIC), (int, float))}
+
+
 def _finite(value: Any) -> float | None:
     return float(value) if isinstance(value, (int, float)) and math.isfinite(value) else None
 

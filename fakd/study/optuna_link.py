@@ -23,6 +23,7 @@ from optuna.trial import TrialState
 from fakd.errors import UserError
 from fakd.results import COMPLETE, FAILED, PRUNED, TrialRecord
 from fakd.results.layout import StudyDir
+from fakd.results.records import learning_curve
 from fakd.results.space import arm_space
 from fakd.spec import STORAGE_FILES, StudySpec
 from fakd.vocab import METRIC
@@ -176,6 +177,25 @@ class OptunaLink:
         if self.storage.get_trial(trial_id).state == TrialState.RUNNING:
             self.storage.set_trial_intermediate_value(trial_id, evaluation, float(value))
 
+    def _restore_curve(self, record: TrialRecord) -> None:
+        """The record's evaluations that the Optuna trial lacks (lost when its storage failed mid-write)."""
+        if record.optuna_number is None:
+            return
+        study_id = self.storage.get_study_id_from_name(self.study_name(record.arm, record.repeat))
+        trial_id = self.storage.get_trial_id_from_study_id_trial_number(study_id, record.optuna_number)
+        trial = self.storage.get_trial(trial_id)
+        missing = {step: value for step, value in learning_curve(record).items()
+                   if step not in trial.intermediate_values}
+        if not missing:
+            return
+        if trial.state == TrialState.RUNNING:
+            for step, value in missing.items():
+                self.storage.set_trial_intermediate_value(trial_id, step, value)
+        elif not restore_finished_intermediate_values(self.storage, trial_id, missing):
+            logging.getLogger(__name__).warning(
+                "the Optuna trial of %s lacks %d evaluations that its records hold; this storage cannot take them "
+                "back into a finished trial (the study's records and table are unaffected)", record.key, len(missing))
+
     def tell(self, record: TrialRecord) -> None:
         """Tell Optuna how a finished trial ended (a no-op when it already knows)."""
         if record.optuna_number is None:
@@ -196,8 +216,12 @@ class OptunaLink:
             study.tell(record.optuna_number, state=TrialState.FAIL)
 
     def reconcile(self, arm: str, repeat: int, records: list[TrialRecord]) -> None:
-        """After a crash: tell Optuna about trials that ended after its last word, and fail the trials it
-        handed out that no record took (asked just before the driver stopped)."""
+        """After a crash: write back the evaluations Optuna lost (the study's records are the truth), tell it about
+        trials that ended after its last word, and fail the trials it handed out that no record took (asked just
+        before the driver stopped)."""
+        if len(self.directions) == 1:
+            for record in records:
+                self._restore_curve(record)
         for record in records:
             if record.state in (COMPLETE, PRUNED, FAILED):
                 self.tell(record)
@@ -207,6 +231,29 @@ class OptunaLink:
             if trial.number not in recorded:
                 self.storage.set_trial_user_attr(trial._trial_id, "fakd_reason", "abandoned before it was recorded")
                 study.tell(trial.number, state=TrialState.FAIL)
+
+
+def restore_finished_intermediate_values(storage: optuna.storages.BaseStorage, trial_id: int,
+                                         values: Mapping[int, float]) -> bool:
+    """Write intermediate values into a finished trial, which Optuna's storage API refuses to change: possible in a
+    database storage only, through Optuna's own table model. False where the storage cannot take them."""
+    from optuna.storages._rdb import models
+
+    if not isinstance(storage, optuna.storages.RDBStorage):
+        return False
+    session = storage.scoped_session()
+    try:
+        for step, value in values.items():
+            stored, kind = models.TrialIntermediateValueModel.intermediate_value_to_stored_repr(value)
+            session.add(models.TrialIntermediateValueModel(trial_id=trial_id, step=step, intermediate_value=stored,
+                                                           intermediate_value_type=kind))
+        session.commit()
+    except Exception:
+        session.rollback()
+        raise
+    finally:
+        session.close()
+    return True
 
 
 def _numbers_by_stream(records: list[TrialRecord]) -> dict[tuple[str, int], list[int]]:

@@ -20,7 +20,7 @@ from fakd.config import RunConfig
 from fakd.errors import UserError
 from fakd.results import COMPLETE, FAILED, PENDING, PRUNED, RUNNING, TERMINAL, TrialRecord, read_trials
 from fakd.results.layout import StudyDir, now
-from fakd.results.records import OUT_OF_MEMORY, append_result, write_trial
+from fakd.results.records import OUT_OF_MEMORY, append_result, evaluation_of, write_trial
 from fakd.results.selection import select_best
 from fakd.results.space import inherits
 from fakd.spec import StudySpec
@@ -46,11 +46,6 @@ def memory_error_text(record: TrialRecord, error: str) -> str:
     cfg = RunConfig.model_validate(record.run)
     height, width = cfg.data.crop_size
     return f"batch {cfg.train.batch_size}, crop {height}×{width}: {error.strip().splitlines()[-1][:300]}"
-
-
-def evaluation_of(record: TrialRecord, iteration: int) -> int:
-    """1, 2, … : which evaluation of the trial an iteration's report is."""
-    return math.ceil(iteration / record.eval_every)
 
 
 def short_values(values: dict[str, Any]) -> str:
