@@ -506,8 +506,9 @@ def test_a_trial_out_of_memory_fails_with_its_batch_and_crop_and_is_not_handed_o
 def intermediate_values(study: StudyDir) -> dict[tuple[str, int], dict[int, float]]:
     """(Optuna study, trial number) -> its intermediate values, read from optuna.db."""
     with sqlite3.connect(study.root / "optuna.db") as db:
-        rows = db.execute("select s.study_name, t.number, v.step, v.intermediate_value from trial_intermediate_values v "
-                          "join trials t using (trial_id) join studies s using (study_id)").fetchall()
+        rows = db.execute("select s.study_name, t.number, v.step, v.intermediate_value "
+                          "from trial_intermediate_values v join trials t using (trial_id) "
+                          "join studies s using (study_id)").fetchall()
     found: dict[tuple[str, int], dict[int, float]] = {}
     for name, number, step, value in rows:
         found.setdefault((name, number), {})[step] = value
