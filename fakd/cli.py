@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import NoReturn
 
 from fakd.errors import UserError
+from fakd.faults import EXIT_MACHINE_FAULT, MachineFault, machine_fault
 from fakd.vocab import ARMS, BUDGETS, DEFAULT_ARM, METRIC
 
 EXIT_USER_ERROR = 2
@@ -251,6 +252,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except UserError as exc:
         print(f"error: {exc.format()}", file=sys.stderr)
         return EXIT_USER_ERROR
+    except MachineFault as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_MACHINE_FAULT
     except ClosedOutput:
         return 128 + signal.SIGPIPE
     except KeyboardInterrupt as exc:
@@ -259,6 +263,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         hint = f"; resume with: python launch.py resume {study}" if study else ""
         print(f"stopped by {signal.Signals(signum).name}{hint}", file=sys.stderr)
         return 128 + signum
+    except Exception as exc:  # a full or read-only disk under the driver's own writes: one line, not a traceback
+        study = getattr(args, "study_dir", None) or _study_of(args)
+        fault = machine_fault(exc, study) if study else None
+        if fault is None:
+            raise
+        driving = args.command in ("sweep", "demo", "resume", "retrain")
+        hint = f"; free space (or make it writable again), then resume with: python launch.py resume {study}"
+        print(f"error: {fault}{hint if driving else ''}", file=sys.stderr)
+        return EXIT_MACHINE_FAULT
 
 
 def _study_of(args: argparse.Namespace) -> str | None:

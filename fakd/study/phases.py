@@ -71,6 +71,7 @@ class Phase:
         self.out_of_memory: dict[str, str] = {}  # trial key -> the memory error it reported
         self.stopping = False  # set when the study is interrupted: nothing new starts
         self.halt: str | None = None  # a mistake the user must fix (a damaged data file): the phase stops on it
+        self.fault: str | None = None  # a fault of the machine (a full disk): the phase stops on it too
         self.halving: AsyncHalving | SyncHalving | None = None
         # every new evaluation gets the next number: a rebuilt scheduler sees the reports in their arrival order
         self.sequence = 1 + max((row.get("seq", -1) for r in self.records.values() for row in r.results), default=-1)
@@ -114,6 +115,10 @@ class Phase:
             return False
         if isinstance(result.get("user_error"), str):  # the trial is left as it is, to continue once it is fixed
             self.halt = self.halt or result["user_error"]
+            self.stopping = True
+            return False
+        if isinstance(result.get("machine_fault"), str):  # the trial is left as it is, to continue on resume
+            self.fault = self.fault or result["machine_fault"]
             self.stopping = True
             return False
         if isinstance(result.get("out_of_memory"), str):

@@ -22,6 +22,7 @@ from typing import Any
 from fakd import spec_yaml
 from fakd.atomic import write_atomic
 from fakd.errors import UserError
+from fakd.faults import MachineFault
 from fakd.preflight import DataFacts, preflight
 from fakd.results import FORMAT, StudyDir, TrialRecord, front_json, open_study_dir, pareto_front, read_trials
 from fakd.results.layout import (
@@ -263,6 +264,9 @@ def _run(phase: Phase, study: StudyDir, spec: StudySpec, context: TrialContext, 
               max_failures=search.max_failures, tune_dir=study.tune,
               callbacks=_callbacks(spec, study, phase, teacher["key"]), signals=signals, workers=resources.workers)
     signals.check()
+    if phase.fault is not None:
+        raise MachineFault(f"{phase.fault}; the {phase.name} stopped with its trials kept: free space (or make it "
+                           f"writable again), then resume with: python launch.py resume {study.root}")
     if phase.halt is not None:
         raise UserError(f"{phase.halt}; the {phase.name} stopped with its trials kept: fix it, then resume with: "
                         f"python launch.py resume {study.root}")

@@ -20,6 +20,7 @@ from ray import tune
 
 from fakd.config import RunConfig
 from fakd.errors import UserError
+from fakd.faults import machine_fault
 from fakd.study.lock import training_in
 from fakd.train import NonFiniteLossError, TeacherArtifact, train_student
 from fakd.train.checkpoint import latest_checkpoint
@@ -57,3 +58,8 @@ def run_trial(config: dict[str, Any], context: TrialContext) -> None:
             tune.report({"user_error": exc.format()})
         except MEMORY_ERRORS as exc:  # the configuration does not fit: a retry would run out of memory again
             tune.report({"out_of_memory": f"{type(exc).__name__}: {exc}"[:300]})
+        except Exception as exc:  # a full or read-only disk stops the study (a retry would fail alike), trial kept
+            fault = machine_fault(exc, root)
+            if fault is None:
+                raise
+            tune.report({"machine_fault": fault})

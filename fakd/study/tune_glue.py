@@ -7,6 +7,9 @@ it, so a study that was moved or copied never writes through a path recorded the
 
 from __future__ import annotations
 
+import contextlib
+import logging
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +23,8 @@ from fakd.study.data_parallel import DRIVER_RESOURCES, DataParallelTrial, Scalin
 from fakd.study.phases import FINISHED, Phase, is_memory_error
 from fakd.study.signals import StopSignals
 from fakd.study.trainable import TrialContext, run_trial
+
+TUNE_LOGGERS = ("ray.tune", "ray.train", "ray.air")
 
 
 def _key(trial: Trial) -> str:
@@ -102,7 +107,7 @@ class SignalStopper(Stopper):
         if self.signals.requested is not None:
             self.phase.stopping = True
             return True
-        return self.phase.halt is not None
+        return self.phase.halt is not None or self.phase.fault is not None
 
     def __getstate__(self) -> dict[str, Any]:
         """Tune pickles its stopper into the experiment state at every checkpoint; that state is never read
@@ -117,6 +122,34 @@ def _error_text(trial: Trial, lines: int = 12) -> str:
         text = Path(path).read_text().strip().splitlines()
         return "\n".join(text[-lines:])
     return "the trial failed without an error file"
+
+
+class _QuietFileHandler(logging.FileHandler):
+    """A log file that drops what it cannot write (a full disk must not print Tune's lines after all)."""
+
+    def handleError(self, record: logging.LogRecord) -> None:
+        return None
+
+
+@contextlib.contextmanager
+def _tune_logs_in(path: Path) -> Iterator[None]:
+    """Ray Tune's and Ray Train's own log lines go to `path`, not to the terminal, while a phase runs: the
+    driver says in its own words what happened to a trial or to the study."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handler = _QuietFileHandler(path, delay=True)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    loggers = [logging.getLogger(name) for name in TUNE_LOGGERS]
+    saved = [logger.propagate for logger in loggers]
+    for logger in loggers:
+        logger.addHandler(handler)
+        logger.propagate = False
+    try:
+        yield
+    finally:
+        for logger, propagate in zip(loggers, saved, strict=True):
+            logger.removeHandler(handler)
+            logger.propagate = propagate
+        handler.close()
 
 
 def make_trainable(context: TrialContext, cpu: float, gpu: float, workers: int = 1) -> Any:
@@ -154,6 +187,7 @@ def run_phase(phase: Phase, context: TrialContext, *, cpu: float, gpu: float, ma
     )
     signals.in_phase = True
     try:
-        tuner.fit()
+        with _tune_logs_in(tune_dir / f"{phase.name}-{attempt}" / "tune.log"):
+            tuner.fit()
     finally:
         signals.in_phase = False

@@ -1,0 +1,66 @@
+"""Faults of the machine rather than of the study: a full disk or a read-only file system. A study stopped by one
+keeps its trials; the command line says the cause in one line, with the `resume` command, and exits with
+`EXIT_MACHINE_FAULT`."""
+
+from __future__ import annotations
+
+import errno
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+EXIT_MACHINE_FAULT = 75
+"""Exit status of a command stopped by its machine (sysexits' EX_TEMPFAIL: try again once it is fixed)."""
+MIN_FREE_BYTES = 1 << 20
+"""Less free space than this on a study's file system counts as full (a checkpoint or a record no longer fits)."""
+FULL = frozenset({errno.ENOSPC, errno.EDQUOT})
+
+
+class MachineFault(Exception):
+    """The study stopped because its storage failed; what to do is in the message."""
+
+
+def _chain(exc: BaseException) -> Iterator[BaseException]:
+    """`exc`, its causes and contexts, and the driver errors that SQLAlchemy wraps (`orig`)."""
+    seen: set[int] = set()
+    pending = [exc]
+    while pending:
+        current = pending.pop()
+        if id(current) in seen:
+            continue
+        seen.add(id(current))
+        yield current
+        pending += [e for e in (current.__cause__, current.__context__, getattr(current, "orig", None))
+                    if isinstance(e, BaseException)]
+
+
+def storage_state(path: str | Path) -> str | None:
+    """'full' or 'read-only' for the file system holding `path`, else None (also when it cannot be asked)."""
+    try:
+        stats = os.statvfs(path)
+    except OSError:
+        return None
+    if stats.f_flag & os.ST_RDONLY:
+        return "read-only"
+    return "full" if stats.f_bavail * stats.f_frsize < MIN_FREE_BYTES else None
+
+
+def machine_fault(exc: BaseException, study_root: str | Path | None) -> str | None:
+    """One line naming the machine fault behind `exc`, or None when it is not one: an OSError saying so anywhere in
+    its chain, SQLite's own words for it, or else the study's file system found full or read-only now."""
+    for error in _chain(exc):
+        if isinstance(error, OSError) and error.errno in FULL:
+            return f"no space left on the device holding {error.filename or study_root}"
+        if isinstance(error, OSError) and error.errno == errno.EROFS:
+            return f"the file system holding {error.filename or study_root} is read-only"
+        text = str(error).lower()
+        if "database or disk is full" in text:
+            return f"no space left for the Optuna storage of {study_root}"
+        if "readonly database" in text:
+            return f"the Optuna storage of {study_root} is read-only"
+    state = storage_state(study_root) if study_root is not None else None
+    if state == "full":
+        return f"no space left on the file system holding {study_root}"
+    if state == "read-only":
+        return f"the file system holding {study_root} is read-only"
+    return None

@@ -1,0 +1,84 @@
+"""`fakd.faults`: a study whose disk fills up stops with one line and the resume command, keeps its trials, and
+resumes to exactly its budget once there is space again."""
+
+import contextlib
+import errno
+import sqlite3
+import subprocess
+from pathlib import Path
+
+import pytest
+import sqlalchemy.exc
+from conftest import wait_for
+from test_study_resume import assert_exact_budget, finished_and_running, start_driver, study_spec
+
+from fakd.faults import EXIT_MACHINE_FAULT, machine_fault, storage_state
+
+
+def test_a_full_or_read_only_disk_is_named_through_wrapping_errors(tmp_path):
+    full = OSError(errno.ENOSPC, "No space left on device", "/s/trials/x/trial.json")
+    try:
+        try:
+            raise full
+        except OSError as exc:
+            raise RuntimeError("Tune callback failed") from exc
+    except RuntimeError as wrapped:
+        assert machine_fault(wrapped, tmp_path) == "no space left on the device holding /s/trials/x/trial.json"
+    read_only = OSError(errno.EROFS, "Read-only file system", "/s/study.json")
+    assert machine_fault(read_only, tmp_path) == "the file system holding /s/study.json is read-only"
+    sqlite_full = sqlalchemy.exc.OperationalError("INSERT", {}, sqlite3.OperationalError("database or disk is full"))
+    assert machine_fault(sqlite_full, tmp_path) == f"no space left for the Optuna storage of {tmp_path}"
+    assert machine_fault(ValueError("a bug"), tmp_path) is None  # a healthy disk: not the machine's fault
+    assert storage_state(tmp_path) is None
+
+
+@contextlib.contextmanager
+def small_file_system(path: Path, megabytes: int):
+    """A tmpfs of `megabytes` at `path` (skips where this process may not mount one)."""
+    path.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={megabytes}m", "tmpfs", str(path)],
+                             capture_output=True, text=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here ({mounted.stderr.strip() or 'mount failed'}): a full disk needs one")
+    try:
+        yield path
+    finally:
+        subprocess.run(["umount", "-l", str(path)], check=False)
+
+
+def fill(directory: Path) -> Path:
+    """Write a file until the file system is full."""
+    filler = directory / "filler"
+    with open(filler, "wb") as handle, contextlib.suppress(OSError):
+        while True:
+            handle.write(b"\0" * (1 << 20))
+            handle.flush()
+    return filler
+
+
+@pytest.mark.ray
+@pytest.mark.driver
+def test_a_full_disk_stops_the_search_in_one_line_and_resume_finishes_the_budget(tmp_path):
+    with small_file_system(tmp_path / "disk", 256) as disk:
+        spec = study_spec(tmp_path)
+        study_dir = disk / "studies" / "tiny"
+        log = tmp_path / "driver.log"
+        driver = start_driver(["sweep", str(spec), "--storage", str(disk / "studies")], log)
+        try:
+            wait_for(lambda: finished_and_running(study_dir), 300, "one finished and one running trial",
+                     driver=driver, log=log)
+            filler = fill(disk)
+            code = driver.wait(timeout=180)
+        finally:
+            if driver.poll() is None:
+                driver.kill()
+        output = log.read_text()
+        assert code == EXIT_MACHINE_FAULT, output[-3000:]
+        last = output.strip().splitlines()[-1]
+        assert last.startswith("error: no space left") and f"resume with: python launch.py resume {study_dir}" in last
+        assert "Traceback" not in output, output[-3000:]
+        assert not [p for p in study_dir.rglob("*") if ".tmp-" in p.name]
+        filler.unlink()
+        resumed = start_driver(["resume", str(study_dir)], tmp_path / "resume.log")
+        assert resumed.wait(timeout=300) == 0, (tmp_path / "resume.log").read_text()[-3000:]
+        assert_exact_budget(study_dir)
