@@ -269,11 +269,16 @@ def test_retrain_plan_selects_the_best_finished_trial_and_adds_seeds(tmp_path):
         assert sorted(p.seed for p in plan if p.arm == arm) == [1, 2]
         assert all(p.run["phase"] == "final" and p.run["train"]["seed"] == p.seed for p in plan)
     phase = RetrainPhase(study, spec, lambda line: None, plan)
-    Executor(phase, 2, 0).run()
+    assert read_trials(study, "retrain") == [] and phase.budget() == 4  # written when handed out, not up front
+    executor = Executor(phase, 1, 0)
+    executor.start()
+    assert [r.key for r in read_trials(study, "retrain")] == executor.started
+    executor.run()
+    assert len(read_trials(study, "retrain")) == 4
     more, _ = plan_retrain(spec, read_trials(study), retrain_seeds(spec, 3))
     bigger = RetrainPhase(study, spec, lambda line: None, more)
-    assert sorted(k for k, r in bigger.records.items() if r.state != COMPLETE) == [
-        "retrain/" + p.key.split("/")[-1] for p in more if p.seed == 3]
+    assert {r.state for r in bigger.records.values()} == {COMPLETE} and len(bigger.records) == 4
+    assert [r.key for r in bigger.unwritten] == ["retrain/" + p.key.split("/")[-1] for p in more if p.seed == 3]
 
 
 def noisy_curve(record: TrialRecord, evaluation: int) -> float:

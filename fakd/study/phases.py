@@ -382,7 +382,8 @@ def _inherited_values(study: StudyDir, spec: StudySpec, arms: Sequence[str]) -> 
 
 
 class RetrainPhase(Phase):
-    """The selected configurations, each retrained with every seed; all trials are planned up front."""
+    """The selected configurations, each retrained with every seed. The plan is written lazily: a trial's record
+    is created when it is handed out, so a large plan never writes thousands of waiting records up front."""
 
     name = "retrain"
 
@@ -391,17 +392,18 @@ class RetrainPhase(Phase):
         self.planned = {record.key for record in plan}
         # retrain trials of another budget or seed count are not this phase's to run
         self.records = {key: record for key, record in self.records.items() if key in self.planned}
-        for record in plan:
-            if record.key not in self.records:
-                self.add(record)
+        self.unwritten = [record for record in plan if record.key not in self.records]
 
     def budget(self) -> int:
         return len(self.planned)
 
+    def create(self) -> TrialRecord | None:
+        return self.add(self.unwritten.pop(0)) if self.unwritten else None
+
 
 class ConfirmPhase(RetrainPhase):
     """Each arm's best search trials trained again with fresh seeds on the held-out split (`search.confirm`):
-    planned up front, like the retrain; their checkpoints go once they end, like the search's."""
+    planned like the retrain; their checkpoints go once they end, like the search's."""
 
     name = "confirm"
 

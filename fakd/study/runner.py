@@ -24,7 +24,7 @@ from fakd.atomic import write_atomic
 from fakd.errors import UserError
 from fakd.faults import MachineFault
 from fakd.preflight import DataFacts, preflight
-from fakd.results import FORMAT, StudyDir, TrialRecord, front_json, open_study_dir, pareto_front, read_trials
+from fakd.results import FORMAT, TERMINAL, StudyDir, TrialRecord, front_json, open_study_dir, pareto_front, read_trials
 from fakd.results.layout import (
     check_new_study_dir,
     check_no_links_out,
@@ -344,7 +344,7 @@ def _retrain_until_decided(study: StudyDir, spec: StudySpec, context: TrialConte
         phase = RetrainPhase(study, spec, log, plan)
         if not phase.is_finished():
             log(f"retrain round to {target} seeds ({budget}): {', '.join(arms)}; "
-                f"{sum(r.state not in ('COMPLETE', 'PRUNED', 'FAILED') for r in phase.records.values())} runs to go")
+                f"{phase.budget() - sum(r.state in TERMINAL for r in phase.records.values())} runs to go")
             _run(phase, study, spec, context, teacher, signals, log)
         records = read_trials(study)
         found = study_verdicts(spec, records, table_comparisons(spec, records, budget), rule)
