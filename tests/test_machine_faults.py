@@ -77,6 +77,7 @@ def test_a_full_disk_stops_the_search_in_one_line_and_resume_finishes_the_budget
         last = output.strip().splitlines()[-1]
         assert last.startswith("error: no space left") and f"resume with: python launch.py resume {study_dir}" in last
         assert "Traceback" not in output, output[-3000:]
+        assert "Token authentication is enabled" not in output and "Started a local Ray" not in output  # Ray's noise
         assert not [p for p in study_dir.rglob("*") if ".tmp-" in p.name]
         filler.unlink()
         resumed = start_driver(["resume", str(study_dir)], tmp_path / "resume.log")

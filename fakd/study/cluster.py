@@ -92,6 +92,17 @@ for _name, _value in QUIET_TUNE.items():  # Tune reads some of these when it is 
 
 
 @contextlib.contextmanager
+class _SecureDefaultNotice(logging.Filter):
+    """Drops Ray's start-up notice that token authentication is on (the secure default, nothing to act on); its
+    warning that authentication is off stays."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith("Token authentication is enabled")
+
+
+AUTH_LOGGER = "ray._private.authentication.authentication_token_setup"
+
+
 def ray_runtime(address: str | None) -> Iterator[None]:
     """Use a running Ray (tests, notebooks), connect to `address`, or start a new local one ("local": never a
     cluster left behind by an earlier `ray start`); stop what we start."""
@@ -101,8 +112,11 @@ def ray_runtime(address: str | None) -> Iterator[None]:
         yield
         return
     env = {name: os.environ[name] for name in FORWARDED_ENV if name in os.environ}
-    try:
-        ray.init(address=address or "local", include_dashboard=False, log_to_driver=True,
+    notice = logging.getLogger(AUTH_LOGGER)
+    if not any(isinstance(f, _SecureDefaultNotice) for f in notice.filters):
+        notice.addFilter(_SecureDefaultNotice())
+    try:  # logging_level: Ray's own INFO lines ("Started a local Ray instance") stay out of the terminal
+        ray.init(address=address or "local", include_dashboard=False, log_to_driver=True, logging_level=logging.WARNING,
                  runtime_env={"env_vars": env} if env else None)
     except (ConnectionError, RuntimeError, ValueError) as exc:
         raise UserError(f"cannot connect to Ray at {address}: {exc}", key="--address") from None
