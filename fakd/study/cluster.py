@@ -91,7 +91,6 @@ for _name, _value in QUIET_TUNE.items():  # Tune reads some of these when it is 
     os.environ.setdefault(_name, _value)
 
 
-@contextlib.contextmanager
 class _SecureDefaultNotice(logging.Filter):
     """Drops Ray's start-up notice that token authentication is on (the secure default, nothing to act on); its
     warning that authentication is off stays."""
@@ -103,6 +102,7 @@ class _SecureDefaultNotice(logging.Filter):
 AUTH_LOGGER = "ray._private.authentication.authentication_token_setup"
 
 
+@contextlib.contextmanager
 def ray_runtime(address: str | None) -> Iterator[None]:
     """Use a running Ray (tests, notebooks), connect to `address`, or start a new local one ("local": never a
     cluster left behind by an earlier `ray start`); stop what we start."""
