@@ -6,7 +6,6 @@ measures an existing study instead."""
 
 from __future__ import annotations
 
-import os
 import statistics
 import subprocess
 import sys
@@ -26,15 +25,26 @@ TINY = {"train.iters": 4, "train.eval_every": 2, "teacher.iters": 4, "search.num
         "search.retrain_seeds": 2, "data.train_length": 8, "data.val_length": 4, "data.image_size": 32}
 
 
-def run_once(args: list[str]) -> tuple[float, float, int]:
+# `launch.py ARGS` that writes its peak resident memory (VmHWM: of this program alone, unlike the rusage of a
+# child forked from a benchmark process that has loaded torch) to the file named by the first argument
+PEAK_PROBE = """
+import atexit, runpy, sys
+out, sys.argv = sys.argv[1], sys.argv[2:]
+def peak():
+    kb = next(line.split()[1] for line in open("/proc/self/status") if line.startswith("VmHWM"))
+    open(out, "w").write(kb)
+atexit.register(peak)
+runpy.run_path(sys.argv[0], run_name="__main__")
+"""
+
+
+def run_once(args: list[str], peak_file: Path) -> tuple[float, float, int]:
     """Wall seconds, peak resident MB and exit code of one `launch.py ARGS` process."""
     start = time.perf_counter()
-    process = subprocess.Popen([sys.executable, str(ROOT / "launch.py"), *args], cwd=ROOT,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    _, status, usage = os.wait4(process.pid, 0)
+    code = subprocess.call([sys.executable, "-c", PEAK_PROBE, str(peak_file), str(ROOT / "launch.py"), *args],
+                           cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     seconds = time.perf_counter() - start
-    process.returncode = os.waitstatus_to_exitcode(status)
-    return seconds, usage.ru_maxrss / 1024, process.returncode
+    return seconds, int(peak_file.read_text()) / 1024, code
 
 
 def tiny_study(work: Path) -> Path:
@@ -75,8 +85,8 @@ def main(study: str | None = None) -> list[dict]:
         work = Path(tmp)
         target = Path(study) if study else tiny_study(work)
         for name, args in commands(target, work).items():
-            run_once(args)  # warm the file cache
-            runs = [run_once(args) for _ in range(REPEATS)]
+            run_once(args, work / "peak")  # warm the file cache
+            runs = [run_once(args, work / "peak") for _ in range(REPEATS)]
             seconds = statistics.median(r[0] for r in runs)
             peak = max(r[1] for r in runs)
             rows.append({"command": name, "exit": runs[0][2], "median s": seconds, "peak MB": peak,

@@ -116,6 +116,9 @@ def command_retrain(args: argparse.Namespace) -> int:
 
 
 def command_export(args: argparse.Namespace) -> int:
+    from fakd.results import open_study_dir
+
+    open_study_dir(args.study_dir)  # not a study: one line before pandas and scipy are imported
     from fakd.export import export_study
 
     result = export_study(args.study_dir, args.format, args.out)
