@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import NoReturn
 
 from fakd.errors import UserError
-from fakd.faults import EXIT_MACHINE_FAULT, MachineFault, machine_fault
+from fakd.faults import EXIT_MACHINE_FAULT, MachineFault, machine_fault, with_resume_hint
 from fakd.vocab import ARMS, BUDGETS, DEFAULT_ARM, METRIC
 
 EXIT_USER_ERROR = 2
@@ -272,8 +272,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if fault is None:
             raise
         driving = args.command in ("sweep", "demo", "resume", "retrain")
-        hint = f"; free space (or make it writable again), then resume with: python launch.py resume {study}"
-        print(f"error: {fault}{hint if driving else ''}", file=sys.stderr)
+        print(f"error: {with_resume_hint(fault, study) if driving else fault}", file=sys.stderr)
         return EXIT_MACHINE_FAULT
 
 

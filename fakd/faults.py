@@ -64,3 +64,9 @@ def machine_fault(exc: BaseException, study_root: str | Path | None) -> str | No
     if state == "read-only":
         return f"the file system holding {study_root} is read-only"
     return None
+
+
+def with_resume_hint(fault: str, study_root: str | Path) -> str:
+    """The line a stopped driver prints for a machine fault: the cause, then what to do."""
+    return (f"{fault}; free space (or make it writable again), then resume with: python launch.py resume "
+            f"{study_root}")

@@ -177,24 +177,27 @@ class OptunaLink:
         if self.storage.get_trial(trial_id).state == TrialState.RUNNING:
             self.storage.set_trial_intermediate_value(trial_id, evaluation, float(value))
 
-    def _restore_curve(self, record: TrialRecord) -> None:
-        """The record's evaluations that the Optuna trial lacks (lost when its storage failed mid-write)."""
-        if record.optuna_number is None:
+    def _restore_curves(self, arm: str, repeat: int, records: list[TrialRecord]) -> None:
+        """The records' evaluations that their Optuna trials lack (lost when the storage failed mid-write)."""
+        numbered = [r for r in records if r.optuna_number is not None]
+        if not numbered:
             return
-        study_id = self.storage.get_study_id_from_name(self.study_name(record.arm, record.repeat))
-        trial_id = self.storage.get_trial_id_from_study_id_trial_number(study_id, record.optuna_number)
-        trial = self.storage.get_trial(trial_id)
-        missing = {step: value for step, value in learning_curve(record).items()
-                   if step not in trial.intermediate_values}
-        if not missing:
-            return
-        if trial.state == TrialState.RUNNING:
-            for step, value in missing.items():
-                self.storage.set_trial_intermediate_value(trial_id, step, value)
-        elif not restore_finished_intermediate_values(self.storage, trial_id, missing):
-            logging.getLogger(__name__).warning(
-                "the Optuna trial of %s lacks %d evaluations that its records hold; this storage cannot take them "
-                "back into a finished trial (the study's records and table are unaffected)", record.key, len(missing))
+        study_id = self.storage.get_study_id_from_name(self.study_name(arm, repeat))
+        trials = {t.number: t for t in self.storage.get_all_trials(study_id, deepcopy=False)}
+        for record in numbered:
+            trial = trials[record.optuna_number]
+            missing = {step: value for step, value in learning_curve(record).items()
+                       if step not in trial.intermediate_values}
+            if not missing:
+                continue
+            if trial.state == TrialState.RUNNING:
+                for step, value in missing.items():
+                    self.storage.set_trial_intermediate_value(trial._trial_id, step, value)
+            elif not restore_finished_intermediate_values(self.storage, trial._trial_id, missing):
+                logging.getLogger(__name__).warning(
+                    "the Optuna trial of %s lacks %d evaluations that its records hold; this storage cannot take "
+                    "them back into a finished trial (the study's records and table are unaffected)", record.key,
+                    len(missing))
 
     def tell(self, record: TrialRecord) -> None:
         """Tell Optuna how a finished trial ended (a no-op when it already knows)."""
@@ -220,8 +223,7 @@ class OptunaLink:
         trials that ended after its last word, and fail the trials it handed out that no record took (asked just
         before the driver stopped)."""
         if len(self.directions) == 1:
-            for record in records:
-                self._restore_curve(record)
+            self._restore_curves(arm, repeat, records)
         for record in records:
             if record.state in (COMPLETE, PRUNED, FAILED):
                 self.tell(record)

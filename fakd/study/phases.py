@@ -36,9 +36,9 @@ Log = Callable[[str], None]
 
 
 def is_memory_error(error: str) -> bool:
-    """Whether a trial's error text is memory exhausted: `MemoryError`, a device's or Ray's `OutOfMemoryError` (Ray's
-    memory monitor ends a worker that would push the host out of memory)."""
-    return "OutOfMemoryError" in error or "MemoryError" in error
+    """Whether a trial's error text is memory exhausted: `MemoryError`, or a device's or Ray's `OutOfMemoryError`
+    (Ray's memory monitor ends a worker that would push the host out of memory)."""
+    return "MemoryError" in error  # also the end of "OutOfMemoryError"
 
 
 def memory_error_text(record: TrialRecord, error: str) -> str:

@@ -22,7 +22,7 @@ from typing import Any
 from fakd import spec_yaml
 from fakd.atomic import write_atomic
 from fakd.errors import UserError
-from fakd.faults import MachineFault
+from fakd.faults import MachineFault, with_resume_hint
 from fakd.preflight import DataFacts, preflight
 from fakd.results import FORMAT, TERMINAL, StudyDir, TrialRecord, front_json, open_study_dir, pareto_front, read_trials
 from fakd.results.layout import (
@@ -265,8 +265,8 @@ def _run(phase: Phase, study: StudyDir, spec: StudySpec, context: TrialContext, 
               callbacks=_callbacks(spec, study, phase, teacher["key"]), signals=signals, workers=resources.workers)
     signals.check()
     if phase.fault is not None:
-        raise MachineFault(f"{phase.fault}; the {phase.name} stopped with its trials kept: free space (or make it "
-                           f"writable again), then resume with: python launch.py resume {study.root}")
+        raise MachineFault(with_resume_hint(f"{phase.fault}; the {phase.name} stopped with its trials kept",
+                                            study.root))
     if phase.halt is not None:
         raise UserError(f"{phase.halt}; the {phase.name} stopped with its trials kept: fix it, then resume with: "
                         f"python launch.py resume {study.root}")
