@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from scipy import integrate, stats
 
-from fakd.export.stats import SEEDS_CAP, PairedComparison, compare_paired, holm, mean_ci
+from fakd.export.stats import SEEDS_CAP, PairedComparison, _nct_sf, _t_quantile, _t_sf, compare_paired, holm, mean_ci
 
 
 def t_quantile_df2(level: float) -> float:
@@ -53,6 +53,23 @@ def scores_with(diffs: list[float] | np.ndarray, first_seed: int = 0) -> tuple[d
 def standardised(n: int, seed: int = 1) -> np.ndarray:
     z = np.random.default_rng(seed).standard_normal(n)
     return (z - z.mean()) / z.std(ddof=1)
+
+
+# the distributions, from scipy.special (export does not import scipy.stats)
+
+
+@pytest.mark.parametrize("df", [1, 2, 5, 11, 99])
+def test_t_and_noncentral_t_equal_scipy_stats(df):
+    for q in (0.5, 0.8, 0.975, 0.9995):
+        assert _t_quantile(q, df) == pytest.approx(stats.t.ppf(q, df), rel=1e-13)
+    for x in (0.0, 0.7, 2.2, 9.5, 40.0):
+        assert _t_sf(x, df) == pytest.approx(stats.t.sf(x, df), rel=1e-12)
+        for noncentrality in (0.0, 0.5, 2.0, 6.0, -3.0, -12.0):
+            expected, got = stats.nct.sf(x, df, noncentrality), _nct_sf(x, df, noncentrality)
+            if math.isfinite(got):
+                assert got == pytest.approx(expected, rel=1e-10, abs=1e-300), (x, noncentrality)
+            else:  # NaN far in the lower tail, where power counts it as 0 (see `_power`)
+                assert expected < 1e-15, (x, noncentrality)
 
 
 # mean_ci

@@ -4,6 +4,9 @@ Holm–Bonferroni correction across the table's comparisons.
 Every paired statistic is the one-sample Student-t analysis of the per-seed differences arm − base. Power is
 exact (noncentral t, both rejection tails), never a normal approximation, so it stays right for the handful of
 seeds a study retrains.
+
+The distributions come from `scipy.special` (the functions `scipy.stats` itself evaluates), not `scipy.stats`,
+whose import alone takes longer than the rest of `export`; the suite checks every value against `scipy.stats`.
 """
 
 from __future__ import annotations
@@ -13,7 +16,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
-from scipy import optimize, stats
+from scipy import special
 
 SEEDS_CAP = 10_000
 """`compare_paired` reports `seeds_needed=None` when more paired seeds than this would be needed."""
@@ -32,7 +35,7 @@ def mean_ci(values: Iterable[float], level: float = 0.95) -> tuple[float, float,
     mean = float(array.mean())
     if array.size < 2:
         return mean, math.nan, math.nan
-    half = float(stats.t.ppf(0.5 + level / 2, array.size - 1) * array.std(ddof=1) / math.sqrt(array.size))
+    half = float(_t_quantile(0.5 + level / 2, array.size - 1) * array.std(ddof=1) / math.sqrt(array.size))
     return mean, mean - half, mean + half
 
 
@@ -58,28 +61,48 @@ class PairedComparison:
     seeds_needed: int | None
 
 
+def _t_quantile(q: float, df: int) -> float:
+    """Quantile of Student's t with `df` degrees of freedom (`scipy.stats.t.ppf`)."""
+    return float(special.stdtrit(df, q))
+
+
+def _t_sf(x: float, df: int) -> float:
+    """Upper tail P(T > x) of Student's t (`scipy.stats.t.sf`)."""
+    return float(special.stdtr(df, -x))
+
+
+def _nct_sf(x: float, df: int, noncentrality: float) -> float:
+    """Upper tail P(T > x) of the noncentral t (`scipy.stats.nct.sf`), as the lower tail of −T, which is noncentral
+    t with −noncentrality: no 1 − cdf cancellation in the tail."""
+    return float(special.nctdtr(df, -noncentrality, -x))
+
+
 def _power(effect: float, n: int, alpha: float) -> float:
     """Exact power of the two-sided one-sample (paired) t-test at level alpha with n pairs, for the
     standardised true mean difference `effect` (mean / SD)."""
     df = n - 1
-    critical = stats.t.ppf(1 - alpha / 2, df)
+    critical = _t_quantile(1 - alpha / 2, df)
     noncentrality = abs(effect) * math.sqrt(n)
-    upper = float(stats.nct.sf(critical, df, noncentrality))
-    # P(T < −critical) as the mirrored upper tail: scipy's nct.cdf far in the lower tail can return NaN, and
+    upper = _nct_sf(critical, df, noncentrality)
+    # P(T < −critical) as the mirrored upper tail: far in the lower tail the noncentral t can return NaN, and
     # this tail is negligible (< 1e-15) exactly where that happens.
-    lower = float(stats.nct.sf(critical, df, -noncentrality))
+    lower = _nct_sf(critical, df, -noncentrality)
     return upper + (lower if math.isfinite(lower) else 0.0)
 
 
 def _detectable_effect(n: int, alpha: float, power: float) -> float:
-    """The standardised effect that the two-sided paired t-test with n pairs detects with exactly `power`."""
-    def gap(effect: float) -> float:
-        return _power(effect, n, alpha) - power
-
-    high = 1.0
-    while gap(high) < 0:  # power → 1 as the effect grows, so this ends
-        high *= 2
-    return float(optimize.brentq(gap, 0.0, high, xtol=1e-12, rtol=1e-12))
+    """The standardised effect that the two-sided paired t-test with n pairs detects with exactly `power`: power
+    grows with the effect, so bisection finds it, to 1e-12 (as `scipy.optimize.brentq` with that tolerance)."""
+    low, high = 0.0, 1.0
+    while _power(high, n, alpha) < power:  # power → 1 as the effect grows, so this ends
+        low, high = high, high * 2
+    while high - low > 1e-12 * max(1.0, high):
+        middle = (low + high) / 2
+        if _power(middle, n, alpha) < power:
+            low = middle
+        else:
+            high = middle
+    return (low + high) / 2
 
 
 def _seeds_needed(effect: float, alpha: float, power: float) -> int | None:
@@ -131,8 +154,8 @@ def compare_paired(arm: Mapping[int, float], base: Mapping[int, float], *, alpha
         return PairedComparison(n, delta, delta, delta, 0.0 if delta != 0 else nan, 0.0, 0.0, 2)
     df = n - 1
     stderr = sd / math.sqrt(n)
-    half = float(stats.t.ppf(1 - alpha / 2, df)) * stderr
-    p_value = float(min(1.0, 2 * stats.t.sf(abs(delta) / stderr, df)))
+    half = _t_quantile(1 - alpha / 2, df) * stderr
+    p_value = min(1.0, 2 * _t_sf(abs(delta) / stderr, df))
     mde = _detectable_effect(n, alpha, power) * sd
     needed = _seeds_needed(target_delta / sd, alpha, power)
     return PairedComparison(n, delta, delta - half, delta + half, p_value, sd, mde, needed)
