@@ -14,6 +14,9 @@ EXIT_MACHINE_FAULT = 75
 MIN_FREE_BYTES = 1 << 20
 """Less free space than this on a study's file system counts as full (a checkpoint or a record no longer fits)."""
 FULL = frozenset({errno.ENOSPC, errno.EDQUOT})
+CPU_ALLOCATOR_FAILED = "DefaultCPUAllocator: can't allocate memory"
+"""What PyTorch's CPU allocator raises (a plain `RuntimeError`) when the host refuses memory, e.g. under a ulimit or
+a cgroup limit."""
 
 
 class MachineFault(Exception):

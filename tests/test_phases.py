@@ -31,7 +31,7 @@ from fakd.results.status import format_status
 from fakd.spec import validate_spec
 from fakd.study.halving import CONTINUE, PRUNE, WAIT, AsyncHalving, SyncHalving, rung_milestones
 from fakd.study.optuna_link import OptunaLink, open_storage
-from fakd.study.phases import FINISHED, ConfirmPhase, RetrainPhase, SearchPhase
+from fakd.study.phases import FINISHED, ConfirmPhase, RetrainPhase, SearchPhase, is_memory_error
 from fakd.study.selection import plan_confirm, plan_retrain, retrain_seeds
 from fakd.study.tune_glue import PhaseRecorder
 from fakd.vocab import METRIC
@@ -506,6 +506,19 @@ def test_a_trial_out_of_memory_fails_with_its_batch_and_crop_and_is_not_handed_o
     assert optuna_states(study)["tiny/baseline"].get("FAIL", 0) + optuna_states(study)["tiny/kd"].get("FAIL", 0) == 2
     table = format_status(read_trials(study), None)
     assert sum(f"FAILED ({OUT_OF_MEMORY})" in line for line in table.splitlines()) == 2
+
+
+@pytest.mark.parametrize(("error", "memory"), [
+    ("MemoryError: cannot allocate", True),
+    ("torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 2.00 GiB", True),
+    ("ray.exceptions.OutOfMemoryError: Task was killed due to the node running low on memory.", True),
+    ("RuntimeError: [enforce fail at alloc_cpu.cpp:127] err == 0. DefaultCPUAllocator: can't allocate memory: you "
+     "tried to allocate 33554432 bytes. Error code 12 (Cannot allocate memory)", True),  # a data-parallel worker's
+    ("RuntimeError: mat1 and mat2 shapes cannot be multiplied", False),
+    ("OSError: [Errno 28] No space left on device", False),
+])
+def test_memory_errors_are_told_from_other_errors_by_their_text(error, memory):
+    assert is_memory_error(error) is memory
 
 
 def intermediate_values(study: StudyDir) -> dict[tuple[str, int], dict[int, float]]:

@@ -18,6 +18,7 @@ from typing import Any
 
 from fakd.config import RunConfig
 from fakd.errors import UserError
+from fakd.faults import CPU_ALLOCATOR_FAILED
 from fakd.results import COMPLETE, FAILED, PENDING, PRUNED, RUNNING, TERMINAL, TrialRecord, read_trials
 from fakd.results.layout import StudyDir, now
 from fakd.results.records import OUT_OF_MEMORY, append_result, evaluation_of, write_trial
@@ -36,9 +37,9 @@ Log = Callable[[str], None]
 
 
 def is_memory_error(error: str) -> bool:
-    """Whether a trial's error text is memory exhausted: `MemoryError`, or a device's or Ray's `OutOfMemoryError`
-    (Ray's memory monitor ends a worker that would push the host out of memory)."""
-    return "MemoryError" in error  # also the end of "OutOfMemoryError"
+    """Whether a trial's error text is memory exhausted: `MemoryError`, a device's or Ray's `OutOfMemoryError` (Ray's
+    memory monitor ends a worker that would push the host out of memory), or PyTorch's CPU allocator refused."""
+    return "MemoryError" in error or CPU_ALLOCATOR_FAILED in error  # "MemoryError" ends "OutOfMemoryError" too
 
 
 def memory_error_text(record: TrialRecord, error: str) -> str:

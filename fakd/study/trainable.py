@@ -20,13 +20,18 @@ from ray import tune
 
 from fakd.config import RunConfig
 from fakd.errors import UserError
-from fakd.faults import machine_fault
+from fakd.faults import CPU_ALLOCATOR_FAILED, machine_fault
 from fakd.study.lock import training_in
 from fakd.train import NonFiniteLossError, TeacherArtifact, train_student
 from fakd.train.checkpoint import latest_checkpoint
 
 MEMORY_ERRORS = (MemoryError, torch.OutOfMemoryError)
 """Host and device memory exhausted inside the trial (the kernel's OOM killer ends the process instead)."""
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    """Whether `exc` says the trial's memory is exhausted, on the host or the device."""
+    return isinstance(exc, MEMORY_ERRORS) or (isinstance(exc, RuntimeError) and CPU_ALLOCATOR_FAILED in str(exc))
 
 
 @dataclass(frozen=True)
@@ -39,6 +44,14 @@ class TrialContext:
 
 def _report(metrics: dict[str, Any], checkpoint_dir: str | None) -> None:
     tune.report(metrics)
+
+
+def _memory_error(exc: BaseException) -> str:
+    """One line: the exception's type and its message (PyTorch's allocator message, without its source location)."""
+    text = " ".join(str(exc).split())
+    if CPU_ALLOCATOR_FAILED in text:
+        text = text[text.index(CPU_ALLOCATOR_FAILED):]
+    return f"{type(exc).__name__}: {text}"[:300]
 
 
 def run_trial(config: dict[str, Any], context: TrialContext) -> None:
@@ -56,9 +69,11 @@ def run_trial(config: dict[str, Any], context: TrialContext) -> None:
             tune.report({"iteration": exc.iteration, "diverged": True, "error": str(exc)})
         except UserError as exc:  # a damaged data file fails every retry alike: the study stops and says which
             tune.report({"user_error": exc.format()})
-        except MEMORY_ERRORS as exc:  # the configuration does not fit: a retry would run out of memory again
-            tune.report({"out_of_memory": f"{type(exc).__name__}: {exc}"[:300]})
-        except Exception as exc:  # a full or read-only disk stops the study (a retry would fail alike), trial kept
+        except Exception as exc:
+            if is_out_of_memory(exc):  # the configuration does not fit: a retry would run out of memory again
+                tune.report({"out_of_memory": _memory_error(exc)})
+                return
+            # a full or read-only disk stops the study (a retry would fail alike), trial kept
             fault = machine_fault(exc, root)
             if fault is None:
                 raise
