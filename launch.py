@@ -4,6 +4,8 @@
 import sys
 
 from fakd.cli import main
+from fakd.supervisor import run_supervised, supervised
 
 if __name__ == "__main__":
-    sys.exit(main())
+    argv = sys.argv[1:]
+    sys.exit(run_supervised() if supervised(argv) else main(argv))

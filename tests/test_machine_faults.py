@@ -1,10 +1,13 @@
-"""`fakd.faults`: a study whose disk fills up stops with one line and the resume command, keeps its trials, and
-resumes to exactly its budget once there is space again."""
+"""Faults of the machine: a study whose disk fills up, or whose local Ray runtime dies, stops with one line and the
+resume command, keeps its trials, and resumes to exactly its budget once the machine is fixed."""
 
 import contextlib
 import errno
+import os
+import signal
 import sqlite3
 import subprocess
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -13,6 +16,7 @@ from conftest import wait_for
 from test_study_resume import assert_exact_budget, finished_and_running, start_driver, study_spec
 
 from fakd.faults import EXIT_MACHINE_FAULT, machine_fault, storage_state
+from fakd.study import resume
 
 
 def test_a_full_or_read_only_disk_is_named_through_wrapping_errors(tmp_path):
@@ -83,3 +87,69 @@ def test_a_full_disk_stops_the_search_in_one_line_and_resume_finishes_the_budget
         resumed = start_driver(["resume", str(study_dir)], tmp_path / "resume.log")
         assert resumed.wait(timeout=300) == 0, (tmp_path / "resume.log").read_text()[-3000:]
         assert_exact_budget(study_dir)
+
+
+def descendants(pid: int) -> list[tuple[int, str]]:
+    """(PID, start time) of every process below `pid`: a PID alone could be reused once its process ends."""
+    found, pending = [], [pid]
+    while pending:
+        for task in Path(f"/proc/{pending.pop()}/task").glob("*"):
+            with contextlib.suppress(OSError):
+                for child in map(int, (task / "children").read_text().split()):
+                    with contextlib.suppress(OSError):
+                        found.append((child, Path(f"/proc/{child}/stat").read_text().rsplit(")", 1)[1].split()[19]))
+                    pending.append(child)
+    return found
+
+
+def running(process: tuple[int, str]) -> bool:
+    pid, started = process
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return False
+    return fields[19] == started and fields[0] != "Z"
+
+
+def named_child(pid: int, name: str) -> int | None:
+    for child, _ in descendants(pid):
+        with contextlib.suppress(OSError):
+            if Path(f"/proc/{child}/comm").read_text().strip() == name:
+                return child
+    return None
+
+
+@pytest.mark.ray
+@pytest.mark.driver
+def test_a_lost_raylet_stops_the_driver_in_one_line_and_resume_finishes_the_budget(tmp_path, ray_local):
+    """The raylet of the driver's local Ray is killed mid-search. Ray's core worker then ends the driver process
+    itself; its parent (`fakd.supervisor`) says so in one line, exits 75, and leaves no process behind."""
+    spec = study_spec(tmp_path)
+    study_dir = tmp_path / "studies" / "tiny"
+    log = tmp_path / "driver.log"
+    notes_before = set(Path(tempfile.gettempdir()).glob("fakd-driver-*"))
+    driver = start_driver(["sweep", str(spec), "--storage", str(tmp_path / "studies")], log)
+    try:
+        wait_for(lambda: finished_and_running(study_dir), 300, "one finished and one running trial", driver=driver,
+                 log=log)
+        processes = descendants(driver.pid)
+        raylet = named_child(driver.pid, "raylet")
+        assert raylet is not None and len(processes) > 3, processes
+        os.kill(raylet, signal.SIGKILL)
+        code = driver.wait(timeout=180)
+    finally:
+        if driver.poll() is None:
+            os.killpg(driver.pid, signal.SIGKILL)
+    output = log.read_text()
+    assert code == EXIT_MACHINE_FAULT, output[-3000:]
+    last = output.strip().splitlines()[-1]
+    assert last == (f"error: the local Ray runtime was lost: its raylet (PID {raylet}) ended, and with it the driver; "
+                    f"resume with: python launch.py resume {study_dir}"), output[-3000:]
+    assert "Traceback" not in output and "(raylet)" not in output and "core_worker" not in output, output[-3000:]
+    assert not [p for p in processes if running(p)], "a process of the driver outlived it"
+    assert set(Path(tempfile.gettempdir()).glob("fakd-driver-*")) == notes_before
+    assert not [p for p in study_dir.rglob("*") if ".tmp-" in p.name]
+
+    resume(study_dir)
+
+    assert_exact_budget(study_dir)

@@ -29,6 +29,7 @@ from test_datasets import (
 from fakd.config import DataConfig, ModelConfig, RunConfig, TeacherConfig
 from fakd.data import get_dataset
 from fakd.errors import UserError
+from fakd.results.layout import StudyDir
 from fakd.spec import validate_spec
 from fakd.train import ensure_teacher, fit
 from fakd.train.checkpoint import capture_rng, load_checkpoint, restore_rng, write_checkpoint
@@ -332,6 +333,37 @@ def test_status_names_a_driver_only_while_it_holds_the_lock(tmp_path: Path) -> N
     assert driver_state(study) is None
     study.lock_file.write_text(stale)  # as `cp -a` copies it, or a driver killed by SIGKILL leaves it
     assert json_module.loads(stale)["pid"] > 0 and driver_state(study) is None
+
+
+def test_a_lock_whose_named_holder_has_ended_is_waited_for_until_its_process_lets_go(tmp_path: Path) -> None:
+    """A driver run under `fakd.supervisor` names its parent in the lock file; a parent killed outright takes the
+    driver with it, which lets go of the lock a moment later. The next driver waits for that moment, and only when
+    the named process has ended: a live holder is refused at once."""
+    import fcntl
+    import json as json_module
+    import os
+    import socket
+    import subprocess
+    import threading
+
+    from fakd.study.lock import StudyLock
+
+    study = StudyDir(tmp_path / "study")
+    study.root.mkdir()
+    ended = subprocess.Popen(["true"])
+    ended.wait()
+    held = os.open(study.lock_file, os.O_RDWR | os.O_CREAT)
+    fcntl.flock(held, fcntl.LOCK_EX)
+    holder = {"host": socket.gethostname(), "pid": os.getpid(), "command": "launch.py resume"}
+    study.lock_file.write_text(json_module.dumps(holder))
+    with pytest.raises(UserError, match=f"PID {os.getpid()}"), StudyLock(study, "resume"):
+        pass
+    study.lock_file.write_text(json_module.dumps({**holder, "pid": ended.pid}))
+    threading.Timer(0.5, os.close, [held]).start()  # the exiting driver lets go
+    started = time.monotonic()
+    with StudyLock(study, "resume"):
+        assert time.monotonic() - started >= 0.4
+        assert json_module.loads(study.lock_file.read_text())["pid"] == os.getpid()
 
 
 HOLD_TRAINING_LOCK = """

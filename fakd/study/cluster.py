@@ -11,6 +11,7 @@ from collections.abc import Iterator
 import ray
 
 from fakd.errors import UserError
+from fakd.supervisor import note_ray_runtime
 
 # Passed to every Ray worker so trials see the same offline settings as the driver.
 FORWARDED_ENV = ("HF_HUB_OFFLINE", "WANDB_MODE", "WANDB_API_KEY", "WANDB_DIR", "WANDB_SILENT")
@@ -120,7 +121,10 @@ def ray_runtime(address: str | None) -> Iterator[None]:
                  runtime_env={"env_vars": env} if env else None)
     except (ConnectionError, RuntimeError, ValueError) as exc:
         raise UserError(f"cannot connect to Ray at {address}: {exc}", key="--address") from None
+    if address is None:
+        note_ray_runtime()  # a parent process watches the raylet and GCS server started here (fakd.supervisor)
     try:
         yield
     finally:
+        note_ray_runtime(stopping=True)
         ray.shutdown()

@@ -29,12 +29,14 @@ from types import TracebackType
 
 from fakd.errors import UserError
 from fakd.results.layout import TRAINING_LOCK_FILE, StudyDir, describe_holder, now, read_lock_holder
+from fakd.supervisor import driver_pid, note_study
 
+EXITING_HOLDER_WAIT_S = 30.0  # how long a driver waits for the lock of a holder whose named process has ended
 TRAINING_WAIT_S = 120.0  # how long a driver waits for an earlier driver's training processes to end
 
 
 class StudyLock:
-    """`with StudyLock(study, "resume"):` — one line and exit 2 for a second driver, never a wait."""
+    """`with StudyLock(study, "resume"):` — one line and exit 2 for a second driver, never a wait for a running one."""
 
     def __init__(self, study: StudyDir, command: str) -> None:
         self.study, self.command = study, command
@@ -46,7 +48,7 @@ class StudyLock:
         except OSError as exc:
             raise UserError(f"cannot lock {self.study.root}: {exc.strerror}", key="STUDY_DIR") from None
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            self._lock(fd)
         except BlockingIOError:
             os.close(fd)
             raise UserError(f"{self.study.root} is being driven by {describe_holder(read_lock_holder(self.study))}; "
@@ -56,13 +58,28 @@ class StudyLock:
             raise UserError(f"cannot lock {self.study.lock_file}: {exc.strerror}; the file system does not support "
                             "locks (mount it with locking, e.g. NFS without `nolock`), so two drivers could not be "
                             "kept apart", key="STUDY_DIR") from None
-        holder = {"host": socket.gethostname(), "pid": os.getpid(), "started": now(),
+        holder = {"host": socket.gethostname(), "pid": driver_pid(), "started": now(),
                   "command": f"launch.py {self.command}", "argv": sys.argv}
         os.ftruncate(fd, 0)
         os.pwrite(fd, json.dumps(holder).encode(), 0)
         os.fsync(fd)
         self.fd = fd
+        note_study(self.study.root)
         return self
+
+    def _lock(self, fd: int) -> None:
+        """Take the lock at once, or raise `BlockingIOError`. One wait: a holder on this host whose named PID has
+        ended is still exiting (a driver whose parent was killed outright, see `fakd.supervisor`), and its lock is
+        released within seconds; it is waited for, at most `EXITING_HOLDER_WAIT_S`."""
+        deadline = time.monotonic() + EXITING_HOLDER_WAIT_S
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                return
+            except BlockingIOError:
+                if time.monotonic() > deadline or not _holder_has_ended(read_lock_holder(self.study)):
+                    raise
+                time.sleep(0.1)
 
     def __exit__(self, kind: type[BaseException] | None, error: BaseException | None,
                  trace: TracebackType | None) -> None:
@@ -71,6 +88,19 @@ class StudyLock:
             fcntl.flock(self.fd, fcntl.LOCK_UN)
             os.close(self.fd)
             self.fd = None
+
+
+def _holder_has_ended(holder: dict | None) -> bool:
+    """Whether the lock file names a process of this host that no longer runs."""
+    if not holder or holder.get("host") != socket.gethostname():
+        return False
+    try:
+        os.kill(int(holder.get("pid", -1)), 0)
+    except ProcessLookupError:
+        return True
+    except (OSError, ValueError):
+        return False
+    return False
 
 
 @contextlib.contextmanager
