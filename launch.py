@@ -4,8 +4,11 @@
 import sys
 
 from fakd.cli import main
-from fakd.supervisor import run_supervised, supervised
+from fakd.supervisor import adopt_parent, run_supervised, supervised
 
 if __name__ == "__main__":
     argv = sys.argv[1:]
-    sys.exit(run_supervised() if supervised(argv) else main(argv))
+    if supervised(argv):
+        sys.exit(run_supervised())
+    adopt_parent()
+    sys.exit(main(argv))

@@ -7,9 +7,9 @@ the driver as a child process and waits for it:
 - Signals: the child runs in its own process group and the parent forwards SIGINT, SIGTERM and SIGHUP to it, so
   Ctrl-C and `kill PID` reach the driver exactly once, as before. A parent killed outright (SIGKILL) takes the
   driver with it (`PR_SET_PDEATHSIG`), and Ray's own processes follow the driver as they always do.
-- Ray lost: the driver notes the PIDs of the raylet and GCS server it started (`note_ray_runtime`). If one of them
-  ends while the driver still uses it and the driver then fails, the parent prints one line naming the process and
-  the `resume` command, and exits `EXIT_MACHINE_FAULT`.
+- Ray lost: the driver tells the parent, on a pipe, the PIDs of the raylet and GCS server it started
+  (`note_ray_runtime`). If one of them ends while the driver still uses it and the driver then fails, the parent
+  prints one line naming the process and the `resume` command, and exits `EXIT_MACHINE_FAULT`.
 - Ray's own lines (the raylet's and GCS server's messages relayed to the driver, the core worker's log lines)
   stay out of the terminal: the parent relays the driver's output and appends those lines to `STUDY/tune/ray.log`.
 - Leftovers: the parent is a child subreaper, so processes orphaned by a dead raylet (Ray's agents, idle
@@ -28,18 +28,18 @@ import re
 import signal
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import IO
 
-from fakd.atomic import write_atomic
 from fakd.faults import EXIT_MACHINE_FAULT
 
 NOTES_ENV = "FAKD_DRIVER_NOTES"
-"""Set in the driver's environment by its parent: the file where the driver notes its Ray runtime."""
+"""Set in the driver's environment by its parent: the file descriptor of a pipe on which the driver writes its
+notes (JSON lines: the study it drives, its Ray daemons). The driver takes it out of its environment at start, so
+no process it starts writes there; a pipe leaves no file behind, however either process ends."""
 DRIVING = ("sweep", "resume", "retrain", "demo")
 """Commands that drive a study (and start Ray): the ones run under a parent."""
 FORWARDED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
@@ -70,21 +70,37 @@ def supervised(argv: Sequence[str]) -> bool:
     return command in DRIVING and sys.platform == "linux" and NOTES_ENV not in os.environ
 
 
+_notes_fd: int | None = None
+"""In a driver run under a parent: the write end of the notes pipe (see `NOTES_ENV`)."""
+
+
+def adopt_parent() -> None:
+    """In a process that may be a driver run under a parent: take the notes pipe out of the environment."""
+    global _notes_fd
+    value = os.environ.pop(NOTES_ENV, None)
+    if value is not None and value.isdigit():
+        _notes_fd = int(value)
+
+
 def run_supervised() -> int:
     """Run this command (`sys.orig_argv`) again, as the child driver; return its exit status, or
     `EXIT_MACHINE_FAULT` with one line when the driver died because its Ray runtime did."""
     _prctl(PR_SET_CHILD_SUBREAPER, 1)
-    handle, notes_name = tempfile.mkstemp(prefix="fakd-driver-", suffix=".json")
-    os.close(handle)
-    notes = Path(notes_name)
+    read_end, write_end = os.pipe()
+    notes: dict = {}
     # re-run exactly what was typed (interpreter flags and script included), now as the driver
     command = [sys.executable, *sys.orig_argv[1:]]
-    child = subprocess.Popen(command, env={**os.environ, NOTES_ENV: str(notes)}, process_group=0,
-                             preexec_fn=_die_with_parent, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    relays = [threading.Thread(target=_relay, args=(source, target, notes), daemon=True)
-              for source, target in ((child.stdout, sys.stdout), (child.stderr, sys.stderr))]
-    for relay in relays:
-        relay.start()
+    try:
+        child = subprocess.Popen(command, env={**os.environ, NOTES_ENV: str(write_end)}, pass_fds=(write_end,),
+                                 process_group=0, preexec_fn=_die_with_parent, stdout=subprocess.PIPE,
+                                 stderr=subprocess.PIPE)
+    finally:
+        os.close(write_end)
+    readers = [threading.Thread(target=_read_notes, args=(read_end, notes), daemon=True)]
+    readers += [threading.Thread(target=_relay, args=(source, target, notes), daemon=True)
+                for source, target in ((child.stdout, sys.stdout), (child.stderr, sys.stderr))]
+    for reader in readers:
+        reader.start()
     previous = {signum: signal.signal(signum, lambda signum, _frame: _forward(child, signum)) for signum in FORWARDED}
     lost: tuple[str, int] | None = None
     try:
@@ -98,10 +114,9 @@ def run_supervised() -> int:
         for signum, handler in previous.items():
             signal.signal(signum, handler)
         _stop_descendants()  # Ray's processes hold the driver's output open: a relay ends once they have ended
-        for relay in relays:
-            relay.join(timeout=STOP_GRACE_S)
-        study = _read(notes).get("study")
-        notes.unlink(missing_ok=True)
+        for reader in readers:
+            reader.join(timeout=STOP_GRACE_S)
+        study = notes.get("study")
     status = child.returncode if child.returncode >= 0 else 128 - child.returncode
     if lost is not None and status not in EXPECTED_EXITS:
         name, pid = lost
@@ -112,7 +127,17 @@ def run_supervised() -> int:
     return status
 
 
-def _relay(stream: IO[bytes], target: IO[str], notes: Path) -> None:
+def _read_notes(fd: int, notes: dict) -> None:
+    """Apply each note the driver writes (a JSON object per line) to `notes`, until the driver has ended."""
+    with os.fdopen(fd, "rb") as stream:
+        for line in stream:
+            with contextlib.suppress(ValueError):
+                value = json.loads(line)
+                if isinstance(value, dict):
+                    notes.update(value)
+
+
+def _relay(stream: IO[bytes], target: IO[str], notes: dict) -> None:
     """Copy the driver's stdout or stderr to this process's `target`, line by line, except Ray's own lines (and the
     indented lines that continue them), which go to the study's `RAY_LOG` once the driver has noted its study."""
     internal = False
@@ -127,8 +152,8 @@ def _relay(stream: IO[bytes], target: IO[str], notes: Path) -> None:
             target.flush()
 
 
-def _append_ray_line(notes: Path, line: str) -> None:
-    study = _read(notes).get("study")
+def _append_ray_line(notes: dict, line: str) -> None:
+    study = notes.get("study")
     if not study:
         return
     root = Path(study).resolve()
@@ -150,14 +175,6 @@ def _forward(child: subprocess.Popen, signum: int) -> None:
         child.send_signal(signum)
 
 
-def _read(notes: Path) -> dict:
-    try:
-        value = json.loads(notes.read_text() or "{}")
-    except (OSError, ValueError):
-        return {}
-    return value if isinstance(value, dict) else {}
-
-
 def _alive(pid: int) -> bool:
     """Whether `pid` runs (a zombie, ended but not yet reaped by its parent, does not)."""
     try:
@@ -167,12 +184,11 @@ def _alive(pid: int) -> bool:
     return stat.rsplit(")", 1)[-1].split()[0] != "Z"
 
 
-def _lost_daemon(notes: Path) -> tuple[str, int] | None:
+def _lost_daemon(notes: dict) -> tuple[str, int] | None:
     """The first of the driver's Ray daemons found dead while the driver still means to use them."""
-    found = _read(notes)
-    if found.get("stopping"):
+    if notes.get("stopping"):
         return None
-    for name, pid in (found.get("ray") or {}).items():
+    for name, pid in dict(notes.get("ray") or {}).items():
         if isinstance(pid, int) and not _alive(pid):
             return name, pid
     return None
@@ -218,7 +234,7 @@ def _reap() -> None:
 
 def driver_pid() -> int:
     """The PID a user signals to stop this driver: its parent's when it runs under one (which forwards signals)."""
-    return os.getppid() if os.environ.get(NOTES_ENV) else os.getpid()
+    return os.getppid() if _notes_fd is not None else os.getpid()
 
 
 def note_study(root: str | Path) -> None:
@@ -242,9 +258,7 @@ def note_ray_runtime(stopping: bool = False) -> None:
 
 
 def _update_notes(**values: object) -> None:
-    path = os.environ.get(NOTES_ENV)
-    if not path:
+    if _notes_fd is None:
         return
-    notes = {**_read(Path(path)), **values}
-    with contextlib.suppress(OSError):
-        write_atomic(Path(path), json.dumps(notes))
+    with contextlib.suppress(OSError):  # one write of one short line: atomic on a pipe
+        os.write(_notes_fd, (json.dumps(values) + "\n").encode())

@@ -7,7 +7,6 @@ import os
 import signal
 import sqlite3
 import subprocess
-import tempfile
 from pathlib import Path
 
 import pytest
@@ -127,7 +126,6 @@ def test_a_lost_raylet_stops_the_driver_in_one_line_and_resume_finishes_the_budg
     spec = study_spec(tmp_path)
     study_dir = tmp_path / "studies" / "tiny"
     log = tmp_path / "driver.log"
-    notes_before = set(Path(tempfile.gettempdir()).glob("fakd-driver-*"))
     driver = start_driver(["sweep", str(spec), "--storage", str(tmp_path / "studies")], log)
     try:
         wait_for(lambda: finished_and_running(study_dir), 300, "one finished and one running trial", driver=driver,
@@ -147,7 +145,6 @@ def test_a_lost_raylet_stops_the_driver_in_one_line_and_resume_finishes_the_budg
                     f"resume with: python launch.py resume {study_dir}"), output[-3000:]
     assert "Traceback" not in output and "(raylet)" not in output and "core_worker" not in output, output[-3000:]
     assert not [p for p in processes if running(p)], "a process of the driver outlived it"
-    assert set(Path(tempfile.gettempdir()).glob("fakd-driver-*")) == notes_before
     assert not [p for p in study_dir.rglob("*") if ".tmp-" in p.name]
 
     resume(study_dir)
