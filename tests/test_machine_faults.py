@@ -11,10 +11,12 @@ from pathlib import Path
 
 import pytest
 import sqlalchemy.exc
-from conftest import wait_for
+from conftest import wait_for, write_spec
 from test_study_resume import assert_exact_budget, finished_and_running, start_driver, study_spec
 
+from fakd.cli import main
 from fakd.faults import EXIT_MACHINE_FAULT, machine_fault, storage_state
+from fakd.results.layout import FORMAT, StudyDir, write_json
 from fakd.study import resume
 
 
@@ -150,3 +152,22 @@ def test_a_lost_raylet_stops_the_driver_in_one_line_and_resume_finishes_the_budg
     resume(study_dir)
 
     assert_exact_budget(study_dir)
+
+
+def test_a_study_on_a_read_only_file_system_is_named_in_one_line_and_left_unchanged(tmp_path, capsys):
+    """A real read-only mount (a tmpfs remounted read-only): a driving command stops before anything else with exit
+    75 and says what to fix; `export --out` into it is refused as read-only; reading commands work."""
+    with small_file_system(tmp_path / "disk", 16) as disk:
+        study = StudyDir(disk / "study")
+        study.root.mkdir()
+        write_json(study.marker, {"format": FORMAT, "name": "tiny", "optuna_prefix": "tiny"})
+        write_spec(study.root, name=study.spec.name)
+        subprocess.run(["mount", "-o", "remount,ro", str(disk)], check=True)
+        assert main(["resume", str(study.root)]) == EXIT_MACHINE_FAULT
+        err = capsys.readouterr().err
+        assert err == (f"error: the file system holding {study.lock_file} is read-only; make it writable (or free "
+                       "space), then run the command again\n")
+        assert main(["export", str(study.root), "--out", str(study.exports / "table.md")]) == 2
+        assert f"cannot write to {study.root} (a read-only file system)" in capsys.readouterr().err
+        assert main(["status", str(study.root)]) == 0
+        assert sorted(p.name for p in study.root.iterdir()) == sorted([study.marker.name, study.spec.name])

@@ -173,7 +173,15 @@ def check_writable_parent(path: Path, key: str) -> None:
     if not existing.is_dir():
         raise UserError(f"cannot create {path.parent}: {existing} is a file, not a directory", key=key)
     if not os.access(existing, os.W_OK | os.X_OK):
-        raise UserError(f"cannot write to {existing} (permission denied)", key=key)
+        why = "a read-only file system" if _read_only(existing) else "permission denied"
+        raise UserError(f"cannot write to {existing} ({why})", key=key)
+
+
+def _read_only(path: Path) -> bool:
+    try:
+        return bool(os.statvfs(path).f_flag & os.ST_RDONLY)
+    except OSError:
+        return False
 
 
 def open_study_dir(path: str | Path) -> StudyDir:

@@ -28,6 +28,7 @@ from pathlib import Path
 from types import TracebackType
 
 from fakd.errors import UserError
+from fakd.faults import MachineFault, machine_fault
 from fakd.results.layout import TRAINING_LOCK_FILE, StudyDir, describe_holder, now, read_lock_holder
 from fakd.supervisor import driver_pid, note_study
 
@@ -46,6 +47,9 @@ class StudyLock:
         try:
             fd = os.open(self.study.lock_file, os.O_RDWR | os.O_CREAT, 0o644)
         except OSError as exc:
+            fault = machine_fault(exc, self.study.root)
+            if fault is not None:  # a read-only or full file system: fixed on the machine, then the same command
+                raise MachineFault(f"{fault}; make it writable (or free space), then run the command again") from None
             raise UserError(f"cannot lock {self.study.root}: {exc.strerror}", key="STUDY_DIR") from None
         try:
             self._lock(fd)
