@@ -125,7 +125,7 @@ def named_child(pid: int, name: str) -> int | None:
 def test_a_lost_raylet_stops_the_driver_in_one_line_and_resume_finishes_the_budget(tmp_path, ray_local):
     """The raylet of the driver's local Ray is killed mid-search. Ray's core worker then ends the driver process
     itself; its parent (`fakd.supervisor`) says so in one line, exits 75, and leaves no process behind."""
-    spec = study_spec(tmp_path)
+    spec = study_spec(tmp_path, num_samples=2)
     study_dir = tmp_path / "studies" / "tiny"
     log = tmp_path / "driver.log"
     driver = start_driver(["sweep", str(spec), "--storage", str(tmp_path / "studies")], log)
@@ -151,7 +151,7 @@ def test_a_lost_raylet_stops_the_driver_in_one_line_and_resume_finishes_the_budg
 
     resume(study_dir)
 
-    assert_exact_budget(study_dir)
+    assert_exact_budget(study_dir, per_arm=2)
 
 
 def test_a_study_on_a_read_only_file_system_is_named_in_one_line_and_left_unchanged(tmp_path, capsys):

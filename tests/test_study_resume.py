@@ -66,7 +66,7 @@ def tree_digest(root: Path) -> str:
 
 
 def study_spec(tmp_path: Path, **search) -> Path:
-    raw = searched_spec(["baseline", "kd"], num_samples=3, max_concurrent=1, scheduler="none", **search)
+    raw = searched_spec(["baseline", "kd"], **{"num_samples": 3, "max_concurrent": 1, "scheduler": "none", **search})
     raw["train"].update(iters=ITERS, eval_every=EVAL_EVERY)
     return write_spec(tmp_path, raw)
 
