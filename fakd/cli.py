@@ -118,7 +118,11 @@ def command_retrain(args: argparse.Namespace) -> int:
 def command_export(args: argparse.Namespace) -> int:
     from fakd.results import open_study_dir
 
-    open_study_dir(args.study_dir)  # not a study: one line before pandas and scipy are imported
+    studies = [args.study_dir, *args.more_studies]
+    for study in studies:
+        open_study_dir(study)  # not a study: one line before pandas and scipy are imported
+    if len(studies) > 1 or args.labels is not None or args.spread is not None:
+        return _export_across(studies, args)
     from fakd.export import export_study
 
     result = export_study(args.study_dir, args.format, args.out)
@@ -129,6 +133,18 @@ def command_export(args: argparse.Namespace) -> int:
         for plot in result.plots:
             _log(f"wrote {plot}")
     print(result.note, file=sys.stderr)
+    return 0
+
+
+def _export_across(studies: list[str], args: argparse.Namespace) -> int:
+    from fakd.export.across import export_across
+
+    labels = [label.strip() for label in args.labels.split(",")] if args.labels is not None else None
+    text, table = export_across(studies, args.format, args.out, labels=labels, spread=args.spread or "ci")
+    if args.out is None:
+        _emit(text)
+    else:
+        _log(f"wrote {args.out} ({len(table.columns)} columns, {len(table.arms)} rows)")
     return 0
 
 
@@ -225,8 +241,15 @@ def build_parser() -> argparse.ArgumentParser:
     retrain.add_argument("--no-wandb", action="store_true", help="do not stream to Weights & Biases")
     retrain.set_defaults(func=command_retrain)
 
-    export = commands.add_parser("export", help="write a study's ablation table (reads, never changes, the study)")
+    export = commands.add_parser("export", help="write a study's ablation table, or one table across several "
+                                 "studies (reads, never changes, a study)")
     export.add_argument("study_dir")
+    export.add_argument("more_studies", nargs="*", metavar="STUDY_DIR",
+                        help="more studies: one table with a column per study (arms as rows, the teacher first)")
+    export.add_argument("--labels", help="the columns' labels, comma-separated, one per study (and student and "
+                        "budget); default: dataset · student")
+    export.add_argument("--spread", choices=["ci", "sd"], default=None,
+                        help="a table across studies: ± the 95%% interval's half-width (ci, default) or the seed SD")
     export.add_argument("--format", default="md", choices=["md", "csv", "latex", "html"],
                         help="md (default): prints the compact table (mIoU and Δ vs base in %%, Holm p, compute "
                         "hours, ≤ 120 columns); with --out writes it, the decisions and the full table. csv: the "
