@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import signal
 import sys
 from collections.abc import Callable, Sequence
@@ -136,6 +137,30 @@ def command_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def command_slurm(args: argparse.Namespace) -> int:
+    from fakd.slurm import Job, check_job, parse_time, submit, write_job
+    from fakd.spec import NAME_PATTERN, load_spec
+
+    spec = load_spec(args.spec, args.set)  # every spec check and override before anything is written or submitted
+    name = args.name or spec.name
+    if not re.fullmatch(NAME_PATTERN, name):
+        raise UserError(f"{name!r} is not a study name: letters, digits, _ . + -, not starting with .", key="--name")
+    resources = spec.settings.resources
+    job = Job(Path(args.spec).resolve(), Path(args.storage).expanduser().resolve(), name, list(args.set),
+              args.nodes, args.gpus_per_node, args.cpus_per_task, args.mem, parse_time(args.time), args.grace,
+              args.partition, args.account)
+    check_job(job, allow_local=args.allow_local, submit=args.submit, spec_gpus=resources.gpu * resources.workers)
+    script = write_job(job)
+    _log(f"wrote {script}")
+    if args.submit:
+        job_id = submit(script)
+        _log(f"submitted job {job_id}; follow it with: squeue -j {job_id}; python launch.py status {script.parents[1]}")
+        print(job_id)
+    else:
+        _log(f"submit it with: sbatch {script}")
+    return 0
+
+
 def _export_across(studies: list[str], args: argparse.Namespace) -> int:
     from fakd.export.across import export_across
 
@@ -258,6 +283,26 @@ def build_parser() -> argparse.ArgumentParser:
                         "embedded), printed or written")
     export.add_argument("--out", help="output file; the plots are written beside it (default: print)")
     export.set_defaults(func=command_export)
+
+    slurm = commands.add_parser("slurm", help="write (and with --submit, submit) a Slurm batch script that runs "
+                                "a study to its end: a sweep, then a resume after each requeue")
+    slurm.add_argument("spec", help="study spec (YAML)")
+    slurm.add_argument("--storage", required=True, help="parent directory of the study, on storage every node sees")
+    slurm.add_argument("--name", help="study name (default: the spec's name)")
+    slurm.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a spec value")
+    slurm.add_argument("--nodes", type=int, required=True, help="nodes of the job (a Ray head plus workers)")
+    slurm.add_argument("--gpus-per-node", type=int, default=0)
+    slurm.add_argument("--cpus-per-task", type=int, help="CPUs per node (one task per node)")
+    slurm.add_argument("--mem", help="memory per node, as Slurm takes it (e.g. 64G)")
+    slurm.add_argument("--time", required=True, help="the job's time limit: HH:MM:SS or D-HH:MM:SS")
+    slurm.add_argument("--grace", type=int, default=300, metavar="SECONDS",
+                       help="stop the study this long before the time limit, then requeue (default: 300)")
+    slurm.add_argument("--partition")
+    slurm.add_argument("--account")
+    slurm.add_argument("--allow-local", action="store_true",
+                       help="accept a node-local --storage (a temporary directory) for a single-node job")
+    slurm.add_argument("--submit", action="store_true", help="submit the script with sbatch and print the job id")
+    slurm.set_defaults(func=command_slurm)
 
     demo = commands.add_parser("demo", help="run (or finish) a study and print its ablation table")
     demo.add_argument("spec", nargs="?", default="studies/quickstart.yaml")

@@ -131,7 +131,8 @@ def check_no_links_out(study: StudyDir) -> None:
 
 
 # What a sweep that stopped before it wrote the study's metadata can leave: the lock, the spec, their temporary files.
-UNSTARTED = (LOCK_FILE, "spec.yaml", ".spec.yaml.tmp-*", f".{MARKER}.tmp-*")
+UNSTARTED = (LOCK_FILE, "spec.yaml", ".spec.yaml.tmp-*", f".{MARKER}.tmp-*", "slurm")
+"""What a study directory may hold before its study exists: a stopped sweep's leftovers, `launch.py slurm`'s job."""
 
 
 def is_unstarted(root: Path) -> bool:

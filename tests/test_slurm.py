@@ -1,0 +1,124 @@
+"""`launch.py slurm` against a real one-node Slurm (tests/slurm.py): a study that runs to its end through the
+time-limit signal and a requeue; and every refusal, before anything is written or submitted."""
+
+import json
+import os
+import re
+import subprocess
+
+import pytest
+from conftest import searched_spec, wait_for, write_spec
+from slurm import slurm_cluster, unavailable
+from test_study_resume import EVAL_EVERY, ITERS, finished_and_running, results
+
+from fakd.cli import main
+from fakd.results import open_study_dir, read_trials
+
+
+def job_field(job: str, name: str, env: dict[str, str]) -> str:
+    shown = subprocess.run(["scontrol", "show", "job", job], env=env, capture_output=True, text=True).stdout
+    match = re.search(rf"\b{name}=(\S*)", shown)
+    return match[1] if match else ""
+
+
+@pytest.fixture(scope="module")
+def slurm_env():
+    reason = unavailable()
+    if reason is not None:
+        pytest.skip(reason)
+    with slurm_cluster() as env:
+        yield env
+
+
+@pytest.mark.driver
+@pytest.mark.slow
+def test_a_study_runs_to_its_end_through_the_time_limit_signal_and_a_requeue(slurm_env, tmp_path, monkeypatch,
+                                                                             capsys):
+    """The job's batch shell gets the time-limit signal in the middle of the search (`scancel --batch
+    --signal=TERM`, as `--signal=B:TERM@grace` sends it): the driver stops as on Ctrl-C, the job requeues itself,
+    its second run resumes the study, and the study finishes with every trial run once, none from scratch."""
+    for name, value in slurm_env.items():
+        monkeypatch.setenv(name, value)
+    raw = searched_spec(["baseline", "kd"], num_samples=2, max_concurrent=1, scheduler="none", retrain_seeds=1)
+    raw["train"].update(iters=ITERS, eval_every=EVAL_EVERY)
+    spec = write_spec(tmp_path, raw)
+    storage = tmp_path / "studies"
+    study_dir = storage / "tiny"
+    assert main(["slurm", str(spec), "--storage", str(storage), "--nodes", "1", "--time", "00:30:00",
+                 "--grace", "60", "--allow-local", "--submit"]) == 0
+    job = capsys.readouterr().out.strip().splitlines()[-1]
+    log = study_dir / "slurm" / f"job-{job}.out"
+    try:
+        wait_for(lambda: finished_and_running(study_dir), 400, "one finished and one running search trial")
+        subprocess.run(["scancel", "--batch", "--signal=TERM", job], check=True, env=slurm_env)
+        wait_for(lambda: job_field(job, "Restarts", slurm_env) == "1", 180, "the job to requeue itself")
+        # Slurm holds a requeued job back for about two minutes; let it start now
+        subprocess.run(["scontrol", "update", f"jobid={job}", "starttime=now"], check=True, env=slurm_env)
+        wait_for(lambda: job_field(job, "JobState", slurm_env) in ("COMPLETED", "FAILED", "CANCELLED"), 600,
+                 "the requeued job to finish")
+    finally:
+        output = log.read_text(errors="replace") if log.is_file() else "(no job output)"
+    assert job_field(job, "JobState", slurm_env) == "COMPLETED", output[-4000:]
+    assert job_field(job, "ExitCode", slurm_env) == "0:0", output[-4000:]
+    assert "stopped by SIGINT" in output and f"requeueing job {job} to resume it" in output, output[-4000:]
+    assert f"resuming study {study_dir}" in output, output[-4000:]
+    study = open_study_dir(study_dir)
+    records = read_trials(study)
+    assert sorted((r.phase, r.arm, r.state) for r in records) == sorted(
+        [("search", arm, "COMPLETE") for arm in ("baseline", "kd") for _ in range(2)]
+        + [("retrain", arm, "COMPLETE") for arm in ("baseline", "kd")]), output[-4000:]
+    for record in records:  # every evaluation once: a stopped trial continued from its checkpoint
+        iterations = [row["iteration"] for row in results(study_dir / "trials" / record.key)]
+        assert iterations == list(range(EVAL_EVERY, ITERS + 1, EVAL_EVERY)), (record.key, iterations)
+    assert json.loads((study_dir / "study.json").read_text()).get("retrain_finished")
+    assert main(["export", str(study_dir), "--format", "csv"]) == 0
+
+
+def test_bad_input_is_one_line_before_anything_is_written_or_submitted(tmp_path, monkeypatch, capsys):
+    spec = write_spec(tmp_path)
+    storage = tmp_path / "studies"
+    base = ["slurm", str(spec), "--storage", str(storage), "--time", "01:00:00"]
+    no_sbatch = tmp_path / "bin"
+    no_sbatch.mkdir()
+    cases = [
+        (["--nodes", "0"], "--nodes: --nodes 0: a job needs at least one node"),
+        (["--nodes", "1", "--time", "4h", "--allow-local"], "'4h' is not a time limit; accepted: HH:MM:SS"),
+        (["--nodes", "1", "--grace", "3600", "--allow-local"], "is not shorter than the time limit"),
+        (["--nodes", "1"], "is not on storage every node sees: it lies under /tmp"),
+        (["--nodes", "2", "--allow-local"], "a job of 2 nodes needs storage every node sees"),
+        (["--nodes", "1", "--allow-local", "--set", "resources.gpu=1"], "--gpus-per-node 0 is fewer than one trial"),
+        (["--nodes", "1", "--allow-local", "--set", "train.iters=-5"], "train.iters"),
+        (["--nodes", "1", "--allow-local", "--name", "../x"], "is not a study name"),
+    ]
+    for args, expected in cases:
+        assert main([*base, *args]) == 2, args
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and expected in err, (args, err)
+    monkeypatch.setenv("PATH", str(no_sbatch))
+    assert main([*base, "--nodes", "1", "--allow-local", "--submit"]) == 2
+    assert "--submit needs Slurm's sbatch, which is not on PATH" in capsys.readouterr().err
+    assert not storage.exists(), "a refused job wrote something"
+
+
+def test_the_script_resumes_an_existing_study_and_passes_every_override(tmp_path, capsys):
+    spec = write_spec(tmp_path)
+    storage = tmp_path / "studies"
+    assert main(["slurm", str(spec), "--storage", str(storage), "--nodes", "1", "--time", "1-02:00:00",
+                 "--cpus-per-task", "8", "--mem", "64G", "--partition", "gpu", "--account", "lab",
+                 "--gpus-per-node", "4", "--grace", "600", "--allow-local", "--set", "train.lr=0.02",
+                 "--name", "run"]) == 0
+    script = storage / "run" / "slurm" / "job.sbatch"
+    assert capsys.readouterr().out.splitlines()[0] == f"wrote {script}"
+    text = script.read_text()
+    for directive in ("--nodes=1", "--time=1-02:00:00", "--signal=B:TERM@600", "--requeue", "--cpus-per-task=8",
+                      "--mem=64G", "--partition=gpu", "--account=lab", "--gpus-per-node=4",
+                      f"--output={storage / 'run' / 'slurm' / 'job-%j.out'}"):
+        assert f"#SBATCH {directive}\n" in text, directive
+    assert f"set -- sweep {spec} --storage {storage} --name run --set train.lr=0.02\n" in text
+    assert 'if [ -f "$STUDY/study.json" ]; then\n  set -- resume "$STUDY"' in text
+    assert subprocess.run(["bash", "-n", str(script)]).returncode == 0  # valid bash
+    assert os.access(script, os.X_OK)
+    assert main(["sweep", str(spec), "--storage", str(storage), "--name", "run", "--set", "train.iters=-1"]) == 2
+    assert "train.iters" in capsys.readouterr().err  # the slurm folder alone does not make the study exist
+    assert sorted(p.name for p in (storage / "run").iterdir()) == ["slurm"]
+
