@@ -29,7 +29,8 @@ TIME = re.compile(r"^(?:(\d+)-)?(\d{1,2}):(\d{2}):(\d{2})$")
 LOCAL_FILE_SYSTEMS = ("tmpfs", "ramfs", "devtmpfs")
 LOCAL_PLACES = ("/tmp", "/var/tmp", "/dev/shm", "/run")
 JOIN_TIMEOUT_S = 300
-"""How long the script waits for every node's Ray worker to join before it gives up (exit 1, with a line)."""
+"""How long the script waits for every node's Ray worker to join before it gives up (exit 1, with a line); the
+job's environment may set another (`FAKD_JOIN_TIMEOUT_S`)."""
 RAY_PORT = 6379
 SCRIPT = "job.sbatch"
 ROOT = Path(__file__).resolve().parents[1]
@@ -210,11 +211,12 @@ def _cluster_lines(job: Job) -> list[str]:
         f'srun --nodes={job.nodes - 1} --ntasks={job.nodes - 1} --exclude="$HEAD_NODE" '
         '"$RAY" start --address="$ADDRESS" --temp-dir="$RAY_TMP" --block --disable-usage-stats &',
         "WORKERS=$!",
-        f"DEADLINE=$((SECONDS + {JOIN_TIMEOUT_S}))",
+        f"DEADLINE=$((SECONDS + ${{FAKD_JOIN_TIMEOUT_S:-{JOIN_TIMEOUT_S}}}))",
         f'until [ "$("$PYTHON" -c \'import ray, sys; ray.init(address=sys.argv[1], logging_level="ERROR"); '
         f'print(sum(n["Alive"] for n in ray.nodes()))\' "$ADDRESS" 2>/dev/null)" = "{job.nodes}" ]; do',
         '  if [ "$SECONDS" -ge "$DEADLINE" ]; then',
-        f'    echo "fakd: only some of the {job.nodes} nodes joined the Ray cluster within {JOIN_TIMEOUT_S} s"',
+        f'    echo "fakd: not all {job.nodes} nodes joined the Ray cluster within ${{FAKD_JOIN_TIMEOUT_S:-'
+        f'{JOIN_TIMEOUT_S}}} s; stopping"',
         '    "$RAY" stop --force >/dev/null 2>&1; kill "$WORKERS" 2>/dev/null; exit 1',
         "  fi",
         "  sleep 5",

@@ -5,6 +5,7 @@ import json
 import os
 import re
 import subprocess
+from pathlib import Path
 
 import pytest
 from conftest import searched_spec, wait_for, write_spec
@@ -12,7 +13,8 @@ from slurm import slurm_cluster, unavailable
 from test_study_resume import EVAL_EVERY, ITERS, finished_and_running, results
 
 from fakd.cli import main
-from fakd.results import open_study_dir, read_trials
+from fakd.results import StudyDir, open_study_dir, read_trials
+from fakd.slurm import ROOT, Job, render_script
 
 
 def job_field(job: str, name: str, env: dict[str, str]) -> str:
@@ -122,3 +124,56 @@ def test_the_script_resumes_an_existing_study_and_passes_every_override(tmp_path
     assert "train.iters" in capsys.readouterr().err  # the slurm folder alone does not make the study exist
     assert sorted(p.name for p in (storage / "run").iterdir()) == ["slurm"]
 
+
+
+FAKE = {  # each fake tool appends its arguments to $CALLS, one call per line
+    "scontrol": 'echo "scontrol $*" >> "$CALLS"\n'
+                'if [ "$1 $2" = "show hostnames" ]; then printf "node1\\nnode2\\nnode3\\n"; fi',
+    "srun": 'echo "srun $*" >> "$CALLS"\n'
+            'case "$*" in *hostname*) echo 10.0.0.1;; *--block*) exec sleep 300;; esac',
+    "ray": 'echo "ray $*" >> "$CALLS"',
+    # the interpreter: the join check prints the nodes alive ($JOINED); the driver records itself and ends
+    "python": 'if [ "$1" = "-c" ]; then echo "${JOINED}"; else echo "driver $*" >> "$CALLS"; fi',
+}
+
+
+def fake_tools(tmp_path: Path) -> Path:
+    tools = tmp_path / "bin"
+    tools.mkdir()
+    for name, body in FAKE.items():
+        (tools / name).write_text(f"#!/bin/bash\n{body}\n")
+        (tools / name).chmod(0o755)
+    return tools
+
+
+@pytest.mark.parametrize("joined", [3, 2])
+def test_the_multi_node_part_starts_a_head_and_workers_and_waits_for_them(tmp_path, joined):
+    """This machine is one node: the node list, `srun`, `scontrol`, `ray` and the interpreter are faked at the shell
+    level (FAKE above), and the script's own logic runs for real under bash. With 2 of 3 nodes joined, the bounded
+    wait gives up with a line and exit 1, and stops what it started."""
+    tools = fake_tools(tmp_path)
+    job = Job(tmp_path / "spec.yaml", tmp_path / "studies", "tiny", ["train.lr=0.02"], nodes=3, time_s=3600)
+    script = render_script(job, StudyDir(tmp_path / "studies" / "tiny"))
+    script = re.sub(r"(?m)^PYTHON=.*$", f"PYTHON={tools / 'python'}", script)
+    calls = tmp_path / "calls"
+    env = {**os.environ, "PATH": f"{tools}:{os.environ['PATH']}", "CALLS": str(calls), "JOINED": str(joined),
+           "SLURM_JOB_ID": "42", "SLURM_JOB_NODELIST": "node[1-3]", "SLURM_TMPDIR": "/local/scratch",
+           "FAKD_JOIN_TIMEOUT_S": "1"}
+    done = subprocess.run(["bash", "-c", script], env=env, capture_output=True, text=True, timeout=60)
+    lines = calls.read_text().splitlines()
+    assert lines[0] == "scontrol show hostnames node[1-3]"
+    assert lines[1] == "srun --nodes=1 --ntasks=1 -w node1 hostname -i"
+    assert lines[2] == ("ray start --head --node-ip-address=10.0.0.1 --port=6379 "
+                        "--temp-dir=/local/scratch/fakd-ray-42 --disable-usage-stats")
+    assert lines[3] == (f"srun --nodes=2 --ntasks=2 --exclude=node1 {tools / 'ray'} start --address=10.0.0.1:6379 "
+                        "--temp-dir=/local/scratch/fakd-ray-42 --block --disable-usage-stats")
+    if joined == 3:
+        assert done.returncode == 0, done.stdout + done.stderr
+        assert lines[4] == (f"driver {ROOT / 'launch.py'} sweep {job.spec} --storage {job.storage} --name tiny "
+                            "--set train.lr=0.02 --address 10.0.0.1:6379")
+        assert lines[5] == "ray stop --force" and len(lines) == 6
+        assert "the driver ended with exit 0" in done.stdout
+    else:
+        assert done.returncode == 1 and not any(line.startswith("driver") for line in lines)
+        assert "not all 3 nodes joined the Ray cluster within 1 s; stopping" in done.stdout
+        assert lines[-1] == "ray stop --force"
