@@ -137,6 +137,29 @@ def command_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def command_plan(args: argparse.Namespace) -> int:
+    import json
+
+    from fakd.plan import MEASURED_ITERS, TEACHER, make_bill, measure_costs, parse_step_seconds, render_bill
+    from fakd.spec import load_spec
+
+    spec = load_spec(args.spec, args.set)
+    slots = args.slots if args.slots is not None else spec.settings.search.max_concurrent
+    if slots < 1:
+        raise UserError(f"--slots {slots}: at least one trial runs at a time", key="--slots")
+    given = parse_step_seconds(args.step_seconds or "", list(spec.settings.arms))
+    unmeasured = [name for name in (TEACHER, *spec.settings.arms) if name not in given]
+    if unmeasured:
+        print(f"measuring {', '.join(unmeasured)}: {2 * MEASURED_ITERS} training iterations each, here",
+              file=sys.stderr)
+    costs = {**measure_costs(spec, unmeasured), **given} if unmeasured else given
+    bill = make_bill(spec, costs, slots)
+    resources = spec.settings.resources
+    units = (resources.gpu if resources.gpu > 0 else resources.cpu) * resources.workers
+    _emit(json.dumps(bill.to_json(units), indent=2) if args.json else render_bill(bill, units, given))
+    return 0
+
+
 def command_slurm(args: argparse.Namespace) -> int:
     from fakd.slurm import Job, check_job, parse_time, submit, write_job
     from fakd.spec import NAME_PATTERN, load_spec
@@ -283,6 +306,17 @@ def build_parser() -> argparse.ArgumentParser:
                         "embedded), printed or written")
     export.add_argument("--out", help="output file; the plots are written beside it (default: print)")
     export.set_defaults(func=command_export)
+
+    plan = commands.add_parser("plan", help="the bill before the launch: device-hours per arm and in total, and the "
+                               "wall clock on K slots (measured here, or from --step-seconds)")
+    plan.add_argument("spec", help="study spec (YAML)")
+    plan.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a spec value")
+    plan.add_argument("--slots", type=int, help="trials at once (default: the spec's search.max_concurrent)")
+    plan.add_argument("--step-seconds", metavar="ARM=S,...",
+                      help="seconds per training iteration by arm (and teacher=S), e.g. measured on the target GPU; "
+                      "the arms not named are measured here")
+    plan.add_argument("--json", action="store_true", help="print the bill as JSON (hours per arm and a total)")
+    plan.set_defaults(func=command_plan)
 
     slurm = commands.add_parser("slurm", help="write (and with --submit, submit) a Slurm batch script that runs "
                                 "a study to its end: a sweep, then a resume after each requeue")
