@@ -95,10 +95,15 @@ def command_resume(args: argparse.Namespace) -> int:
 def command_status(args: argparse.Namespace) -> int:
     import json
 
+    from fakd.results import open_study_dir
     from fakd.results.status import format_status, status, status_json
 
     records, driver = status(args.study_dir)
-    _emit(json.dumps(status_json(records, driver)) if args.json else format_status(records, driver))
+    if args.json:
+        _emit(json.dumps(status_json(records, driver)))
+        return 0
+    plan = open_study_dir(args.study_dir).metadata().get("plan")
+    _emit(format_status(records, driver, plan if isinstance(plan, dict) else None))
     return 0
 
 
@@ -140,7 +145,15 @@ def command_export(args: argparse.Namespace) -> int:
 def command_plan(args: argparse.Namespace) -> int:
     import json
 
-    from fakd.plan import MEASURED_ITERS, TEACHER, make_bill, measure_costs, parse_step_seconds, render_bill
+    from fakd.plan import (
+        MEASURED_ITERS,
+        TEACHER,
+        make_bill,
+        measure_costs,
+        parse_step_seconds,
+        render_bill,
+        units_per_trial,
+    )
     from fakd.spec import load_spec
 
     spec = load_spec(args.spec, args.set)
@@ -154,8 +167,7 @@ def command_plan(args: argparse.Namespace) -> int:
               file=sys.stderr)
     costs = {**measure_costs(spec, unmeasured), **given} if unmeasured else given
     bill = make_bill(spec, costs, slots)
-    resources = spec.settings.resources
-    units = (resources.gpu if resources.gpu > 0 else resources.cpu) * resources.workers
+    _, units = units_per_trial(spec)
     _emit(json.dumps(bill.to_json(units), indent=2) if args.json else render_bill(bill, units, given))
     return 0
 

@@ -141,35 +141,89 @@ def retrain_seeds(spec: StudySpec) -> tuple[int, str]:
     return 0, "retrain: none planned (search.retrain_seeds is 0; `retrain --seeds N` adds N runs per arm)"
 
 
-def make_bill(spec: StudySpec, costs: Mapping[str, StepCost], slots: int) -> Bill:
-    """The bill of `spec` from the cost of an iteration and of an evaluation of each arm (and the teacher)."""
+@dataclass(frozen=True)
+class Work:
+    """Training iterations and evaluation passes (expected counts under halving)."""
+
+    iterations: float
+    evaluations: float
+
+    def seconds(self, cost: StepCost) -> float:
+        return self.iterations * cost.iteration + self.evaluations * cost.evaluation
+
+
+PARTS = ("search", "confirm", "retrain")
+
+
+@dataclass(frozen=True)
+class PlannedWork:
+    """What a spec asks each arm (by part) and its teacher to compute, independent of any machine."""
+
+    teacher: Work
+    arms: dict[str, dict[str, Work]]
+    search_trials: int
+    retrain_runs: int
+    retrain_note: str
+
+
+def planned_work(spec: StudySpec, retrain_runs: int | None = None) -> PlannedWork:
+    """The iterations and evaluations of `spec` per arm and part; `retrain_runs` replaces the spec's retrain seeds
+    (as `retrain --seeds N` does)."""
     settings = spec.settings
-    resources = settings.resources
-    units = (resources.gpu if resources.gpu > 0 else resources.cpu) * resources.workers
-    hours = units / 3600
     train = spec.defaults.train
     evaluations = math.ceil(train.iters / train.eval_every)
     searched_evals = evaluations_per_trial(spec, evaluations)
     seeds, note = retrain_seeds(spec)
+    if retrain_runs is not None:
+        seeds, note = retrain_runs, f"retrain: {retrain_runs} seeds per arm"
     repeats = settings.search.selection_repeats
     confirm = settings.search.confirm
-    arms: dict[str, ArmBill] = {}
-    for arm in settings.arms:
-        cost = costs[arm]
-        full_run = train.iters * cost.iteration + evaluations * cost.evaluation
-        searched = searched_evals * (train.eval_every * cost.iteration + cost.evaluation)
-        trials = settings.search.num_samples * repeats
-        confirm_runs = confirm.top * confirm.seeds * repeats if confirm is not None else 0
-        arms[arm] = ArmBill(cost.iteration, trials * searched * hours, confirm_runs * full_run * hours,
-                            seeds * repeats * full_run * hours, trials, seeds * repeats)
+    trials = settings.search.num_samples * repeats
+    confirm_runs = confirm.top * confirm.seeds * repeats if confirm is not None else 0
+    full = Work(train.iters, evaluations)
+
+    def times(runs: float, work: Work) -> Work:
+        return Work(runs * work.iterations, runs * work.evaluations)
+
+    search = Work(searched_evals * train.eval_every, searched_evals)
+    arms = {arm: {"search": times(trials, search), "confirm": times(confirm_runs, full),
+                  "retrain": times(seeds * repeats, full)} for arm in settings.arms}
     teacher = spec.defaults.teacher
-    teacher_cost = costs.get(TEACHER)
-    teacher_hours = 0.0
-    if teacher_cost is not None and not (teacher.checkpoint or teacher.is_zoo):
+    teacher_work = Work(0, 0)
+    if not (teacher.checkpoint or teacher.is_zoo):
         iters = teacher.iters or train.iters
-        teacher_evals = math.ceil(iters / train.eval_every)
-        teacher_hours = (iters * teacher_cost.iteration + teacher_evals * teacher_cost.evaluation) * hours
-    return Bill("gpu" if resources.gpu > 0 else "cpu", teacher_hours, arms, slots, note)
+        teacher_work = Work(iters, math.ceil(iters / train.eval_every))
+    return PlannedWork(teacher_work, arms, trials, seeds * repeats, note)
+
+
+def units_per_trial(spec: StudySpec) -> tuple[str, float]:
+    """The device a trial holds ("gpu" or "cpu") and how many of them (times its data-parallel workers)."""
+    resources = spec.settings.resources
+    if resources.gpu > 0:
+        return "gpu", resources.gpu * resources.workers
+    return "cpu", resources.cpu * resources.workers
+
+
+def make_bill(spec: StudySpec, costs: Mapping[str, StepCost], slots: int) -> Bill:
+    """The bill of `spec` from the cost of an iteration and of an evaluation of each arm (and the teacher)."""
+    unit, units = units_per_trial(spec)
+    hours = units / 3600
+    work = planned_work(spec)
+    arms = {arm: ArmBill(costs[arm].iteration, *(parts[part].seconds(costs[arm]) * hours for part in PARTS),
+                         work.search_trials, work.retrain_runs) for arm, parts in work.arms.items()}
+    teacher_cost = costs.get(TEACHER)
+    teacher_hours = work.teacher.seconds(teacher_cost) * hours if teacher_cost is not None else 0.0
+    return Bill(unit, teacher_hours, arms, slots, work.retrain_note)
+
+
+def plan_metadata(spec: StudySpec, retrain_runs: int | None = None) -> dict[str, Any]:
+    """The plan a study stores (study.json `plan`): each arm's planned iterations and evaluations by part, and the
+    unit its hours are counted in; `status` and the report set them against what the study spent."""
+    unit, units = units_per_trial(spec)
+    work = planned_work(spec, retrain_runs)
+    return {"unit": unit, "units_per_trial": units, "retrain": work.retrain_note,
+            "teacher": asdict(work.teacher),
+            "arms": {arm: {part: asdict(parts[part]) for part in PARTS} for arm, parts in work.arms.items()}}
 
 
 @contextlib.contextmanager

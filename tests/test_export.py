@@ -17,6 +17,7 @@ from scipy import stats
 
 from fakd.cli import main
 from fakd.export.render import WIDTH
+from fakd.results import read_trials
 
 pytestmark = pytest.mark.ray
 ROOT = Path(__file__).resolve().parents[1]
@@ -96,6 +97,20 @@ def test_export_of_a_real_study(searched_study, capsys, tmp_path):
     report = (tmp_path / "table.html").read_text()
     assert report.count('src="data:image/png;base64,') == len(plots) and "kd+fakd vs kd: " in report
     assert f"<th>Effective batch</th><td>{effective} (train.batch_size" in report and "retrain finished 2" in report
+    assert "<th>Compute, spent of planned</th><td>baseline: " in report
+
+    # the plan the sweep stored, set against what each arm spent
+    plan = json.loads((study.root / "study.json").read_text())["plan"]
+    iters = trains[0]["iters"]
+    assert set(plan["arms"]) == {"baseline", "kd", "kd+fakd"} and plan["unit"] == "cpu"
+    assert {arm: parts["retrain"]["iterations"] for arm, parts in plan["arms"].items()} == dict.fromkeys(
+        plan["arms"], 2 * iters)
+    assert main(["status", str(study.root)]) == 0
+    shown = capsys.readouterr().out
+    for arm in plan["arms"]:
+        done = sum(r.iterations for r in read_trials(study) if r.arm == arm)
+        planned = sum(part["iterations"] for part in plan["arms"][arm].values())
+        assert f"  {arm}: " in shown and f"({done:,} of {planned:,.0f} iterations)" in shown, shown
     assert tree_digest(study.root) == before, "export changed the study directory"
 
 

@@ -6,10 +6,13 @@ import json
 import math
 
 import pytest
-from conftest import TINY_SPEC, write_spec
+from conftest import TINY_SPEC, searched_spec, write_spec
+from test_report import make_study
 
 from fakd.cli import main
-from fakd.plan import StepCost, evaluations_per_trial, make_bill, measure_costs
+from fakd.plan import StepCost, evaluations_per_trial, make_bill, measure_costs, plan_metadata
+from fakd.results import read_trials
+from fakd.results.compute import planned_against_spent
 from fakd.spec import load_spec, validate_spec
 
 QUICKSTART = "studies/quickstart.yaml"
@@ -87,3 +90,25 @@ def test_bad_input_is_one_line(tmp_path, capsys):
         assert main(["plan", str(spec), *args]) == 2, args
         err = capsys.readouterr().err
         assert err.count("\n") == 1 and expected in err, (args, err)
+
+
+def test_status_and_the_report_set_each_arms_spent_compute_against_its_plan(tmp_path, capsys):
+    study = make_study(tmp_path / "study", arms=["baseline", "kd"], seeds=(1, 2))
+    spec = validate_spec(searched_spec(["baseline", "kd"], retrain_seeds=2, scheduler="none"), "tiny.yaml")
+    study.update_metadata(plan=plan_metadata(spec))
+    iters, units = spec.defaults.train.iters, spec.settings.resources.cpu
+    rows = {row.arm: row for row in planned_against_spent(study.metadata()["plan"], read_trials(study))}
+    assert set(rows) == {"baseline", "kd"}
+    for row in rows.values():
+        assert row.planned_iterations == 4 * iters  # 2 search trials and 2 retrain seeds of train.iters each
+        # made: 3 search runs of 2 × 30 s and 2 retrain runs of 2 × 60 s, 4 iterations each: 420 s, 21 s/iter
+        assert row.done_iterations == 20
+        assert row.spent_hours == pytest.approx(420 * units / 3600)
+        assert row.planned_hours == pytest.approx(4 * iters * 21 * units / 3600)
+    assert main(["status", str(study.root)]) == 0
+    shown = capsys.readouterr().out
+    assert "compute spent of planned" in shown and "retrain: 2 seeds per arm" in shown
+    assert f"  kd: {420 * units / 3600:.3g} of {4 * iters * 21 * units / 3600:.3g} CPU-hours planned" in shown
+    report = tmp_path / "report.html"
+    assert main(["export", str(study.root), "--format", "html", "--out", str(report)]) == 0
+    assert "<th>Compute, spent of planned</th><td>baseline: " in report.read_text()

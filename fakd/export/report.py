@@ -27,6 +27,7 @@ from fakd.export.render import (
 from fakd.export.stats import mean_ci
 from fakd.export.table import ALPHA, AblationTable, budget_of, effective_batch
 from fakd.results import TrialRecord
+from fakd.results.compute import format_compute, planned_against_spent
 from fakd.results.selection import confirmed_scores, select_best, selection_score
 from fakd.spec import StudySpec
 
@@ -138,8 +139,13 @@ def study_facts(name: str, meta: dict[str, Any], spec: StudySpec, records: list[
         elif iters:
             arms = [arm for arm in spec.settings.arms if arm in iters]
             budgets.append(f"{budget}: " + ", ".join(f"{arm} {_joined(iters[arm])}" for arm in arms) + " iterations")
-    return StudyFacts(name, [("Study", name), ("Teacher", f"{teacher['student']}, {score}"), ("Dates", dates),
-                             ("Budgets", "; ".join(budgets)), ("Effective batch", batch_text(table))])
+    rows = [("Study", name), ("Teacher", f"{teacher['student']}, {score}"), ("Dates", dates),
+            ("Budgets", "; ".join(budgets)), ("Effective batch", batch_text(table))]
+    plan = meta.get("plan")
+    if isinstance(plan, dict):
+        rows.append(("Compute, spent of planned", "; ".join(format_compute(plan, planned_against_spent(
+            plan, records))) + f" (planned hours at each arm's own rate; {plan.get('retrain', '')})"))
+    return StudyFacts(name, rows)
 
 
 def batch_text(table: AblationTable) -> str:

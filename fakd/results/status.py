@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from fakd.results.compute import format_compute, planned_against_spent
 from fakd.results.layout import driver_state, open_study_dir
 from fakd.results.records import TrialRecord, read_trials
 
@@ -29,10 +31,20 @@ def status_json(records: list[TrialRecord], driver: str | None = None) -> list[d
     return [{**record.status_json(), "status": shown_state(record, driver)} for record in records]
 
 
-def format_status(records: list[TrialRecord], driver: str | None) -> str:
-    """One line per trial (phase, arm, status, iterations, best mIoU, values), a count per state, the driver."""
+def format_status(records: list[TrialRecord], driver: str | None, plan: Mapping[str, Any] | None = None) -> str:
+    """One line per trial (phase, arm, status, iterations, best mIoU, values), a count per state, the driver; and
+    with the study's `plan`, each arm's compute spent against planned."""
     if not records:
         return "no trials yet" + (f"; {driver}" if driver else "")
+    text = _trial_lines(records, driver)
+    if plan is None:
+        return text
+    compute = format_compute(plan, planned_against_spent(plan, records))
+    return "\n".join([text, "", "compute spent of planned (planned hours at each arm's own rate so far; "
+                       f"{plan.get('retrain', 'retrain as planned')}):", *(f"  {line}" for line in compute)])
+
+
+def _trial_lines(records: list[TrialRecord], driver: str | None) -> str:
     rows = [("trial", "arm", "status", "iters", "best mIoU", "config")]
     for r in records:
         metric = "-" if r.best_miou is None else f"{r.best_miou:.4f}"

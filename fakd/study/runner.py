@@ -23,6 +23,7 @@ from fakd import spec_yaml
 from fakd.atomic import write_atomic
 from fakd.errors import UserError
 from fakd.faults import MachineFault, with_resume_hint
+from fakd.plan import plan_metadata
 from fakd.preflight import DataFacts, preflight
 from fakd.results import FORMAT, TERMINAL, StudyDir, TrialRecord, front_json, open_study_dir, pareto_front, read_trials
 from fakd.results.layout import (
@@ -186,6 +187,7 @@ def _create(study: StudyDir, spec: StudySpec, facts: DataFacts, name: str, spec_
         # a shared database holds many studies: this study's Optuna studies get a name of their own
         "optuna_prefix": f"{name}-{uuid.uuid4().hex[:8]}" if external else name,
         "data": {"num_classes": facts.num_classes, "class_names": facts.class_names},
+        "plan": plan_metadata(spec),  # what status and the report set the compute spent against
     })
 
 
@@ -216,9 +218,11 @@ def _drive(study: StudyDir, spec: StudySpec, signals: StopSignals, log: Log, *, 
         _drop_unstarted(study, records, budget or "", seeds, log)
         raised = bool(meta.get("retrain_finished")) and seeds > seeds_done(records, budget or "")
         study.update_metadata(retrain_seeds=seeds, retrain_budget=budget, retrain_mode="fixed",
-                              seeds_raised=bool(meta.get("seeds_raised")) or raised)
+                              seeds_raised=bool(meta.get("seeds_raised")) or raised,
+                              plan=plan_metadata(spec, retrain_runs=seeds))
     elif rule is not None:
-        study.update_metadata(retrain_mode="sequential", decide=rule.model_dump(), retrain_budget=budget)
+        study.update_metadata(retrain_mode="sequential", decide=rule.model_dump(), retrain_budget=budget,
+                              plan=plan_metadata(spec, retrain_runs=rule.max_seeds))
     teacher = study_teacher(study, spec, log)
     signals.check()
     context = TrialContext(str(study.root), teacher["path"])
