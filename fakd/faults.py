@@ -19,6 +19,34 @@ CPU_ALLOCATOR_FAILED = "DefaultCPUAllocator: can't allocate memory"
 a cgroup limit."""
 
 
+WORKER_DIED = ("ActorDiedError", "WorkerCrashedError", "worker process has died")
+"""How Ray says a trial's process ended without raising: a signal, a crash, or the kernel's OOM killer."""
+VMSTAT = Path("/proc/vmstat")
+
+
+def kernel_oom_kills() -> int | None:
+    """How many processes the kernel's OOM killer has ended on this host since boot (`oom_kill` in /proc/vmstat,
+    Linux 4.13 and later; it counts kills for a cgroup's limit too), or None where the kernel does not say."""
+    try:
+        for line in VMSTAT.read_text().splitlines():
+            name, _, value = line.partition(" ")
+            if name == "oom_kill":
+                return int(value)
+    except (OSError, ValueError):
+        return None
+    return None
+
+
+def killed_for_memory(error: str, oom_kills_at_start: int | None) -> bool:
+    """Whether a trial whose process died (Ray's `error`) was ended by the kernel's OOM killer: its process died
+    without raising, and the host's OOM kill count rose while it ran. Ray cannot tell a SIGKILL's sender, so the
+    count is the evidence; on a remote node it is unseen, and the trial fails as an error."""
+    if oom_kills_at_start is None or not any(words in error for words in WORKER_DIED):
+        return False
+    now = kernel_oom_kills()
+    return now is not None and now > oom_kills_at_start
+
+
 class MachineFault(Exception):
     """The study stopped because its storage failed; what to do is in the message."""
 

@@ -11,17 +11,24 @@ from __future__ import annotations
 import copy
 import json
 import math
+import os
 import random
+import signal
 import sqlite3
 import statistics
+import subprocess
+import sys
 from pathlib import Path
 from types import SimpleNamespace
 
 import optuna
 import pytest
 from conftest import TINY_SPEC
+from memcg import memory_cgroup
 
+from fakd import faults
 from fakd.errors import UserError
+from fakd.faults import killed_for_memory
 from fakd.results import COMPLETE, FAILED, PRUNED, RUNNING, StudyDir, TrialRecord, read_trials
 from fakd.results.layout import FORMAT, write_json
 from fakd.results.records import OUT_OF_MEMORY
@@ -553,3 +560,51 @@ def test_resume_writes_back_the_evaluations_optuna_lost(tmp_path):
     assert intermediate_values(study) != before
     SearchPhase(study, spec, lambda line: None, OptunaLink(spec, open_storage(spec, study), "tiny"))
     assert intermediate_values(study) == before
+
+
+RAY_WORKER_DIED = ("ray.exceptions.ActorDiedError: The actor died unexpectedly before finishing this task.\n"
+                   "The actor is dead because its worker process has died. Worker exit type: UNEXPECTED_SYSTEM_EXIT "
+                   "Worker exit detail: Worker unexpectedly exits with a connection error code 2. End of file.")
+
+
+def test_a_trial_whose_process_the_kernel_killed_for_memory_fails_out_of_memory(tmp_path, monkeypatch):
+    """Ray cannot say who sent a SIGKILL; the host's OOM kill count can (a real kill raises it: test_trainable.py).
+    Here /proc/vmstat is a file the test writes: a worker that died while the count rose failed for memory, one that
+    died while it stayed the same failed with an error."""
+    vmstat = tmp_path / "vmstat"
+    monkeypatch.setattr(faults, "VMSTAT", vmstat)
+    vmstat.write_text("pgfault 10\noom_kill 3\n")
+    spec = make_spec(scheduler="none", num_samples=2)
+    study = make_study(tmp_path / "study")
+    phase = SearchPhase(study, spec, lambda line: None, OptunaLink(spec, open_storage(spec, study), "tiny"))
+    killed, crashed = phase.next_trial(), phase.next_trial()
+    phase.on_start(killed.key)
+    vmstat.write_text("pgfault 10\noom_kill 4\n")  # the kernel killed a process while `killed` ran
+    phase.on_start(crashed.key)
+    error_file = tmp_path / "error.txt"
+    error_file.write_text(RAY_WORKER_DIED)
+    PhaseRecorder(phase).on_trial_recover(0, [], SimpleNamespace(config={"trial": killed.key},
+                                                                 error_file=str(error_file)))
+    phase.on_end(crashed.key, RAY_WORKER_DIED)
+    records = {r.key: r for r in read_trials(study)}
+    assert (records[killed.key].state, records[killed.key].reason) == (FAILED, OUT_OF_MEMORY)
+    assert records[killed.key].error.startswith("batch 2, crop 32×32: the kernel's OOM killer ended the trial's")
+    assert (records[crashed.key].state, records[crashed.key].reason) == (FAILED, "error")
+    assert not killed_for_memory("ValueError: a bug", 3)  # the count rose, but the process raised: not a kill
+    monkeypatch.setattr(faults, "VMSTAT", tmp_path / "absent")
+    assert faults.kernel_oom_kills() is None and not killed_for_memory(RAY_WORKER_DIED, None)
+
+
+def test_the_kernels_oom_kill_count_rises_when_it_kills_a_process_under_a_memory_limit():
+    """The evidence `killed_for_memory` reads, from a real kill: a process that touches 512 MiB in a memory cgroup
+    limited to 128 MiB (without swap) is ended by the kernel's OOM killer with SIGKILL."""
+    limit = 128 << 20
+    with memory_cgroup(limit) as procs:
+        if procs is None:
+            pytest.skip("no memory cgroup can be made here (it needs root and a writable memory controller)")
+        before = faults.kernel_oom_kills()
+        assert before is not None, "this kernel has no oom_kill count in /proc/vmstat"
+        hog = subprocess.run([sys.executable, "-c", "data = b'x' * (512 << 20)"], timeout=60,
+                             preexec_fn=lambda: procs.write_text(str(os.getpid())))
+    assert hog.returncode == -signal.SIGKILL
+    assert faults.kernel_oom_kills() > before

@@ -18,7 +18,7 @@ from typing import Any
 
 from fakd.config import RunConfig
 from fakd.errors import UserError
-from fakd.faults import CPU_ALLOCATOR_FAILED
+from fakd.faults import CPU_ALLOCATOR_FAILED, kernel_oom_kills, killed_for_memory
 from fakd.results import COMPLETE, FAILED, PENDING, PRUNED, RUNNING, TERMINAL, TrialRecord, read_trials
 from fakd.results.layout import StudyDir, now
 from fakd.results.records import OUT_OF_MEMORY, append_result, evaluation_of, write_trial
@@ -30,6 +30,7 @@ from fakd.study.optuna_link import OptunaLink
 from fakd.vocab import ARM_TABLE, METRIC
 
 FINISHED = "FINISHED"
+KERNEL_OOM_KILL = "the kernel's OOM killer ended the trial's process (the host's OOM kill count rose while it ran)"
 MAX_UNFINISHED_ENDS = 3  # a trial whose process ends early this often, without an error, is failed
 ROW_KEYS = ("iteration", "loss", "lr", "seconds_per_iter", "window_seconds", "params", METRIC, "val_pixel_acc",
             "val_iou", "fakd_strength", "diverged", "error")
@@ -70,6 +71,7 @@ class Phase:
         self.prune_requested: set[str] = set()
         self.unfinished_ends: Counter[str] = Counter()
         self.out_of_memory: dict[str, str] = {}  # trial key -> the memory error it reported
+        self.oom_kills_at_start: dict[str, int | None] = {}  # trial key -> the host's OOM kill count at its start
         self.stopping = False  # set when the study is interrupted: nothing new starts
         self.halt: str | None = None  # a mistake the user must fix (a damaged data file): the phase stops on it
         self.fault: str | None = None  # a fault of the machine (a full disk): the phase stops on it too
@@ -104,6 +106,7 @@ class Phase:
 
     def on_start(self, key: str) -> None:
         """The trial's process started: it is RUNNING (from its last checkpoint, if it has one)."""
+        self.oom_kills_at_start[key] = kernel_oom_kills()
         record = self.records[key]
         if record.state == PENDING:
             record.state = RUNNING
@@ -159,7 +162,7 @@ class Phase:
         if record.state in TERMINAL:
             return
         last = record.last or {}
-        if key in self.out_of_memory or (error is not None and is_memory_error(error)):
+        if key in self.out_of_memory or (error is not None and self.is_memory_failure(key, error)):
             self.finish(record, FAILED, OUT_OF_MEMORY, memory_error_text(record, self.out_of_memory.get(key, error)))
         elif error is not None:
             self.finish(record, FAILED, "error", error)
@@ -177,6 +180,16 @@ class Phase:
                 self.finish(record, FAILED, "error", "the trial's process ended before it finished, "
                                                      f"{MAX_UNFINISHED_ENDS} times")
         self._settle_waiting()
+
+    def is_memory_failure(self, key: str, error: str) -> bool:
+        """Whether the trial `key` failed for memory: an error saying so, or its process killed by the kernel's
+        OOM killer while it ran (then the error gets a line saying that)."""
+        if is_memory_error(error):
+            return True
+        if killed_for_memory(error, self.oom_kills_at_start.get(key)):
+            self.out_of_memory[key] = f"{error}\n{KERNEL_OOM_KILL}"
+            return True
+        return False
 
     def is_finished(self) -> bool:
         return len(self.records) >= self.budget() and all(r.state in TERMINAL for r in self.records.values())

@@ -20,7 +20,7 @@ from ray.tune.search import Searcher
 from ray.tune.stopper import Stopper
 
 from fakd.study.data_parallel import DRIVER_RESOURCES, DataParallelTrial, Scaling
-from fakd.study.phases import FINISHED, Phase, is_memory_error
+from fakd.study.phases import FINISHED, Phase
 from fakd.study.signals import StopSignals
 from fakd.study.trainable import TrialContext, run_trial
 
@@ -89,7 +89,7 @@ class PhaseRecorder(tune.Callback):
     def on_trial_recover(self, iteration: int, trials: list, trial: Trial, **info: Any) -> None:
         """A trial whose process was ended for memory fails now: Tune's retry stops at its first report."""
         error = _error_text(trial)
-        if is_memory_error(error):
+        if self.phase.is_memory_failure(_key(trial), error):
             self.phase.on_end(_key(trial), error)
 
 
