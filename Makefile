@@ -23,7 +23,7 @@ demo: $(STAMP)
 	$(PY) launch.py demo studies/quickstart.yaml --storage $(CURDIR)/runs
 
 test: $(STAMP)
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q --durations=15
 
 # the edit-test loop: every test that starts no Ray, no subprocess driver, no server and no browser, on two
 # pytest-xdist workers (a module's tests stay on one worker, so its module-scoped fixtures are built once)

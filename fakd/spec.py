@@ -78,9 +78,10 @@ class SearchConfig(Strict):
     max_failures: int = Field(1, ge=0, description="retries of a trial after an infrastructure fault")
     retrain_seeds: int = Field(0, ge=0, description="seeds for select-then-retrain at the end of a sweep (with "
                                "decide: the seeds of its first round, at least decide.round)")
-    add_on: Literal["joint", "inherit"] = Field(
-        "joint", description="an arm that adds FAKD to a base arm: joint searches every key it uses; inherit searches "
-        "only loss.fakd.*, on its base arm's selected values of the rest (searched after its base is selected)")
+    add_on: Literal["joint", "inherit"] | None = Field(
+        None, description="an arm that adds FAKD to a base arm: inherit searches only loss.fakd.*, on its base arm's "
+        "selected values of the rest (searched after its base is selected); joint searches every key it uses. "
+        "Default: inherit where an add-on arm's base arm is in the study (and student.backbone is fixed), else joint")
     confirm: ConfirmConfig | None = Field(None, description="train each arm's top finished search trials again with "
                                           "fresh seeds; the arm's selection is the best mean of those runs")
     decide: DecideConfig | None = Field(None, description="retrain in rounds of seeds until each comparison is "
@@ -196,8 +197,14 @@ class StudySpec:
         return _validate_run(self.path, {**tree, "arm": arm, **updates})
 
 
-def load_spec(path: str | Path, overrides: Iterable[str] = ()) -> StudySpec:
-    """Read, override and validate a study spec; raise `UserError` on the first problem."""
+STUDY_DEFAULTS_BEFORE_PINNING = {"add_on": "joint"}
+"""search.* defaults of the studies made before `sweep` wrote them into the study's spec.yaml: a study's spec
+without them is read with the defaults it was made with, so no later default changes a study's protocol."""
+
+
+def load_spec(path: str | Path, overrides: Iterable[str] = (), *, study: bool = False) -> StudySpec:
+    """Read, override and validate a study spec; raise `UserError` on the first problem. `study`: the spec.yaml of a
+    study directory (the defaults it was made with apply)."""
     file = str(path)
     if Path(file).is_dir():
         raise UserError("is a directory; a spec is a YAML file", file=file)
@@ -213,6 +220,8 @@ def load_spec(path: str | Path, overrides: Iterable[str] = ()) -> StudySpec:
         raise UserError(f"cannot read it: {exc.strerror}", file=file) from None
     if not isinstance(raw, dict):
         raise UserError("a spec is a YAML mapping of sections", file=file)
+    if study and isinstance(raw.get("search", {}), dict):
+        raw["search"] = {**STUDY_DEFAULTS_BEFORE_PINNING, **(raw.get("search") or {})}
     overrides = tuple(overrides)
     seen: dict[str, str] = {}
     for item in overrides:
@@ -255,6 +264,10 @@ def validate_spec(raw: dict[str, Any], file: str, overrides: tuple[str, ...] = (
             raise UserError(f"unknown section; accepted: {', '.join(sorted(known))}", file=file, key=str(key))
     space = _extract_space(raw, file)
     settings = _validate(StudySettings, {k: v for k, v in raw.items() if k in StudySettings.model_fields}, file)
+    if settings.search.add_on is None:  # resolved here and written into the spec: a study records what it used
+        add_on = default_add_on(settings.arms, space)
+        settings = settings.model_copy(update={"search": settings.search.model_copy(update={"add_on": add_on})})
+        raw = {**raw, "search": {**(raw.get("search") or {}), "add_on": add_on}}
     run_tree = {k: v for k, v in raw.items() if k in RunConfig.model_fields}
     for section in ("teacher", "student"):
         if section not in run_tree:
@@ -265,6 +278,15 @@ def validate_spec(raw: dict[str, Any], file: str, overrides: tuple[str, ...] = (
     _check_candidates(spec)
     _check_effects(spec)
     return spec
+
+
+def default_add_on(arms: Iterable[str], space: Mapping[str, Any]) -> str:
+    """inherit where some add-on arm's base arm is in the study and the student is fixed, else joint: on the
+    quickstart, inherit decided kd+fakd against kd at 6 seeds (CS ±0.6 pp) where joint left it undecided (±16 pp),
+    as its comparison differs in the FAKD term alone (docs/benchmarks.md)."""
+    names = set(arms)
+    eligible = any(ARM_TABLE[arm].add_on and ARM_TABLE[arm].base in names for arm in names)
+    return "inherit" if eligible and "student.backbone" not in space else "joint"
 
 
 def _check_removed(raw: dict[str, Any], file: str) -> None:

@@ -27,7 +27,8 @@ TINY_SPEC: dict[str, Any] = {
     "loss": {"kd": {"weight": 1.0, "temperature": 2.0}, "cwd": {"weight": 1.0, "temperature": 4.0},
              "fakd": {"max_strength": 1.0, "schedule": "constant"}},
     "arms": ["baseline", "kd", "kd+fakd"],
-    "search": {"num_samples": 1, "max_concurrent": 1},
+    # every arm searched at once (the default protocol, inherit, is tested where it is named)
+    "search": {"num_samples": 1, "max_concurrent": 1, "add_on": "joint"},
     "tracking": {"wandb": False},
 }
 
@@ -91,7 +92,7 @@ def searched_spec(arms: list[str] | None = None, **search: Any) -> dict[str, Any
     spec["arms"] = list(arms)
     # one trial at a time unless a test needs more: Tune then reuses one trial process for the phase, where each
     # further concurrent trial costs a process start (importing torch and timm takes seconds of CPU)
-    spec["search"] = {"num_samples": 2, "max_concurrent": 1, "seed": 0, **search}
+    spec["search"] = {"num_samples": 2, "max_concurrent": 1, "seed": 0, "add_on": "joint", **search}
     return spec
 
 

@@ -10,7 +10,7 @@ from conftest import TINY_SPEC, write_spec
 
 from fakd.cli import main
 from fakd.errors import UserError
-from fakd.spec import apply_override, load_spec
+from fakd.spec import apply_override, load_spec, validate_spec
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -120,3 +120,30 @@ def test_command_line_prints_no_traceback(tiny_spec_path):
 def test_user_error_located_prefixes_key():
     error = UserError("bad", key="output_stride").located("s.yaml", "teacher")
     assert error.format() == "s.yaml: teacher.output_stride: bad"
+
+
+def test_add_on_defaults_to_inherit_where_an_add_on_arm_has_its_base_and_the_study_pins_it(tmp_path):
+    def add_on(arms: list[str], **changes) -> str:
+        raw = copy.deepcopy(TINY_SPEC)
+        raw["search"].pop("add_on")
+        raw["arms"] = arms
+        for key, value in changes.items():
+            raw[key] = value
+        return validate_spec(raw, "tiny.yaml").settings.search.add_on
+
+    assert add_on(["baseline", "kd", "kd+fakd"]) == "inherit"
+    assert add_on(["baseline", "cwd", "cwd+fakd"]) == "inherit"
+    assert add_on(["baseline", "kd"]) == "joint"  # no add-on arm
+    assert add_on(["baseline", "kd+fakd"]) == "joint"  # an add-on without its base arm
+    searched_student = {**TINY_SPEC["student"], "backbone": {"choice": ["test_efficientnet", "test_resnet"]}}
+    assert add_on(["baseline", "kd", "kd+fakd"], student=searched_student) == "joint"
+    quickstart = load_spec("studies/quickstart.yaml")
+    assert quickstart.settings.search.add_on == "inherit" and quickstart.raw["search"]["add_on"] == "inherit"
+    # a study's spec.yaml written before sweep pinned the value keeps the default it was made with
+    raw = copy.deepcopy(TINY_SPEC)
+    raw["search"].pop("add_on")
+    old = write_spec(tmp_path, raw, "spec.yaml")
+    assert load_spec(old).settings.search.add_on == "inherit"
+    assert load_spec(old, study=True).settings.search.add_on == "joint"
+    raw["search"]["add_on"] = "inherit"
+    assert load_spec(write_spec(tmp_path, raw, "spec.yaml"), study=True).settings.search.add_on == "inherit"

@@ -78,7 +78,7 @@ class _Study:
 
 def _open(path: str | Path) -> _Study:
     study = open_study_dir(path)
-    spec = load_spec(study.spec)
+    spec = load_spec(study.spec, study=True)
     records = read_trials(study)
     if not any(r.phase == "retrain" for r in records):
         raise UserError(f"{study.root} has no retrain runs, so it has no column to give; run `launch.py retrain "

@@ -61,7 +61,7 @@ def export_study(study_path: str | Path, fmt: str = "md", out: str | Path | None
         raise UserError(f"unknown format {fmt!r}; accepted: {', '.join(FORMATS)}", key="--format")
     study = open_study_dir(study_path)
     target = check_output(study, out) if out is not None else None
-    spec = load_spec(study.spec)
+    spec = load_spec(study.spec, study=True)
     records = read_trials(study)
     if not any(r.phase == "retrain" for r in records):
         raise UserError(f"{study.root} has no retrain runs, so there is no ablation table to export; run "

@@ -102,7 +102,7 @@ def effective_batch(pairs: tuple[tuple[int, int], ...], workers: int = 1) -> int
 def build_table(study: StudyDir, spec: StudySpec | None = None,
                 records: list[TrialRecord] | None = None) -> AblationTable:
     """The table of a study directory, from its records and metadata alone (no data, no Ray)."""
-    spec = spec or load_spec(study.spec)
+    spec = spec or load_spec(study.spec, study=True)
     records = read_trials(study) if records is None else records
     meta = study.metadata()
     class_names = [str(name) for name in meta.get("data", {}).get("class_names", [])]

@@ -40,7 +40,7 @@ def retrain_request(study_path: str | Path, seeds: int | None = None, *, until_d
         raise UserError(f"unknown budget {budget!r}; accepted: {', '.join(BUDGETS)}", key="--budget")
     study = open_study_dir(study_path)
     check_no_links_out(study)
-    spec = load_spec(study.spec)
+    spec = load_spec(study.spec, study=True)
     chosen = budget or spec.settings.search.retrain_budget
     retrained = read_trials(study, "retrain")
     done = seeds_done(retrained, chosen)
