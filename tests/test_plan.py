@@ -112,3 +112,13 @@ def test_status_and_the_report_set_each_arms_spent_compute_against_its_plan(tmp_
     report = tmp_path / "report.html"
     assert main(["export", str(study.root), "--format", "html", "--out", str(report)]) == 0
     assert "<th>Compute, spent of planned</th><td>baseline: " in report.read_text()
+
+
+def test_a_plan_edited_by_hand_shows_the_arms_it_still_describes():
+    spec = validate_spec(searched_spec(["baseline", "kd"], retrain_seeds=2, scheduler="none"), "tiny.yaml")
+    plan = plan_metadata(spec)
+    plan["arms"]["kd"]["search"] = {"iterations": "many"}
+    plan["units_per_trial"] = -3
+    rows = planned_against_spent(plan, [])
+    assert [row.arm for row in rows] == ["baseline"] and rows[0].planned_hours is None
+    assert planned_against_spent({"arms": [1, 2]}, []) == []

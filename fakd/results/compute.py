@@ -28,20 +28,34 @@ class ArmCompute:
 def planned_against_spent(plan: Mapping[str, Any], records: Iterable[TrialRecord]) -> list[ArmCompute]:
     """Each planned arm's iterations and device-hours: planned (the plan's counts at the arm's measured rate)
     against done and spent."""
-    units = float(plan.get("units_per_trial", 1))
+    units = plan.get("units_per_trial", 1)
+    units = float(units) if isinstance(units, int | float) and units > 0 else 1.0
     seconds: dict[str, float] = {}
     iterations: dict[str, int] = {}
     for record in records:
         seconds[record.arm] = seconds.get(record.arm, 0.0) + record.seconds
         iterations[record.arm] = iterations.get(record.arm, 0) + record.iterations
     rows = []
-    for arm, parts in plan.get("arms", {}).items():
-        planned = float(sum(part["iterations"] for part in parts.values()))
+    arms = plan.get("arms")
+    for arm, parts in (arms.items() if isinstance(arms, dict) else ()):
+        planned = _planned_iterations(parts)
+        if planned is None:  # a plan edited by hand: shown for the arms it still describes
+            continue
         done, spent = iterations.get(arm, 0), seconds.get(arm, 0.0)
         rate = spent / done if done else None  # seconds per iteration, its evaluations included
         rows.append(ArmCompute(arm, planned, done, spent * units / 3600,
                                planned * rate * units / 3600 if rate is not None else None))
     return rows
+
+
+def _planned_iterations(parts: Any) -> float | None:
+    """The iterations an arm's parts (search, confirm, retrain) plan, or None where they are not numbers."""
+    if not isinstance(parts, dict):
+        return None
+    counts = [part.get("iterations") if isinstance(part, dict) else None for part in parts.values()]
+    if not all(isinstance(count, int | float) and not isinstance(count, bool) for count in counts):
+        return None
+    return float(sum(counts))
 
 
 def format_compute(plan: Mapping[str, Any], rows: list[ArmCompute]) -> list[str]:

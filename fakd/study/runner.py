@@ -223,6 +223,8 @@ def _drive(study: StudyDir, spec: StudySpec, signals: StopSignals, log: Log, *, 
     elif rule is not None:
         study.update_metadata(retrain_mode="sequential", decide=rule.model_dump(), retrain_budget=budget,
                               plan=plan_metadata(spec, retrain_runs=rule.max_seeds))
+    elif not isinstance(meta.get("plan"), dict):  # a study made before sweep stored its plan
+        study.update_metadata(plan=plan_metadata(spec))
     teacher = study_teacher(study, spec, log)
     signals.check()
     context = TrialContext(str(study.root), teacher["path"])
