@@ -13,7 +13,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
-from fakd.vocab import ARM_TABLE, ARMS, DATASETS, DEFAULT_ARM, HEADS, REFERENCE_ARM
+from fakd.vocab import ARM_TABLE, ARMS, DATASETS, DEFAULT_ARM, DISTILL_TERMS, HEADS, REFERENCE_ARM
 
 ArmName = Literal[ARMS]  # type: ignore[valid-type]
 HeadName = Literal[HEADS]  # type: ignore[valid-type]
@@ -182,6 +182,15 @@ class TermConfig(Strict):
     temperature: float = Field(1.0, gt=0.0)
 
 
+class DISTConfig(Strict):
+    """DIST: τ² (β · inter-class + γ · intra-class Pearson relation loss) of the probabilities at temperature τ."""
+
+    weight: float = Field(1.0, ge=0.0)
+    temperature: float = Field(1.0, gt=0.0)
+    beta: float = Field(1.0, ge=0.0, description="weight of the inter-class relation (each pixel's classes)")
+    gamma: float = Field(1.0, ge=0.0, description="weight of the intra-class relation (each class's pixels)")
+
+
 class FAKDConfig(Strict):
     enabled: bool = False
     max_strength: float = Field(2.0, ge=0.0)
@@ -194,24 +203,24 @@ class LossConfig(Strict):
     ce_weight: float = Field(1.0, ge=0.0)
     kd: TermConfig = TermConfig(weight=1.0, temperature=1.0)
     cwd: TermConfig = TermConfig(weight=3.0, temperature=4.0)
+    dist: DISTConfig = DISTConfig()
     fakd: FAKDConfig = FAKDConfig()
 
     def for_arm(self, arm: str) -> LossConfig:
         """The loss settings an ablation arm runs with: the arm switches terms on and off, weights stay."""
         spec = ARM_TABLE[arm]
-        kd_weight = self.kd.weight if spec.distill == "kd" else 0.0
-        cwd_weight = self.cwd.weight if spec.distill == "cwd" else 0.0
+        terms = {term: getattr(self, term) for term in DISTILL_TERMS}
         return self.model_copy(
             update={
-                "kd": self.kd.model_copy(update={"weight": kd_weight}),
-                "cwd": self.cwd.model_copy(update={"weight": cwd_weight}),
+                **{term: config.model_copy(update={"weight": config.weight if spec.distill == term else 0.0})
+                   for term, config in terms.items()},
                 "fakd": self.fakd.model_copy(update={"enabled": spec.fakd}),
             }
         )
 
     @property
     def distills(self) -> bool:
-        return self.kd.weight > 0 or self.cwd.weight > 0
+        return any(getattr(self, term).weight > 0 for term in DISTILL_TERMS)
 
 
 class RunConfig(Strict):

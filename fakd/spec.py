@@ -25,7 +25,7 @@ from pydantic import BaseModel, Field, ValidationError, field_validator
 from fakd import spec_yaml
 from fakd.config import ArmName, RunConfig, Strict
 from fakd.errors import UserError
-from fakd.vocab import ARM_TABLE, ARMS, BUDGETS, DEFAULT_BUDGET, REFERENCE_ARM
+from fakd.vocab import ARM_TABLE, ARMS, BUDGETS, DEFAULT_ARMS, DEFAULT_BUDGET, REFERENCE_ARM
 
 DISTRIBUTION_KINDS = ("uniform", "loguniform", "int", "choice")
 SEARCHABLE_SECTIONS = ("data", "student", "train", "loss")
@@ -146,7 +146,7 @@ class StudySettings(Strict):
     """The study-level sections of a spec (never searched)."""
 
     name: str = Field(min_length=1, pattern=NAME_PATTERN, description="letters, digits, _ . + -, not starting with .")
-    arms: list[ArmName] = list(ARMS)
+    arms: list[ArmName] = list(DEFAULT_ARMS)
     search: SearchConfig = SearchConfig()
     resources: ResourcesConfig = ResourcesConfig()
     tracking: TrackingConfig = TrackingConfig()

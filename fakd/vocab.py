@@ -8,15 +8,19 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+DISTILL_TERMS: tuple[str, ...] = ("kd", "cwd", "dist")
+"""The distillation terms an arm may train with, each a section `loss.<term>` of the spec."""
+
 
 @dataclass(frozen=True)
 class Arm:
     """One ablation arm: which distillation term it trains with, whether FAKD bounds it, its base arm."""
 
     name: str
-    distill: str | None  # "kd", "cwd" or None (cross-entropy only)
+    distill: str | None  # the distillation term ("kd", "cwd", "dist"), or None (cross-entropy only)
     fakd: bool
     base: str | None  # the arm this one is compared against in the ablation table
+    default: bool = True  # in a spec's arms when it names none (the FAKD ablation)
 
     @property
     def fakd_forms(self) -> tuple[str, ...]:
@@ -27,7 +31,7 @@ class Arm:
 
     def uses(self, key: str) -> bool:
         """Whether the dotted spec key changes anything in this arm (a baseline has no KD temperature)."""
-        for term in ("kd", "cwd"):
+        for term in DISTILL_TERMS:
             if key == f"loss.{term}" or key.startswith(f"loss.{term}."):
                 return self.distill == term
         if key == "loss.fakd" or key.startswith("loss.fakd."):
@@ -58,9 +62,12 @@ ARM_TABLE: dict[str, Arm] = {
         Arm("kd+fakd", distill="kd", fakd=True, base="kd"),
         Arm("cwd", distill="cwd", fakd=False, base="baseline"),
         Arm("cwd+fakd", distill="cwd", fakd=True, base="cwd"),
+        # DIST (Huang et al., NeurIPS 2022): a strong logit baseline; FAKD has no closed-form bound for it
+        Arm("dist", distill="dist", fakd=False, base="baseline", default=False),
     )
 }
 ARMS: tuple[str, ...] = tuple(ARM_TABLE)
+DEFAULT_ARMS: tuple[str, ...] = tuple(arm.name for arm in ARM_TABLE.values() if arm.default)
 
 METRIC = "val_miou"
 """The study's metric: mIoU (a fraction) on the split a run is scored on (held-out for search and confirmation

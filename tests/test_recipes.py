@@ -14,11 +14,12 @@ from conftest import TINY_SPEC, write_spec
 from test_datasets import make_ade20k, make_camvid, make_cityscapes, make_voc
 from test_zoo_teachers import lraspp_checkpoint, mmseg_checkpoint
 
-from fakd.config import ARMS, ZOO_SOURCES
+from fakd.config import ZOO_SOURCES
 from fakd.errors import UserError
 from fakd.preflight import preflight
 from fakd.spec import load_spec
 from fakd.train.teacher import build_model
+from fakd.vocab import DEFAULT_ARMS
 
 STUDIES = Path(__file__).resolve().parent.parent / "studies"
 SPECS = sorted(STUDIES.glob("*.yaml"))
@@ -107,7 +108,7 @@ def test_dataset_recipes_search_every_arm_at_the_usual_settings(dataset: str, tm
     crop, iters, batch = RECIPES[dataset]
     run = spec.defaults
     assert yaml.safe_load(path.read_text())["data"]["root"] == f"/data/{dataset}" and run.data.name == dataset
-    assert tuple(spec.settings.arms) == ARMS
+    assert tuple(spec.settings.arms) == DEFAULT_ARMS
     assert spec.space["loss.fakd.max_strength"].bounds == (0.0, 10.0)
     assert {"loss.kd.weight", "loss.kd.temperature", "loss.cwd.weight", "loss.cwd.temperature"} <= set(spec.space)
     assert spec.space["student.backbone"].bounds == ("resnet18", "mobilenetv2_100")

@@ -1,4 +1,4 @@
-"""Distillation losses: plain pixel KD and CWD, and their FAKD (feature augmented) upper bounds."""
+"""Distillation losses: plain pixel KD, CWD and DIST, and the FAKD (feature augmented) upper bounds of KD and CWD."""
 
 from fakd.losses.covariance import (
     ClassCovariance,
@@ -7,6 +7,7 @@ from fakd.losses.covariance import (
     logit_variance,
     pair_table,
 )
+from fakd.losses.dist import dist_loss
 from fakd.losses.fakd import exact_pixel_bounds, feature_augmented_cwd, feature_augmented_kd
 from fakd.losses.kd import channel_wise_kd, pixel_kd
 from fakd.losses.schedule import SCHEDULES, strength_at
@@ -16,6 +17,7 @@ __all__ = [
     "ClassCovariance",
     "ClassStatistics",
     "channel_wise_kd",
+    "dist_loss",
     "exact_pixel_bounds",
     "feature_augmented_cwd",
     "feature_augmented_kd",

@@ -1,4 +1,5 @@
-"""The training objective: CE plus the distillation terms an arm switches on."""
+"""The training objective: CE plus the distillation term an arm switches on (KD, CWD or DIST), FAKD-bounded
+where the arm adds FAKD."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from fakd.config import LossConfig
 from fakd.losses import (
     ClassCovariance,
     channel_wise_kd,
+    dist_loss,
     feature_augmented_cwd,
     feature_augmented_kd,
     pixel_kd,
@@ -83,7 +85,7 @@ class SegmentationObjective(nn.Module):
         teacher_logits = teacher_logits.float()
         small_labels = _nearest(labels, logits.shape[-2:])
         augmented = self._augmentation(student, small_labels, step, classifier_weight)
-        for name, term in (("kd", self.loss.kd), ("cwd", self.loss.cwd)):
+        for name, term in (("kd", self.loss.kd), ("cwd", self.loss.cwd), ("dist", self.loss.dist)):
             if term.weight == 0:
                 continue
             value = self._term(name, logits, teacher_logits, term.temperature, augmented)
@@ -112,6 +114,9 @@ class SegmentationObjective(nn.Module):
     def _term(
         self, name: str, logits: torch.Tensor, teacher: torch.Tensor, temperature: float, augmented: dict | None
     ) -> torch.Tensor:
+        if name == "dist":  # no closed-form FAKD bound: always the plain term
+            dist = self.loss.dist
+            return dist_loss(logits, teacher, temperature=temperature, beta=dist.beta, gamma=dist.gamma)
         if augmented is None:
             plain = pixel_kd if name == "kd" else channel_wise_kd
             return plain(logits, teacher, temperature=temperature)
