@@ -24,16 +24,18 @@ import numpy as np
 import pandas as pd
 import pytest
 import yaml
-from conftest import searched_spec
+from conftest import TINY_SPEC, searched_spec
 from scipy import integrate, stats
 
 from fakd import spec_yaml
 from fakd.cli import main
+from fakd.config import RunConfig
 from fakd.export import export_study
 from fakd.export.render import WIDTH, compact_markdown
-from fakd.export.table import build_table
+from fakd.export.table import batch_of, build_table
 from fakd.results import FORMAT, StudyDir, TrialRecord
 from fakd.results.records import OUT_OF_MEMORY, append_result, read_trials, write_trial
+from fakd.spec import validate_spec
 from fakd.vocab import ARM_TABLE
 
 CLASSES = ["road", "car", "sky", "tree"]
@@ -702,3 +704,16 @@ def test_out_of_memory_trials_are_named_under_the_table_with_batch_and_crop(tmp_
     assert f"out of memory (failed, not retried): {record.key} (batch 64, crop 512×1024)" in shown
     assert main(["status", str(study.root)]) == 0
     assert f"FAILED ({OUT_OF_MEMORY})" in capsys.readouterr().out
+
+
+def test_a_record_gives_its_configuration_typed_and_its_train_settings_defensively():
+    spec = validate_spec(copy.deepcopy(TINY_SPEC), "tiny.yaml")
+    run = spec.run_config("kd", {"train.lr": 0.03}).model_dump(mode="json")
+    record = TrialRecord(key="search/kd-000", phase="search", arm="kd", index=0, values={"train.lr": 0.03}, run=run,
+                         student="test_efficientnet", seed=0)
+    assert isinstance(record.config, RunConfig) and record.config.train.lr == 0.03 and record.config.arm == "kd"
+    assert record.config is record.config  # validated once
+    assert record.train_setting("iters") == record.total_iters == TINY_SPEC["train"]["iters"]
+    old = TrialRecord(key="search/kd-001", phase="search", arm="kd", index=1, values={}, run={"loss": {}},
+                      student="s", seed=0)
+    assert old.train_setting("iters") is None and batch_of(old) is None

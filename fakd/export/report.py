@@ -132,8 +132,8 @@ def study_facts(name: str, meta: dict[str, Any], spec: StudySpec, records: list[
     for budget in table.budgets:
         iters: dict[str, set[int]] = defaultdict(set)
         for r in retrain:
-            if budget_of(r) == budget and isinstance(r.run.get("train", {}).get("iters"), int):
-                iters[r.arm].add(r.run["train"]["iters"])
+            if budget_of(r) == budget and isinstance(r.train_setting("iters"), int):
+                iters[r.arm].add(r.train_setting("iters"))
         if len({_joined(v) for v in iters.values()}) == 1:
             budgets.append(f"{budget}: {_joined(next(iter(iters.values())))} iterations per run, every arm")
         elif iters:

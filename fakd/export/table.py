@@ -84,10 +84,10 @@ def budget_of(record: TrialRecord) -> str:
 def batch_of(record: TrialRecord) -> tuple[int, int] | None:
     """(train.batch_size, train.accumulate) of a record's run (accumulate 1 where older records lack it);
     None where the run does not record its batch size."""
-    train = record.run.get("train") if isinstance(record.run, dict) else None
-    if not isinstance(train, dict) or train.get("batch_size") is None:
+    size = record.train_setting("batch_size")
+    if size is None:
         return None
-    return int(train["batch_size"]), int(train.get("accumulate") or 1)
+    return int(size), int(record.train_setting("accumulate") or 1)
 
 
 def effective_batch(pairs: tuple[tuple[int, int], ...], workers: int = 1) -> int | str | None:

@@ -12,12 +12,16 @@ import json
 import math
 import os
 from dataclasses import asdict, dataclass, field, fields
+from functools import cached_property
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from fakd.errors import UserError
 from fakd.results.layout import StudyDir, read_json, write_json
 from fakd.vocab import METRIC
+
+if TYPE_CHECKING:
+    from fakd.config import RunConfig
 
 PHASES = ("search", "confirm", "retrain")
 PENDING, RUNNING, COMPLETE, PRUNED, FAILED = "PENDING", "RUNNING", "COMPLETE", "PRUNED", "FAILED"
@@ -55,6 +59,19 @@ class TrialRecord:
     @property
     def total_iters(self) -> int:
         return int(self.run["train"]["iters"])
+
+    @cached_property
+    def config(self) -> RunConfig:
+        """The trial's resolved run configuration, typed (validated once, on first use)."""
+        from fakd.config import RunConfig  # pydantic models: not loaded by the commands that only list records
+
+        return RunConfig.model_validate(self.run)
+
+    def train_setting(self, name: str) -> Any:
+        """`train.<name>` of the run as recorded, or None where the record lacks it (older records): for readers
+        that must not fail on an old study."""
+        train = self.run.get("train") if isinstance(self.run, dict) else None
+        return train.get(name) if isinstance(train, dict) else None
 
     @property
     def eval_every(self) -> int:

@@ -16,7 +16,6 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from fakd.config import RunConfig
 from fakd.errors import UserError
 from fakd.faults import CPU_ALLOCATOR_FAILED, kernel_oom_kills, killed_for_memory
 from fakd.results import COMPLETE, FAILED, PENDING, PRUNED, RUNNING, TERMINAL, TrialRecord, read_trials
@@ -45,7 +44,7 @@ def is_memory_error(error: str) -> bool:
 
 def memory_error_text(record: TrialRecord, error: str) -> str:
     """The error of an out-of-memory trial, with what sets its memory: the batch size and the crop."""
-    cfg = RunConfig.model_validate(record.run)
+    cfg = record.config
     height, width = cfg.data.crop_size
     return f"batch {cfg.train.batch_size}, crop {height}×{width}: {error.strip().splitlines()[-1][:300]}"
 

@@ -316,7 +316,7 @@ def _retrain(study: StudyDir, spec: StudySpec, context: TrialContext, teacher: d
     plan, problems = plan_retrain(spec, read_trials(study), retrain_seeds(spec, seeds), budget)
     phase = RetrainPhase(study, spec, log, plan)
     if not phase.is_finished():
-        iters = {r.arm: r.run["train"]["iters"] for r in plan}
+        iters = {r.arm: r.total_iters for r in plan}
         log(f"retrain: {phase.budget()} runs (each arm's best configuration × {seeds} seeds, {budget}: "
             + ", ".join(f"{arm} {n} iterations" for arm, n in iters.items()) + ")")
         _run(phase, study, spec, context, teacher, signals, log)

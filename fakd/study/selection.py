@@ -12,7 +12,6 @@ import statistics
 from collections import Counter, defaultdict
 from collections.abc import Collection
 
-from fakd.config import RunConfig
 from fakd.errors import UserError
 from fakd.results import FAILED, TrialRecord
 from fakd.results.selection import best_search_trials, select_best
@@ -53,7 +52,7 @@ def plan_confirm(spec: StudySpec, records: list[TrialRecord]) -> list[TrialRecor
     tops = best_search_trials(records, confirm.top)
     for group in sorted(tops, key=lambda g: (spec.settings.arms.index(g[0]), g[1], g[2])):
         for source in tops[group]:
-            base = RunConfig.model_validate(source.run)
+            base = source.config
             for seed in confirm_seeds(spec, confirm.seeds):
                 cfg = base.model_copy(update={"train": base.train.model_copy(update={"seed": seed})})
                 plan.append(TrialRecord(
@@ -116,7 +115,7 @@ def plan_retrain(spec: StudySpec, records: list[TrialRecord], seeds: list[int], 
     for source in sorted(selected.values(), key=lambda r: (spec.settings.arms.index(r.arm), r.repeat, r.index)):
         if arms is not None and source.arm not in arms:
             continue
-        base = RunConfig.model_validate(source.run)
+        base = source.config
         for seed in seeds:
             train = base.train.model_copy(update={"seed": seed, "iters": iters[(source.arm, source.student)]})
             cfg = base.model_copy(update={"phase": "final", "train": train})

@@ -20,7 +20,7 @@ from fakd.losses import (
     strength_at,
 )
 from fakd.models import SegmenterOutput
-from fakd.vocab import IGNORE_INDEX
+from fakd.vocab import DISTILL_TERMS, IGNORE_INDEX
 
 
 class SegmentationObjective(nn.Module):
@@ -85,7 +85,8 @@ class SegmentationObjective(nn.Module):
         teacher_logits = teacher_logits.float()
         small_labels = _nearest(labels, logits.shape[-2:])
         augmented = self._augmentation(student, small_labels, step, classifier_weight)
-        for name, term in (("kd", self.loss.kd), ("cwd", self.loss.cwd), ("dist", self.loss.dist)):
+        for name in DISTILL_TERMS:
+            term = getattr(self.loss, name)
             if term.weight == 0:
                 continue
             value = self._term(name, logits, teacher_logits, term.temperature, augmented)
