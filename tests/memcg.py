@@ -1,7 +1,8 @@
 """A throwaway memory cgroup (v1 or v2) under this process's own, to run a process under a real memory limit.
 
 `memory_cgroup(limit)` yields the cgroup's `cgroup.procs` file, or None where cgroups cannot be made here (not root,
-no memory controller, a read-only cgroup file system); and removes the cgroup after its processes ended."""
+no memory controller, a read-only cgroup file system, or swap that the cgroup cannot be kept from); and removes the
+cgroup after its processes ended."""
 
 import contextlib
 import os
@@ -23,6 +24,13 @@ def _own_memory_cgroup() -> tuple[Path, str, str] | None:
     return None
 
 
+def _swap_bytes() -> int:
+    for line in Path("/proc/meminfo").read_text().splitlines():
+        if line.startswith("SwapTotal:"):
+            return int(line.split()[1]) * 1024
+    return 0
+
+
 @contextlib.contextmanager
 def memory_cgroup(limit_bytes: int) -> Iterator[Path | None]:
     own = _own_memory_cgroup() if os.geteuid() == 0 else None
@@ -39,8 +47,13 @@ def memory_cgroup(limit_bytes: int) -> Iterator[Path | None]:
             group.rmdir()
         yield None
         return
-    with contextlib.suppress(OSError):  # no swap to fall back on, where the kernel offers the knob
+    try:  # no swap to fall back on: the limit must end in the OOM killer, not in swapping
         (group / swap_file).write_text(str(limit_bytes) if swap_file.startswith("memory.memsw") else "0")
+    except OSError:
+        if _swap_bytes() > 0:
+            group.rmdir()
+            yield None
+            return
     try:
         yield group / "cgroup.procs"
     finally:

@@ -601,7 +601,8 @@ def test_the_kernels_oom_kill_count_rises_when_it_kills_a_process_under_a_memory
     limit = 128 << 20
     with memory_cgroup(limit) as procs:
         if procs is None:
-            pytest.skip("no memory cgroup can be made here (it needs root and a writable memory controller)")
+            pytest.skip("no memory cgroup can be made here (it needs root, a writable memory controller, and swap "
+                        "kept out of the cgroup or none at all)")
         before = faults.kernel_oom_kills()
         assert before is not None, "this kernel has no oom_kill count in /proc/vmstat"
         hog = subprocess.run([sys.executable, "-c", "data = b'x' * (512 << 20)"], timeout=60,
