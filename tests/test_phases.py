@@ -604,7 +604,8 @@ def test_the_kernels_oom_kill_count_rises_when_it_kills_a_process_under_a_memory
             pytest.skip("no memory cgroup can be made here (it needs root, a writable memory controller, and swap "
                         "kept out of the cgroup or none at all)")
         before = faults.kernel_oom_kills()
-        assert before is not None, "this kernel has no oom_kill count in /proc/vmstat"
+        if before is None:
+            pytest.skip("this kernel keeps no oom_kill count in /proc/vmstat (Linux before 4.13)")
         hog = subprocess.run([sys.executable, "-c", "data = b'x' * (512 << 20)"], timeout=60,
                              preexec_fn=lambda: procs.write_text(str(os.getpid())))
     assert hog.returncode == -signal.SIGKILL
