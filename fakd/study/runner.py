@@ -232,7 +232,8 @@ def _drive(study: StudyDir, spec: StudySpec, signals: StopSignals, log: Log, *, 
         if stage > 0:  # the add-on arms, on the selections of the stages before
             search = SearchPhase(study, spec, log, optuna, read_trials(study, "search"), arms)
         if not search.is_finished():
-            search_line = f"search: {search.budget()} trials ({len(arms)} arms × {spec.settings.search.num_samples}"
+            search_line = (f"search: {search.budget()} trials ({len(arms)} arm{'s' if len(arms) != 1 else ''} × "
+                           f"{spec.settings.search.num_samples}")
             if spec.settings.search.selection_repeats > 1:
                 search_line += f" × {spec.settings.search.selection_repeats} repeats"
             done = sum(r.state in ("COMPLETE", "PRUNED", "FAILED") for r in search.records.values())
