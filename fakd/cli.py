@@ -95,15 +95,13 @@ def command_resume(args: argparse.Namespace) -> int:
 def command_status(args: argparse.Namespace) -> int:
     import json
 
-    from fakd.results import open_study_dir
     from fakd.results.status import format_status, status, status_json
 
-    records, driver = status(args.study_dir)
+    found = status(args.study_dir)
     if args.json:
-        _emit(json.dumps(status_json(records, driver)))
+        _emit(json.dumps(status_json(found.records, found.driver)))
         return 0
-    plan = open_study_dir(args.study_dir).metadata().get("plan")
-    _emit(format_status(records, driver, plan if isinstance(plan, dict) else None))
+    _emit(format_status(found.records, found.driver, found.plan))
     return 0
 
 
@@ -152,7 +150,6 @@ def command_plan(args: argparse.Namespace) -> int:
         measure_costs,
         parse_step_seconds,
         render_bill,
-        units_per_trial,
     )
     from fakd.spec import load_spec
 
@@ -167,7 +164,7 @@ def command_plan(args: argparse.Namespace) -> int:
               file=sys.stderr)
     costs = {**measure_costs(spec, unmeasured), **given} if unmeasured else given
     bill = make_bill(spec, costs, slots)
-    _, units = units_per_trial(spec)
+    units = spec.settings.resources.units_per_trial
     _emit(json.dumps(bill.to_json(units), indent=2) if args.json else render_bill(bill, units, given))
     return 0
 

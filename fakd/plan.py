@@ -130,7 +130,7 @@ def evaluations_per_trial(spec: StudySpec, evaluations: int) -> float:
     return expected
 
 
-def retrain_seeds(spec: StudySpec) -> tuple[int, str]:
+def planned_retrain_seeds(spec: StudySpec) -> tuple[int, str]:
     """Seeds per arm the retrain of a sweep takes (the most, under `search.decide`), and a line saying which."""
     search = spec.settings.search
     if search.decide is not None:
@@ -173,7 +173,7 @@ def planned_work(spec: StudySpec, retrain_runs: int | None = None) -> PlannedWor
     train = spec.defaults.train
     evaluations = math.ceil(train.iters / train.eval_every)
     searched_evals = evaluations_per_trial(spec, evaluations)
-    seeds, note = retrain_seeds(spec)
+    seeds, note = planned_retrain_seeds(spec)
     if retrain_runs is not None:
         seeds, note = retrain_runs, f"retrain: {retrain_runs} seeds per arm"
     repeats = settings.search.selection_repeats
@@ -196,32 +196,24 @@ def planned_work(spec: StudySpec, retrain_runs: int | None = None) -> PlannedWor
     return PlannedWork(teacher_work, arms, trials, seeds * repeats, note)
 
 
-def units_per_trial(spec: StudySpec) -> tuple[str, float]:
-    """The device a trial holds ("gpu" or "cpu") and how many of them (times its data-parallel workers)."""
-    resources = spec.settings.resources
-    if resources.gpu > 0:
-        return "gpu", resources.gpu * resources.workers
-    return "cpu", resources.cpu * resources.workers
-
-
 def make_bill(spec: StudySpec, costs: Mapping[str, StepCost], slots: int) -> Bill:
     """The bill of `spec` from the cost of an iteration and of an evaluation of each arm (and the teacher)."""
-    unit, units = units_per_trial(spec)
-    hours = units / 3600
+    resources = spec.settings.resources
+    hours = resources.units_per_trial / 3600
     work = planned_work(spec)
     arms = {arm: ArmBill(costs[arm].iteration, *(parts[part].seconds(costs[arm]) * hours for part in PARTS),
                          work.search_trials, work.retrain_runs) for arm, parts in work.arms.items()}
     teacher_cost = costs.get(TEACHER)
     teacher_hours = work.teacher.seconds(teacher_cost) * hours if teacher_cost is not None else 0.0
-    return Bill(unit, teacher_hours, arms, slots, work.retrain_note)
+    return Bill(resources.device, teacher_hours, arms, slots, work.retrain_note)
 
 
 def plan_metadata(spec: StudySpec, retrain_runs: int | None = None) -> dict[str, Any]:
     """The plan a study stores (study.json `plan`): each arm's planned iterations and evaluations by part, and the
     unit its hours are counted in; `status` and the report set them against what the study spent."""
-    unit, units = units_per_trial(spec)
+    resources = spec.settings.resources
     work = planned_work(spec, retrain_runs)
-    return {"unit": unit, "units_per_trial": units, "retrain": work.retrain_note,
+    return {"unit": resources.device, "units_per_trial": resources.units_per_trial, "retrain": work.retrain_note,
             "teacher": asdict(work.teacher),
             "arms": {arm: {part: asdict(parts[part]) for part in PARTS} for arm, parts in work.arms.items()}}
 

@@ -135,6 +135,16 @@ class ResourcesConfig(Strict):
         "trains the same way); each takes train.batch_size, so the effective batch is batch_size x accumulate x "
         "workers")
 
+    @property
+    def device(self) -> str:
+        """The device a trial is billed in: "gpu" where it holds any, else "cpu"."""
+        return "gpu" if self.gpu > 0 else "cpu"
+
+    @property
+    def units_per_trial(self) -> float:
+        """How many of `device` one trial holds (times its data-parallel workers)."""
+        return (self.gpu if self.gpu > 0 else self.cpu) * self.workers
+
 
 class TrackingConfig(Strict):
     wandb: bool = True

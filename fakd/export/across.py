@@ -29,7 +29,7 @@ from fakd.results import StudyDir, TrialRecord, open_study_dir, read_trials
 from fakd.results.layout import check_writable_parent, enclosing_study
 from fakd.results.sequential import METHOD
 from fakd.results.verdicts import retrain_scores, study_verdicts, table_comparisons, table_rule
-from fakd.spec import StudySpec, load_spec
+from fakd.spec import StudySpec
 
 SPREADS = ("ci", "sd")
 MARK = "*"
@@ -78,7 +78,7 @@ class _Study:
 
 def _open(path: str | Path) -> _Study:
     study = open_study_dir(path)
-    spec = load_spec(study.spec, study=True)
+    spec = study.read_spec()
     records = read_trials(study)
     if not any(r.phase == "retrain" for r in records):
         raise UserError(f"{study.root} has no retrain runs, so it has no column to give; run `launch.py retrain "

@@ -13,7 +13,7 @@ from fakd.export.render import FORMATS, compact_latex, compact_markdown, decisio
 from fakd.export.table import AblationTable, build_table
 from fakd.results import StudyDir, TrialRecord, open_study_dir, read_trials
 from fakd.results.layout import check_no_links_out, check_writable_parent, enclosing_study
-from fakd.spec import StudySpec, load_spec
+from fakd.spec import StudySpec
 
 
 @dataclass(frozen=True)
@@ -61,7 +61,7 @@ def export_study(study_path: str | Path, fmt: str = "md", out: str | Path | None
         raise UserError(f"unknown format {fmt!r}; accepted: {', '.join(FORMATS)}", key="--format")
     study = open_study_dir(study_path)
     target = check_output(study, out) if out is not None else None
-    spec = load_spec(study.spec, study=True)
+    spec = study.read_spec()
     records = read_trials(study)
     if not any(r.phase == "retrain" for r in records):
         raise UserError(f"{study.root} has no retrain runs, so there is no ablation table to export; run "

@@ -26,7 +26,7 @@ from fakd.export.stats import compare_paired, holm, mean_ci
 from fakd.results import COMPLETE, FAILED, StudyDir, TrialRecord, read_trials
 from fakd.results.sequential import Verdict
 from fakd.results.verdicts import sequential_rule, study_verdicts, table_comparisons, table_rule
-from fakd.spec import StudySpec, load_spec
+from fakd.spec import StudySpec
 from fakd.vocab import ARM_TABLE, BUDGETS, DEFAULT_BUDGET, METRIC
 
 __all__ = ["ALPHA", "AblationTable", "POWER", "TARGET_DELTA", "build_table", "mean_ci"]
@@ -102,13 +102,13 @@ def effective_batch(pairs: tuple[tuple[int, int], ...], workers: int = 1) -> int
 def build_table(study: StudyDir, spec: StudySpec | None = None,
                 records: list[TrialRecord] | None = None) -> AblationTable:
     """The table of a study directory, from its records and metadata alone (no data, no Ray)."""
-    spec = spec or load_spec(study.spec, study=True)
+    spec = spec or study.read_spec()
     records = read_trials(study) if records is None else records
     meta = study.metadata()
     class_names = [str(name) for name in meta.get("data", {}).get("class_names", [])]
     resources = spec.settings.resources
-    hours_column = "gpu_hours" if resources.gpu > 0 else "cpu_hours"
-    per_unit = (resources.gpu if resources.gpu > 0 else resources.cpu) * resources.workers  # per trial
+    hours_column = f"{resources.device}_hours"
+    per_unit = resources.units_per_trial
     retrain = [r for r in records if r.phase == "retrain"]
     repeats = max([spec.settings.search.selection_repeats] + [r.repeat + 1 for r in records])
     found = {budget_of(r) for r in retrain}

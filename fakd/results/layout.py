@@ -22,10 +22,13 @@ import socket
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from fakd.atomic import write_atomic
 from fakd.errors import UserError
+
+if TYPE_CHECKING:
+    from fakd.spec import StudySpec
 
 MARKER = "study.json"
 FORMAT = 2
@@ -58,6 +61,12 @@ class StudyDir:
     @property
     def spec(self) -> Path:
         return self.root / "spec.yaml"
+
+    def read_spec(self) -> StudySpec:
+        """The study's validated spec, read with the defaults it was made with (see `fakd.spec.load_spec`)."""
+        from fakd.spec import load_spec  # the spec's models only where a command needs them, not for `status`
+
+        return load_spec(self.spec, study=True)
 
     @property
     def marker(self) -> Path:

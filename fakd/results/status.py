@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -12,10 +13,21 @@ from fakd.results.layout import driver_state, open_study_dir
 from fakd.results.records import TrialRecord, read_trials
 
 
-def status(study_path: str | Path) -> tuple[list[TrialRecord], str | None]:
-    """Every trial of the study and a line on its running driver (None when none runs)."""
+@dataclass(frozen=True)
+class StudyStatus:
+    """What `status` shows of a study: its trials, a line on its running driver (None when none runs), and the
+    plan it stores (None for a study made before plans, or a plan edited out of shape)."""
+
+    records: list[TrialRecord]
+    driver: str | None
+    plan: dict[str, Any] | None
+
+
+def status(study_path: str | Path) -> StudyStatus:
+    """Read a study's status, opening it once."""
     study = open_study_dir(study_path)
-    return read_trials(study), driver_state(study)
+    plan = study.metadata().get("plan")
+    return StudyStatus(read_trials(study), driver_state(study), plan if isinstance(plan, dict) else None)
 
 
 STOPPED = "STOPPED"

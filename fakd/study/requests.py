@@ -10,7 +10,7 @@ from fakd.errors import UserError
 from fakd.results import PENDING, StudyDir, TrialRecord, open_study_dir, read_trials
 from fakd.results.layout import check_no_links_out
 from fakd.results.verdicts import compared_arms, decide_rule
-from fakd.spec import DecideConfig, StudySpec, load_spec
+from fakd.spec import DecideConfig, StudySpec
 from fakd.study.selection import seeds_done
 from fakd.vocab import BUDGETS
 
@@ -40,7 +40,7 @@ def retrain_request(study_path: str | Path, seeds: int | None = None, *, until_d
         raise UserError(f"unknown budget {budget!r}; accepted: {', '.join(BUDGETS)}", key="--budget")
     study = open_study_dir(study_path)
     check_no_links_out(study)
-    spec = load_spec(study.spec, study=True)
+    spec = study.read_spec()
     chosen = budget or spec.settings.search.retrain_budget
     retrained = read_trials(study, "retrain")
     done = seeds_done(retrained, chosen)

@@ -146,7 +146,7 @@ def _driving(study: StudyDir, command: str, address: str | None) -> Iterator[tup
     with contextlib.ExitStack() as stack:
         signals = stack.enter_context(StopSignals(_print))
         stack.enter_context(StudyLock(study, command))
-        spec = load_spec(study.spec, study=True)
+        spec = study.read_spec()
         preflight(spec, teacher_checkpoint=False)  # the teacher is in the study already
         resources = spec.settings.resources
         if address is None:
