@@ -23,12 +23,12 @@ demo: $(STAMP)
 	$(PY) launch.py demo studies/quickstart.yaml --storage $(CURDIR)/runs
 
 test: $(STAMP)
-	$(PY) -m pytest -q --durations=15
+	$(PY) -m pytest -q -n 2 --dist loadscope --no-loadscope-reorder --durations=15
 
 # the edit-test loop: every test that starts no Ray, no subprocess driver, no server and no browser, on two
 # pytest-xdist workers (a module's tests stay on one worker, so its module-scoped fixtures are built once)
 test-fast: $(STAMP)
-	$(PY) -m pytest -q -n 2 --dist loadscope -m "not ray and not postgres and not driver and not browser and not slow"
+	$(PY) -m pytest -q -n 2 --dist loadscope --no-loadscope-reorder -m "not ray and not postgres and not driver and not browser and not slow"
 
 bench: $(STAMP)
 	$(PY) -m benchmarks

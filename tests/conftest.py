@@ -37,10 +37,49 @@ FIXTURE_MARKS = {"ray_local": "ray", "searched_study": "ray", "postgres_url": "p
 """Fixtures that start a service: a test that uses one gets its mark, so `make test-fast` never starts it."""
 
 
+SHARED_STUDY_MODULES = frozenset({"test_corrupt", "test_export", "test_retrain", "test_study"})
+"""The modules that use the session's `searched_study`: pytest-xdist runs them on one worker, which builds the
+study once (collection fails where a module uses it unlisted)."""
+
+EXPECTED_SECONDS = {"driver": 30.0, "slow": 30.0, "ray": 5.0}
+"""A rough cost of a test by its heaviest mark (else 0.1 s), to start the longest groups first."""
+
+
+def test_group(nodeid: str) -> str:
+    """The unit pytest-xdist gives one worker (`--dist loadscope`, see `pytest_xdist_make_scheduler`): a test
+    module, or every module of the shared study, so module and session fixtures are built once."""
+    module = nodeid.split("::", 1)[0]
+    return "searched_study" if Path(module).stem in SHARED_STUDY_MODULES else module
+
+
+def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
+    """`--dist loadscope` by `test_group` (pytest-xdist's own `loadgroup` cannot tag node ids under pytest 9)."""
+    if config.getvalue("dist") != "loadscope":
+        return None
+    from xdist.scheduler import LoadScopeScheduling
+
+    class GroupScheduling(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            return test_group(nodeid)
+
+    return GroupScheduling(config, log)
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark each test by the services its fixtures start; order the groups longest first (with
+    `--no-loadscope-reorder`, pytest-xdist hands them out in this order), so the two workers end together."""
+    cost: dict[str, float] = {}
     for item in items:
-        for fixture in set(getattr(item, "fixturenames", ())) & set(FIXTURE_MARKS):
+        fixtures = set(getattr(item, "fixturenames", ()))
+        for fixture in fixtures & set(FIXTURE_MARKS):
             item.add_marker(FIXTURE_MARKS[fixture])
+        if "searched_study" in fixtures and item.module.__name__ not in SHARED_STUDY_MODULES:
+            raise pytest.UsageError(f"{item.nodeid} uses searched_study: add its module to SHARED_STUDY_MODULES "
+                                    "in tests/conftest.py")
+        marks = {mark.name for mark in item.iter_markers()}
+        group = test_group(item.nodeid)
+        cost[group] = cost.get(group, 0.0) + max([EXPECTED_SECONDS.get(name, 0.1) for name in marks] + [0.1])
+    items.sort(key=lambda item: -cost[test_group(item.nodeid)])  # stable: a group keeps its order
 
 
 def wait_for(condition: Callable[[], bool], timeout: float, what: str, every: float = 0.2,
