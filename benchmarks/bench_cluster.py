@@ -54,9 +54,11 @@ from typing import Any
 
 from benchmarks.common import markdown
 from fakd import spec_yaml
+from fakd.config import RunConfig
 from fakd.results import PRUNED, StudyDir, TrialRecord, read_trials
 from fakd.results.layout import FORMAT, write_json
 from fakd.results.records import RESULTS_FILE, read_results
+from fakd.study.handoff import trial_task
 from fakd.vocab import ARM_TABLE
 
 # Light at import on purpose: a trial's worker imports this module to unpickle `emulated_trial`, and the
@@ -81,15 +83,15 @@ SELECTED = os.environ.get("FAKD_CLUSTER_CASES", "a,b,c,d").split(",")
 
 # --- the emulated trial (runs in Ray workers)
 
-def score(arm: str, run: dict[str, Any], evaluation: int) -> float:
+def score(arm: str, run: RunConfig, evaluation: int) -> float:
     """A fixed learning curve: the arm sets the level, lr (best at 0.01), the temperature (best at 2) and the
     FAKD strength (best at 1) the quality, the evaluation the progress along the curve."""
-    quality = max(0.0, 1.0 - abs(math.log10(run["train"]["lr"]) + 2.0) / 1.5)
+    quality = max(0.0, 1.0 - abs(math.log10(run.train.lr) + 2.0) / 1.5)
     distill = ARM_TABLE[arm].distill
     if distill:
-        quality *= 1.0 - 0.1 * abs(math.log2(run["loss"][distill]["temperature"]) - 1.0)
+        quality *= 1.0 - 0.1 * abs(math.log2(getattr(run.loss, distill).temperature) - 1.0)
     if ARM_TABLE[arm].fakd:
-        quality *= 1.0 - 0.05 * abs(run["loss"]["fakd"]["max_strength"] - 1.0)
+        quality *= 1.0 - 0.05 * abs(run.loss.fakd.max_strength - 1.0)
     return LEVEL[arm] * (0.6 + 0.4 * quality) * (1.0 - 0.6 * math.exp(-evaluation / 2.0))
 
 
@@ -97,7 +99,8 @@ def emulated_trial(config: dict[str, Any], *, study_root: str, window: float, ev
     """The study's trainable with training replaced by sleeping: same config, same reports, same resume."""
     from ray import tune
 
-    key, run = config["trial"], config["run"]
+    task = trial_task(config)
+    key, run = task.key, task.run
     invocation = uuid.uuid4().hex[:12]
 
     def event(what: str, iteration: int | None = None) -> None:
@@ -112,13 +115,13 @@ def emulated_trial(config: dict[str, Any], *, study_root: str, window: float, ev
         if done:  # as from a checkpoint: the last recorded evaluation again, first
             tune.report(dict(done[-1]))
             event("resumed", iteration)
-        iters, every = int(run["train"]["iters"]), int(run["train"]["eval_every"])
+        iters, every = run.train.iters, run.train.eval_every
         while iteration < iters:
             start = time.perf_counter()
             time.sleep(window)
             iteration = min(iteration + every, iters)
             event("window", iteration)
-            tune.report({"iteration": iteration, "val_miou": score(config["arm"], run, math.ceil(iteration / every)),
+            tune.report({"iteration": iteration, "val_miou": score(task.arm, run, math.ceil(iteration / every)),
                          "window_seconds": time.perf_counter() - start})
             event("resumed", iteration)
     finally:
@@ -177,7 +180,7 @@ def trial_starts() -> Any:
             self.started: list[tuple[float, str]] = []
 
         def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-            self.started.append((time.time(), trial.config["trial"]))
+            self.started.append((time.time(), trial_task(trial.config).key))
 
     return TrialStarts()
 

@@ -45,7 +45,7 @@ def command_train(args: argparse.Namespace) -> int:
     preflight(spec)
     from fakd.train import run_distillation  # after validation: torch and timm load slowly
 
-    cfg = spec.run_config(args.arm or _default_arm(spec.settings.arms), phase="final")
+    cfg = spec.run_config(args.arm or _default_arm(spec.settings.arms), split="val")
     out = Path(args.out or Path("runs") / f"{spec.name}-train-{cfg.arm.replace('+', '_')}").resolve()
     check_outside_studies(out, "--out")
     out.mkdir(parents=True, exist_ok=True)

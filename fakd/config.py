@@ -11,25 +11,33 @@ import json
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
-from fakd.vocab import ARM_TABLE, ARMS, DATASETS, DEFAULT_ARM, DISTILL_TERMS, HEADS, REFERENCE_ARM
+from fakd.vocab import (
+    ARM_TABLE,
+    ARMS,
+    DATASETS,
+    DEFAULT_ARM,
+    DISTILL_TERMS,
+    FAKD_FORMS,
+    HEADS,
+    REFERENCE_ARM,
+    SCHEDULES,
+    SPLITS,
+    TEACHER_SOURCES,
+    TORCHVISION_ARCHS,
+    ZOO_SOURCES,
+)
 
 ArmName = Literal[ARMS]  # type: ignore[valid-type]
 HeadName = Literal[HEADS]  # type: ignore[valid-type]
 DatasetName = Literal[DATASETS]  # type: ignore[valid-type]
-Phase = Literal["search", "final"]
-TeacherSource = Literal["timm", "mmseg", "torchvision"]
-ZOO_SOURCES = ("mmseg", "torchvision")
-TORCHVISION_ARCHS = (  # torchvision segmentation models a teacher may be (fakd.models.zoo loads them)
-    "deeplabv3_resnet50",
-    "deeplabv3_resnet101",
-    "fcn_resnet50",
-    "fcn_resnet101",
-    "deeplabv3_mobilenet_v3_large",
-    "lraspp_mobilenet_v3_large",
-)
+Split = Literal[SPLITS]  # type: ignore[valid-type]
+TeacherSource = Literal[TEACHER_SOURCES]  # type: ignore[valid-type]
 TorchvisionArch = Literal[TORCHVISION_ARCHS]  # type: ignore[valid-type]
+SPLIT_OF_PHASE = {"search": "holdout", "final": "val"}  # RunConfig.phase, before it was named split
+FakdForm = Literal[FAKD_FORMS]  # type: ignore[valid-type]
+Schedule = Literal[SCHEDULES]  # type: ignore[valid-type]
 
 
 class Strict(BaseModel):
@@ -194,9 +202,9 @@ class DISTConfig(Strict):
 class FAKDConfig(Strict):
     enabled: bool = False
     max_strength: float = Field(2.0, ge=0.0)
-    schedule: Literal["linear", "cosine", "constant"] = "linear"
+    schedule: Schedule = "linear"
     covariance: Literal["diagonal", "full"] = "diagonal"
-    form: Literal["exact", "label_row"] = "exact"
+    form: FakdForm = "exact"
 
 
 class LossConfig(Strict):
@@ -232,7 +240,18 @@ class RunConfig(Strict):
     train: TrainConfig = TrainConfig()
     loss: LossConfig = LossConfig()
     arm: ArmName = DEFAULT_ARM
-    phase: Phase = Field("final", description="search: train minus holdout, evaluate on holdout; final: val")
+    split: Split = Field("val", description="holdout: the train split less its held-out part, scored on that part "
+                         "(search, confirmation); val: the whole train split, scored on val")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _split_was_phase(cls, data: Any) -> Any:
+        """Runs stored before the rename (a study's trial.json) name the split `phase`: search or final."""
+        if isinstance(data, dict) and "phase" in data and "split" not in data:
+            phase = data["phase"]
+            data = {k: v for k, v in data.items() if k != "phase"}
+            data["split"] = SPLIT_OF_PHASE.get(phase, phase) if isinstance(phase, str) else phase
+        return data
 
     @property
     def effective_loss(self) -> LossConfig:
@@ -244,7 +263,7 @@ class RunConfig(Strict):
             update={"iters": self.teacher.iters or self.train.iters, "lr": self.teacher.lr or self.train.lr}
         )
         model = ModelConfig(**self.teacher.model_dump(include=set(ModelConfig.model_fields)))
-        return self.model_copy(update={"student": model, "train": train, "arm": REFERENCE_ARM, "phase": "final"})
+        return self.model_copy(update={"student": model, "train": train, "arm": REFERENCE_ARM, "split": "val"})
 
 
 def config_hash(*parts: BaseModel | dict[str, Any], length: int = 12) -> str:

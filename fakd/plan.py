@@ -254,7 +254,7 @@ def measure_costs(spec: StudySpec, arms: list[str]) -> dict[str, StepCost]:
         return StepCost(iteration, max(0.0, float(last["window_seconds"]) - iteration * MEASURED_ITERS))
 
     costs: dict[str, StepCost] = {}
-    first = spec.run_config(spec.settings.arms[0], phase="search")
+    first = spec.run_config(spec.settings.arms[0], split="holdout")
     teacher_cfg = spec.defaults.teacher
     trial_cpus = spec.settings.resources.cpu
     if TEACHER in arms and not (teacher_cfg.checkpoint or teacher_cfg.is_zoo):
@@ -264,7 +264,7 @@ def measure_costs(spec: StudySpec, arms: list[str]) -> dict[str, StepCost]:
     for arm in arms:
         if arm == TEACHER:
             continue
-        cfg = spec.run_config(arm, phase="search")
+        cfg = spec.run_config(arm, split="holdout")
         if cfg.effective_loss.distills and teacher_model is None:
             if teacher_cfg.is_zoo or teacher_cfg.checkpoint:
                 raise UserError(f"plan measures steps with a teacher built from its configuration, and this one is "

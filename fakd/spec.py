@@ -267,7 +267,7 @@ def apply_override(tree: dict[str, Any], item: str, file: str) -> None:
 
 def validate_spec(raw: dict[str, Any], file: str, overrides: tuple[str, ...] = ()) -> StudySpec:
     """Validate a spec tree (already overridden)."""
-    known = set(StudySettings.model_fields) | set(RunConfig.model_fields) - {"arm", "phase"}
+    known = set(StudySettings.model_fields) | set(RunConfig.model_fields) - {"arm", "split"}
     _check_removed(raw, file)
     for key in raw:
         if key not in known:

@@ -1,4 +1,5 @@
-"""The project's vocabularies, each defined once: ablation arms, segmentation heads, datasets.
+"""The project's vocabularies, each defined once: ablation arms, FAKD's forms and schedules, heads, datasets,
+teacher sources, retrain budgets, the splits a run trains on, trial states and the study's metric.
 
 Spec validation, CLI choices, the loss switches, the search-space filter and the table's base-arm column
 all derive from these tables, so a new arm is one line here. Imports nothing heavy (no torch).
@@ -10,6 +11,12 @@ from dataclasses import dataclass
 
 DISTILL_TERMS: tuple[str, ...] = ("kd", "cwd", "dist")
 """The distillation terms an arm may train with, each a section `loss.<term>` of the spec."""
+
+FAKD_FORMS: tuple[str, ...] = ("exact", "label_row")
+"""`loss.fakd.form`: the exact bound, or the cheaper ISDA-style shift of the labelled row (KD's bound only)."""
+
+SCHEDULES: tuple[str, ...] = ("linear", "cosine", "constant")
+"""`loss.fakd.schedule`: how the augmentation strength rises to `max_strength` over training."""
 
 
 @dataclass(frozen=True)
@@ -27,7 +34,7 @@ class Arm:
         """The `loss.fakd.form`s this arm's bound has (the CWD bound has one form only)."""
         if not self.fakd:
             return ()
-        return ("exact", "label_row") if self.distill == "kd" else ("exact",)
+        return FAKD_FORMS if self.distill == "kd" else FAKD_FORMS[:1]
 
     def uses(self, key: str) -> bool:
         """Whether the dotted spec key changes anything in this arm (a baseline has no KD temperature)."""
@@ -76,9 +83,33 @@ runs, validation for retrained runs). Selection, halving, Optuna and the table a
 IGNORE_INDEX = 255
 """The label of pixels that no loss, statistic or metric counts (void, unlabelled, outside the image)."""
 
+SPLITS: tuple[str, ...] = ("holdout", "val")
+"""What a run trains on and is scored on (`RunConfig.split`): holdout, the train split less a seeded held-out part,
+scored on that part (search and confirmation runs); val, the whole train split, scored on val (retrain, teacher)."""
+
+PENDING, RUNNING, COMPLETE, PRUNED, FAILED = "PENDING", "RUNNING", "COMPLETE", "PRUNED", "FAILED"
+TRIAL_STATES: tuple[str, ...] = (PENDING, RUNNING, COMPLETE, PRUNED, FAILED)
+TERMINAL = frozenset({COMPLETE, PRUNED, FAILED})
+"""The states a trial ends in."""
+
 HEADS: tuple[str, ...] = ("deeplabv3", "psp", "fcn")
 DATASETS: tuple[str, ...] = ("synthetic", "cityscapes", "voc", "ade20k", "camvid")
-BUDGETS: tuple[str, ...] = ("equal-iters", "equal-time")  # how long each arm's retrain runs
+
+TEACHER_SOURCES: tuple[str, ...] = ("timm", "mmseg", "torchvision")
+"""`teacher.source`: a timm backbone the study trains, or a frozen model-zoo checkpoint."""
+ZOO_SOURCES: tuple[str, ...] = TEACHER_SOURCES[1:]
+TORCHVISION_ARCHS: tuple[str, ...] = (  # the torchvision segmentation models a teacher may be (`teacher.arch`)
+    "deeplabv3_resnet50",
+    "deeplabv3_resnet101",
+    "fcn_resnet50",
+    "fcn_resnet101",
+    "deeplabv3_mobilenet_v3_large",
+    "lraspp_mobilenet_v3_large",
+)
+
+BUDGET_KEY_SUFFIX: dict[str, str] = {"equal-iters": "", "equal-time": "-time"}
+"""How long each arm's retrain runs, and the suffix of its retrain trials' keys (equal-iters has none)."""
+BUDGETS: tuple[str, ...] = tuple(BUDGET_KEY_SUFFIX)
 DEFAULT_BUDGET = BUDGETS[0]
 REFERENCE_ARM = next(a.name for a in ARM_TABLE.values() if a.base is None)  # CE only: the teacher's training, and
 # the arm whose wall-clock an equal-time retrain gives every arm

@@ -346,13 +346,13 @@ def test_transform_and_trainer_splits_on_a_dataset_on_disk(tmp_path: Path) -> No
     assert data[0][0].dtype == torch.float32 and data[0][1].dtype == torch.int64
     cfg = RunConfig(
         data=DataConfig(name="cityscapes", root=str(tmp_path), image_size=16, holdout_fraction=0.3),
-        teacher=TeacherConfig(backbone="test_resnet"), student=ModelConfig(backbone="test_resnet"), phase="final",
+        teacher=TeacherConfig(backbone="test_resnet"), student=ModelConfig(backbone="test_resnet"), split="val",
     )
     splits = build_splits(cfg)
     assert (len(splits.train), len(splits.evaluation), splits.num_classes) == (3, 2, 19)
     images, labels = next(iter(train_loader(cfg, splits.train, total_iters=1, start_iteration=0)))
     assert images.shape == (8, 3, 16, 16) and labels.shape == (8, 16, 16)
     assert set(labels.unique().tolist()) <= {0, 1, 2, 11, 13, 16, 18, 255}
-    search = build_splits(cfg.model_copy(update={"phase": "search"}))
+    search = build_splits(cfg.model_copy(update={"split": "holdout"}))
     assert (len(search.train), len(search.evaluation)) == (2, 1)
     assert [tuple(b[1].shape) for b in eval_loader(cfg, splits.evaluation)] == [(1, HEIGHT, WIDTH)] * 2

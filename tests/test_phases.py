@@ -274,7 +274,7 @@ def test_retrain_plan_selects_the_best_finished_trial_and_adds_seeds(tmp_path):
         best = max((r for r in records if r.arm == arm and r.state == COMPLETE), key=lambda r: r.final_miou)
         assert {p.source for p in plan if p.arm == arm} == {best.key}
         assert sorted(p.seed for p in plan if p.arm == arm) == [1, 2]
-        assert all(p.run["phase"] == "final" and p.run["train"]["seed"] == p.seed for p in plan)
+        assert all(p.run["split"] == "val" and p.run["train"]["seed"] == p.seed for p in plan)
     phase = RetrainPhase(study, spec, lambda line: None, plan)
     assert read_trials(study, "retrain") == [] and phase.budget() == 4  # written when handed out, not up front
     executor = Executor(phase, 1, 0)

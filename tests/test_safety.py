@@ -249,7 +249,7 @@ def test_unknown_labels_option_reaches_the_dataset_from_the_config(tmp_path: Pat
     write_label("camvid", label, np.full(label_grid(CAMVID_ROW[0], 0).shape, 250))
     cfg = RunConfig(
         data=DataConfig(name="camvid", root=str(tmp_path), image_size=16),
-        teacher=TeacherConfig(backbone="test_resnet"), student=ModelConfig(backbone="test_resnet"), phase="final",
+        teacher=TeacherConfig(backbone="test_resnet"), student=ModelConfig(backbone="test_resnet"), split="val",
     )
     strict = build_splits(cfg).train
     with pytest.raises(UserError, match="values outside the camvid label table: 250"):
@@ -305,7 +305,7 @@ def test_data_errors_from_loader_workers_stay_one_line_naming_the_file(tmp_path:
     cut_in_half(label)
     cfg = RunConfig(
         data=DataConfig(name="camvid", root=str(tmp_path), image_size=16, num_workers=num_workers),
-        teacher=TeacherConfig(backbone="test_resnet"), student=ModelConfig(backbone="test_resnet"), phase="final",
+        teacher=TeacherConfig(backbone="test_resnet"), student=ModelConfig(backbone="test_resnet"), split="val",
     )
     splits = build_splits(cfg)
     loader = train_loader(cfg, splits.train, total_iters=len(splits.train.pairs), start_iteration=0)
@@ -426,6 +426,7 @@ def test_trials_and_the_teacher_train_holding_the_training_lock(tmp_path: Path, 
     from fakd.results.layout import StudyDir
     from fakd.spec import load_spec
     from fakd.study import teacher, trainable
+    from fakd.study.handoff import TrialContext, TrialTask
 
     study = StudyDir(tmp_path / "study")
     study.root.mkdir()
@@ -444,8 +445,8 @@ def test_trials_and_the_teacher_train_holding_the_training_lock(tmp_path: Path, 
     monkeypatch.setattr(trainable, "train_student", lock_is_held)
     monkeypatch.setattr(fakd.train, "ensure_teacher", lock_is_held)
     cfg = load_spec(write_spec(tmp_path)).run_config("baseline")
-    trainable.run_trial({"trial": "search/baseline-000", "run": cfg.model_dump(mode="json")},
-                        trainable.TrialContext(str(study.root), None))
+    trainable.run_trial(TrialTask("search/baseline-000", "baseline", cfg).as_config(),
+                        TrialContext(str(study.root), None))
     teacher._teacher_in_study(cfg, study)
     assert held == [True, True]
     lock_is_held()

@@ -165,7 +165,7 @@ def test_holdout_is_disjoint_and_seeded():
 
 
 def test_search_phase_evaluates_on_the_holdout_not_val():
-    cfg = tiny_config().model_copy(update={"phase": "search"})
+    cfg = tiny_config().model_copy(update={"split": "holdout"})
     splits = build_splits(cfg)
     assert len(splits.train) + len(splits.evaluation) == cfg.data.train_length
     final = build_splits(tiny_config())

@@ -13,7 +13,8 @@ from conftest import TINY_SPEC
 from fakd.errors import UserError
 from fakd.spec import validate_spec
 from fakd.study import trainable
-from fakd.study.trainable import TrialContext, run_trial
+from fakd.study.handoff import TrialContext, TrialTask
+from fakd.study.trainable import run_trial
 from fakd.train import NonFiniteLossError
 
 
@@ -33,8 +34,8 @@ def test_a_failure_the_same_configuration_would_repeat_is_reported_not_raised(tm
 
     monkeypatch.setattr(trainable, "train_student", train_student)
     monkeypatch.setattr(trainable.tune, "report", reports.append)
-    run = validate_spec(TINY_SPEC, "tiny.yaml").run_config("kd", phase="search").model_dump(mode="json")
-    run_trial({"trial": "search/kd-000", "run": run}, TrialContext(str(tmp_path), None))
+    run = validate_spec(TINY_SPEC, "tiny.yaml").run_config("kd", split="holdout")
+    run_trial(TrialTask("search/kd-000", "kd", run).as_config(), TrialContext(str(tmp_path), None))
     assert reports == [reported or {"user_error": raised.format()}]
 
 
@@ -43,18 +44,19 @@ import copy, json, resource, sys
 from conftest import TINY_SPEC
 from fakd.spec import validate_spec
 from fakd.study import trainable
-from fakd.study.trainable import TrialContext, run_trial
+from fakd.study.handoff import TrialContext, TrialTask
+from fakd.study.trainable import run_trial
 
 reports = []
 trainable.tune.report = reports.append
 raw = copy.deepcopy(TINY_SPEC)
 raw["data"].update(image_size=256, train_length=64)
 raw["train"].update(batch_size=64)  # about 2 GiB of activations in the first forward pass
-run = validate_spec(raw, "tiny.yaml").run_config("baseline", phase="search").model_dump(mode="json")
+run = validate_spec(raw, "tiny.yaml").run_config("baseline", split="holdout")
 status = open("/proc/self/status").read()
 mapped = int(next(line for line in status.splitlines() if line.startswith("VmSize")).split()[1]) * 1024
 resource.setrlimit(resource.RLIMIT_AS, (mapped + (1 << 30), resource.RLIM_INFINITY))  # 1 GiB more than mapped now
-run_trial({"trial": "search/baseline-000", "run": run}, TrialContext(sys.argv[1], None))
+run_trial(TrialTask("search/baseline-000", "baseline", run).as_config(), TrialContext(sys.argv[1], None))
 print(json.dumps(reports))
 """
 

@@ -243,7 +243,7 @@ def test_zoo_teacher_is_frozen_through_training_and_gives_logits_at_its_stride(t
 def test_evaluate_teacher_scores_the_validation_split(tmp_path: Path) -> None:
     path = mmseg_checkpoint(tmp_path / "t.pth", head="fcn")
     cfg = load_spec(write_spec(tmp_path, zoo_spec({"source": "mmseg", "checkpoint": path}))).run_config("kd")
-    metrics = evaluate_teacher(path, cfg.model_copy(update={"phase": "search"}))  # always the final split
+    metrics = evaluate_teacher(path, cfg.model_copy(update={"split": "holdout"}))  # always scored on val
     assert metrics["val_miou"] == pytest.approx(reference_miou(load_mmseg(path), cfg), abs=1e-12)
     assert metrics["params"] == sum(p.numel() for p in load_mmseg(path).parameters())
 

@@ -24,9 +24,8 @@ from torch.autograd.function import once_differentiable
 
 from fakd.losses.covariance import _as_weight, label_row_table, logit_variance, pair_table
 from fakd.losses.kd import check_logits, check_temperature, pixel_kd, resize_labels, resize_teacher
+from fakd.vocab import FAKD_FORMS as FORMS
 from fakd.vocab import IGNORE_INDEX
-
-FORMS = ("exact", "label_row")
 
 # Pixels are evaluated in blocks of at most this many rows: the block's C-wide temporaries stay in cache.
 _BLOCK_ROWS = 4096

@@ -5,13 +5,15 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 
+from fakd.vocab import SCHEDULES
+
 _SHAPES: dict[str, Callable[[float], float]] = {
     "linear": lambda x: x,
     "cosine": lambda x: (1.0 - math.cos(math.pi * x)) / 2.0,
     "constant": lambda x: 1.0,
 }
-
-SCHEDULES: tuple[str, ...] = tuple(_SHAPES)
+if tuple(_SHAPES) != SCHEDULES:  # pragma: no cover - a schedule named in fakd.vocab without its shape here
+    raise ImportError(f"fakd.losses.schedule defines {tuple(_SHAPES)}, fakd.vocab.SCHEDULES names {SCHEDULES}")
 
 
 def strength_at(step: int, total_steps: int, max_strength: float, schedule: str) -> float:

@@ -18,14 +18,12 @@ from typing import TYPE_CHECKING, Any
 
 from fakd.errors import UserError
 from fakd.results.layout import StudyDir, read_json, write_json
-from fakd.vocab import METRIC
+from fakd.vocab import COMPLETE, FAILED, METRIC, PENDING
 
 if TYPE_CHECKING:
     from fakd.config import RunConfig
 
 PHASES = ("search", "confirm", "retrain")
-PENDING, RUNNING, COMPLETE, PRUNED, FAILED = "PENDING", "RUNNING", "COMPLETE", "PRUNED", "FAILED"
-TERMINAL = frozenset({COMPLETE, PRUNED, FAILED})
 OUT_OF_MEMORY = "out of memory"
 """The reason of a trial that did not fit in memory: a property of its configuration, never retried."""
 TRIAL_FILE, RESULTS_FILE = "trial.json", "results.jsonl"

@@ -10,7 +10,7 @@ from typing import Any
 
 from fakd.results.compute import format_compute, planned_against_spent
 from fakd.results.layout import driver_state, open_study_dir
-from fakd.results.records import TrialRecord, read_trials
+from fakd.results.records import FAILED, RUNNING, TERMINAL, TrialRecord, read_trials
 
 
 @dataclass(frozen=True)
@@ -36,7 +36,7 @@ STOPPED = "STOPPED"
 
 def shown_state(record: TrialRecord, driver: str | None) -> str:
     """A trial's state as every view shows it: RUNNING only while a driver holds the study, else STOPPED."""
-    return STOPPED if record.state == "RUNNING" and driver is None else record.state
+    return STOPPED if record.state == RUNNING and driver is None else record.state
 
 
 def status_json(records: list[TrialRecord], driver: str | None = None) -> list[dict[str, Any]]:
@@ -61,7 +61,7 @@ def _trial_lines(records: list[TrialRecord], driver: str | None) -> str:
     for r in records:
         metric = "-" if r.best_miou is None else f"{r.best_miou:.4f}"
         config = ", ".join(f"{k}={_short(v)}" for k, v in sorted({**r.values, "seed": r.seed}.items()))
-        status = f"FAILED ({r.reason})" if r.state == "FAILED" else shown_state(r, driver)
+        status = f"FAILED ({r.reason})" if r.state == FAILED else shown_state(r, driver)
         rows.append((r.key, r.arm, status, str(r.iterations), metric, config))
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]) - 1)]
     lines = ["  ".join(c.ljust(w) for c, w in zip(row[:-1], widths, strict=True)) + "  " + row[-1] for row in rows]
@@ -69,7 +69,7 @@ def _trial_lines(records: list[TrialRecord], driver: str | None) -> str:
     lines.append("")
     lines.append(", ".join(f"{n} {what}" for what, n in sorted(counts.items())))
     lines.append(driver or "no driver is running (resume continues unfinished trials)"
-                 if any(r.state in ("PENDING", "RUNNING") for r in records) else driver or "")
+                 if any(r.state not in TERMINAL for r in records) else driver or "")
     return "\n".join(line for line in lines).rstrip()
 
 

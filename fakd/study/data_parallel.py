@@ -26,8 +26,8 @@ from ray import tune
 from fakd.config import RunConfig
 from fakd.errors import UserError
 from fakd.results import StudyDir
+from fakd.study.handoff import TrialContext, trial_task
 from fakd.study.lock import training_in
-from fakd.study.trainable import TrialContext
 from fakd.train import DistContext, NonFiniteLossError, TeacherArtifact, ensure_teacher, teacher_key, train_student
 from fakd.train.teacher import TEACHER_FILE, read_teacher_file
 
@@ -73,12 +73,13 @@ class DataParallelTrial(tune.Trainable):
         from ray.util.queue import Queue
 
         root = Path(self.context.study_root)
+        task = trial_task(config)
         results, replies = Queue(actor_options={"num_cpus": 0}), Queue(actor_options={"num_cpus": 0})
-        loop_config = {"run": config["run"], "study_root": str(root), "work": str(root / "trials" / config["trial"]),
+        loop_config = {"run": task.run, "study_root": str(root), "work": str(task.work_dir(root)),
                        "teacher": str(root / self.context.teacher) if self.context.teacher else None,
                        "gpu": self.scaling.gpu > 0, "results": results, "replies": replies}
         trainer = _trainer(_trial_worker, loop_config, self.scaling, str(root / "tune"),
-                           config["trial"].replace("/", "-"))
+                           task.key.replace("/", "-"))
         return RunRelay(trainer.fit, results, replies)
 
     def step(self) -> dict[str, Any]:
@@ -208,7 +209,7 @@ def _trial_worker(config: dict[str, Any]) -> None:
     """One process of a data-parallel trial: the student's training, resumed from the trial's latest checkpoint."""
     dist = _setup_worker(config["gpu"])
     channel = ReportChannel(config["results"], config["replies"], dist)
-    cfg = RunConfig.model_validate(config["run"])
+    cfg: RunConfig = config["run"]  # validated once, by the driver
     teacher = TeacherArtifact(Path(config["teacher"]), "study", {}) if config["teacher"] else None
     with training_in(config["study_root"]):
         try:
@@ -235,7 +236,7 @@ def ensure_teacher_data_parallel(cfg: RunConfig, study: StudyDir, scaling: Scali
     key = teacher_key(cfg, scaling.workers)
     path = study.teachers / key / TEACHER_FILE
     if not path.is_file():
-        loop_config = {"run": cfg.model_dump(mode="json"), "study_root": str(study.root),
+        loop_config = {"run": cfg, "study_root": str(study.root),
                        "cache": str(study.teachers), "gpu": scaling.gpu > 0}
         _fit_in_thread(_trainer(_teacher_worker, loop_config, scaling, str(study.tune), "teacher").fit)
     return TeacherArtifact(path, key, read_teacher_file(path).get("metrics", {}))
@@ -272,7 +273,7 @@ def user_error_in(exc: BaseException) -> UserError | None:
 def _teacher_worker(config: dict[str, Any]) -> None:
     dist = _setup_worker(config["gpu"])
     with training_in(config["study_root"]):
-        ensure_teacher(RunConfig.model_validate(config["run"]), Path(config["cache"]), progress=False,
+        ensure_teacher(config["run"], Path(config["cache"]), progress=False,
                        log=_write_line if dist.is_main else None, dist=dist)
 
 

@@ -360,7 +360,7 @@ class SearchPhase(Phase):
         key = f"search/{ARM_TABLE[arm].slug}-{index:03d}"
         number, values = self.optuna.ask(arm, repeat, key, index=index if fixed_order else None)
         values = {**self.inherited.get((arm, repeat), {}), **values}
-        cfg = self.spec.run_config(arm, values, phase="search")
+        cfg = self.spec.run_config(arm, values, split="holdout")
         return self.add(TrialRecord(
             key=key, phase="search", arm=arm, index=index, values=values, run=cfg.model_dump(mode="json"),
             student=cfg.student.backbone, seed=cfg.train.seed, repeat=repeat, generation=generation,

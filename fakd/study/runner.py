@@ -39,6 +39,7 @@ from fakd.results.space import search_stages
 from fakd.results.verdicts import sequential_rule, study_verdicts, table_comparisons
 from fakd.spec import NAME_PATTERN, STORAGE_FILES, DecideConfig, StudySpec, load_spec
 from fakd.study.cluster import check_cluster_resources, check_local_resources, ray_runtime
+from fakd.study.handoff import TrialContext
 from fakd.study.integrity import check_resumable
 from fakd.study.lock import StudyLock, wait_for_earlier_training
 from fakd.study.optuna_link import OptunaLink, open_storage
@@ -48,7 +49,6 @@ from fakd.study.selection import outcome, plan_confirm, plan_retrain, retrain_se
 from fakd.study.signals import StopSignals
 from fakd.study.teacher import study_teacher
 from fakd.study.tracking import WandbStreamer, sync_hint
-from fakd.study.trainable import TrialContext
 from fakd.study.tune_glue import run_phase
 from fakd.tracking import effective_tracking, git_commit
 from fakd.vocab import ARM_TABLE
@@ -236,7 +236,7 @@ def _drive(study: StudyDir, spec: StudySpec, signals: StopSignals, log: Log, *, 
                            f"{spec.settings.search.num_samples}")
             if spec.settings.search.selection_repeats > 1:
                 search_line += f" × {spec.settings.search.selection_repeats} repeats"
-            done = sum(r.state in ("COMPLETE", "PRUNED", "FAILED") for r in search.records.values())
+            done = sum(r.state in TERMINAL for r in search.records.values())
             inherit = f"; {', '.join(arms)} on their base arms' selections" if stage > 0 else ""
             log(f"{search_line}), {done} done{inherit}")
             _run(search, study, spec, context, teacher, signals, log)
@@ -278,7 +278,7 @@ def _run(phase: Phase, study: StudyDir, spec: StudySpec, context: TrialContext, 
         raise UserError(f"{phase.halt}; the {phase.name} stopped with its trials kept: fix it, then resume with: "
                         f"python launch.py resume {study.root}")
     if not phase.is_finished():
-        unfinished = sorted(k for k, r in phase.records.items() if r.state not in ("COMPLETE", "PRUNED", "FAILED"))
+        unfinished = sorted(k for k, r in phase.records.items() if r.state not in TERMINAL)
         raise RuntimeError(f"the {phase.name} ended with unfinished trials ({', '.join(unfinished[:5])}); "
                            f"`launch.py resume {study.root}` continues them")
     log(f"{phase.name} finished in {time.perf_counter() - started:.0f} s")

@@ -16,9 +16,7 @@ from fakd.errors import UserError
 from fakd.results import FAILED, TrialRecord
 from fakd.results.selection import best_search_trials, select_best
 from fakd.spec import StudySpec
-from fakd.vocab import DEFAULT_BUDGET, REFERENCE_ARM
-
-KEY_SUFFIX = {"equal-iters": "", "equal-time": "-time"}
+from fakd.vocab import BUDGET_KEY_SUFFIX, DEFAULT_BUDGET, REFERENCE_ARM
 
 
 def outcome(record: TrialRecord) -> str:
@@ -118,9 +116,9 @@ def plan_retrain(spec: StudySpec, records: list[TrialRecord], seeds: list[int], 
         base = source.config
         for seed in seeds:
             train = base.train.model_copy(update={"seed": seed, "iters": iters[(source.arm, source.student)]})
-            cfg = base.model_copy(update={"phase": "final", "train": train})
+            cfg = base.model_copy(update={"split": "val", "train": train})
             plan.append(TrialRecord(
-                key=f"retrain/{source.key.split('/')[-1]}-seed{seed}{KEY_SUFFIX[budget]}", phase="retrain",
+                key=f"retrain/{source.key.split('/')[-1]}-seed{seed}{BUDGET_KEY_SUFFIX[budget]}", phase="retrain",
                 arm=source.arm, index=seed, values=dict(source.values), run=cfg.model_dump(mode="json"),
                 student=source.student, seed=seed, repeat=source.repeat, source=source.key, budget=budget))
     problems = {}

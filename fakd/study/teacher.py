@@ -39,7 +39,7 @@ def study_teacher(study: StudyDir, spec: StudySpec, log: Log) -> dict[str, Any]:
 
         target = study.path(GIVEN_TEACHER)
         copy_teacher_file(given, target)
-        cfg = spec.run_config(spec.settings.arms[0], phase="final")
+        cfg = spec.run_config(spec.settings.arms[0], split="val")
         log(f"evaluating teacher {cfg.teacher.label} on the validation split")
         resources = spec.settings.resources
         task = ray.remote(num_cpus=resources.cpu, num_gpus=resources.gpu)(evaluate_teacher)

@@ -11,6 +11,7 @@ from typing import Any
 from ray.tune import Callback
 
 from fakd.spec import TrackingConfig
+from fakd.study.handoff import trial_task
 from fakd.tracking import wandb_mode
 
 
@@ -38,7 +39,7 @@ class WandbStreamer(Callback):
             self.enabled = False
 
     def _run(self, trial: Any) -> Any:
-        key = trial.config["trial"]
+        key = trial_task(trial.config).key
         if key not in self.runs:
             import wandb
 
@@ -62,7 +63,7 @@ class WandbStreamer(Callback):
         self._run(trial).log(scalars, step=int(result.get("iteration", iteration)))
 
     def _finish(self, trial: Any, exit_code: int) -> None:
-        run = self.runs.pop(trial.config["trial"], None)
+        run = self.runs.pop(trial_task(trial.config).key, None)
         if run is not None:
             run.finish(exit_code=exit_code)
 

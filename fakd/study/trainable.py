@@ -11,16 +11,16 @@ of either kind is made in `fakd.study.tune_glue`.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
 from ray import tune
 
-from fakd.config import RunConfig
 from fakd.errors import UserError
 from fakd.faults import CPU_ALLOCATOR_FAILED, machine_fault
+from fakd.study.handoff import TrialContext, trial_task
 from fakd.study.lock import training_in
 from fakd.train import NonFiniteLossError, TeacherArtifact, train_student
 from fakd.train.checkpoint import latest_checkpoint
@@ -32,14 +32,6 @@ MEMORY_ERRORS = (MemoryError, torch.OutOfMemoryError)
 def is_out_of_memory(exc: BaseException) -> bool:
     """Whether `exc` says the trial's memory is exhausted, on the host or the device."""
     return isinstance(exc, MEMORY_ERRORS) or (isinstance(exc, RuntimeError) and CPU_ALLOCATOR_FAILED in str(exc))
-
-
-@dataclass(frozen=True)
-class TrialContext:
-    """What every trial of a driver run shares."""
-
-    study_root: str  # the study's location now, as the driver and every worker see it
-    teacher: str | None  # the teacher checkpoint, relative to the study root
 
 
 def _report(metrics: dict[str, Any], checkpoint_dir: str | None) -> None:
@@ -54,12 +46,13 @@ def _memory_error(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text}"[:300]
 
 
-def run_trial(config: dict[str, Any], context: TrialContext) -> None:
-    """Train one trial, continuing from its latest checkpoint when there is one."""
+def run_trial(config: Mapping[str, Any], context: TrialContext) -> None:
+    """Train one trial (its `TrialTask` in `config`), continuing from its latest checkpoint when there is one."""
     logging.getLogger("ray.train").setLevel(logging.WARNING)
-    cfg = RunConfig.model_validate(config["run"])
+    task = trial_task(config)
+    cfg = task.run
     root = Path(context.study_root)
-    work = root / "trials" / config["trial"]
+    work = task.work_dir(root)
     teacher = TeacherArtifact(root / context.teacher, "study", {}) if context.teacher else None
     with training_in(root):
         resume = "latest" if latest_checkpoint(work / "checkpoints") else None

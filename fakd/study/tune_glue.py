@@ -20,15 +20,16 @@ from ray.tune.search import Searcher
 from ray.tune.stopper import Stopper
 
 from fakd.study.data_parallel import DRIVER_RESOURCES, DataParallelTrial, Scaling
+from fakd.study.handoff import TrialContext, TrialTask, trial_task
 from fakd.study.phases import FINISHED, Phase
 from fakd.study.signals import StopSignals
-from fakd.study.trainable import TrialContext, run_trial
+from fakd.study.trainable import run_trial
 
 TUNE_LOGGERS = ("ray.tune", "ray.train", "ray.air")
 
 
 def _key(trial: Trial) -> str:
-    return trial.config["trial"]
+    return trial_task(trial.config).key
 
 
 class PhaseSearcher(Searcher):
@@ -47,7 +48,7 @@ class PhaseSearcher(Searcher):
             return None
         if record == FINISHED:
             return Searcher.FINISHED
-        return {"trial": record.key, "arm": record.arm, "run": record.run}
+        return TrialTask(record.key, record.arm, record.config).as_config()
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
         return None  # the phase learns how a trial ended from `PhaseRecorder`, which also sees the error
@@ -176,8 +177,8 @@ def run_phase(phase: Phase, context: TrialContext, *, cpu: float, gpu: float, ma
         tune_config=tune.TuneConfig(
             search_alg=PhaseSearcher(phase), scheduler=PhaseScheduler(phase), num_samples=-1,
             max_concurrent_trials=max_concurrent, reuse_actors=workers == 1,
-            trial_name_creator=lambda t: _key(t).split("/")[-1],
-            trial_dirname_creator=lambda t: f"{_key(t).split('/')[-1]}-{t.trial_id}",
+            trial_name_creator=lambda t: trial_task(t.config).name,
+            trial_dirname_creator=lambda t: f"{trial_task(t.config).name}-{t.trial_id}",
         ),
         run_config=tune.RunConfig(
             name=f"{phase.name}-{attempt}", storage_path=str(tune_dir), stop=SignalStopper(signals, phase),

@@ -59,7 +59,7 @@ def holdout_indices(length: int, fraction: float, seed: int) -> tuple[list[int],
 
 def build_splits(cfg: RunConfig) -> Splits:
     full_train = open_dataset(cfg.data, "train")
-    if cfg.phase == "search":
+    if cfg.split == "holdout":
         keep, held = holdout_indices(len(full_train), cfg.data.holdout_fraction, cfg.data.seed)
         train, evaluation = IndexedSubset(full_train, keep), IndexedSubset(full_train, held)
     else:

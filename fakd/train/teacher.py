@@ -293,7 +293,7 @@ def evaluate_teacher(path: str | Path, cfg: RunConfig) -> dict[str, Any]:
     (`fakd.train.loop.evaluate`, its eval loader and device); `val_miou`, `val_iou`, `val_pixel_acc`, `params`.
 
     The network's own full-size prediction is scored, so the number is that of the published model."""
-    run = cfg.model_copy(update={"phase": "final"})
+    run = cfg.model_copy(update={"split": "val"})
     splits = build_splits(run)
     accelerator = Accelerator.for_run(run)
     network = load_zoo_network(path, run.teacher, splits.num_classes)

@@ -16,7 +16,6 @@ import torch
 from torch import nn
 from torchvision.models import segmentation
 
-from fakd.config import TORCHVISION_ARCHS  # the spec's teacher.arch values: one list for both
 from fakd.errors import UserError
 from fakd.models.zoo.checkpoint import (
     checkpoint_error,
@@ -27,6 +26,7 @@ from fakd.models.zoo.checkpoint import (
 )
 from fakd.models.zoo.frozen import ZooSegmenter
 from fakd.models.zoo.normalization import InputRenormalization, harness_normalization
+from fakd.vocab import TORCHVISION_ARCHS
 
 TORCHVISION_MEAN = (0.485, 0.456, 0.406)  # what torchvision's segmentation weights expect, on 0-1 RGB pixels
 TORCHVISION_STD = (0.229, 0.224, 0.225)
