@@ -35,7 +35,7 @@ def _bare_trial(args: tuple) -> float:
     from fakd.train import train_student
 
     spec_path, teacher = args
-    cfg = load_spec(spec_path).run_config(ARM, phase="search")
+    cfg = load_spec(spec_path).run_config(ARM, split="holdout")
     torch.set_num_threads(1)  # what Ray gives a trial with one CPU
     start = time.perf_counter()
     with tempfile.TemporaryDirectory() as work:
@@ -47,7 +47,7 @@ def main() -> list[dict]:
     import ray
     from ray import tune
 
-    from fakd.study.trainable import TrialContext
+    from fakd.study.handoff import TASK, TrialContext, TrialTask
     from fakd.study.tune_glue import make_trainable
     from fakd.train import ensure_teacher
 
@@ -68,12 +68,12 @@ def main() -> list[dict]:
         start = time.perf_counter()
         ray.init(address="local", num_cpus=CONCURRENCY, include_dashboard=False, log_to_driver=False)
         started = time.perf_counter()
-        run = load_spec(spec_path).run_config(ARM, phase="search").model_dump(mode="json")
+        run = load_spec(spec_path).run_config(ARM, split="holdout")
         tuner = tune.Tuner(  # the study's trainable, each trial with a directory of its own as in a study
             make_trainable(TrialContext(root, relative_teacher), cpu=1, gpu=0),
             tune_config=tune.TuneConfig(num_samples=1, max_concurrent_trials=CONCURRENCY, reuse_actors=True),
             run_config=tune.RunConfig(storage_path=str(Path(root) / "tune"), name="bench", verbose=0),
-            param_space={"trial": tune.grid_search([f"bench/{i}" for i in range(TRIALS)]), "run": run},
+            param_space={TASK: tune.grid_search([TrialTask(f"bench/{i}", ARM, run) for i in range(TRIALS)])},
         )
         tuner.fit()
         tuned = time.perf_counter() - started

@@ -97,7 +97,7 @@ def _grid_run(args: tuple[dict[str, Any], str, dict[str, Any], int, Any]) -> tup
 
     raw, arm, values, seed, teacher = args
     torch.set_num_threads(1)  # what a trial with one CPU gets
-    cfg = validate_spec(raw, str(SPEC)).run_config(arm, values, phase="search")
+    cfg = validate_spec(raw, str(SPEC)).run_config(arm, values, split="holdout")
     cfg = cfg.model_copy(update={"train": cfg.train.model_copy(update={"seed": seed})})
     rows: list[dict[str, Any]] = []
 

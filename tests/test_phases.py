@@ -37,6 +37,7 @@ from fakd.results.space import search_stages
 from fakd.results.status import format_status
 from fakd.spec import validate_spec
 from fakd.study.halving import CONTINUE, PRUNE, WAIT, AsyncHalving, SyncHalving, rung_milestones
+from fakd.study.handoff import TrialTask
 from fakd.study.optuna_link import OptunaLink, open_storage
 from fakd.study.phases import FINISHED, ConfirmPhase, RetrainPhase, SearchPhase, is_memory_error
 from fakd.study.selection import plan_confirm, plan_retrain, retrain_seeds
@@ -303,7 +304,7 @@ def test_confirmation_selects_the_best_mean_of_fresh_seeds(tmp_path):
     records = read_trials(study)
     confirm = [r for r in records if r.phase == "confirm"]
     assert len(confirm) == 12 and {r.state for r in confirm} == {COMPLETE}
-    assert all(r.run["phase"] == "search" and r.run["train"]["iters"] == 8 for r in confirm)  # held-out, same length
+    assert all(r.config.split == "holdout" and r.config.train.iters == 8 for r in confirm)  # held-out, same length
     assert {r.seed for r in confirm} == {10_000, 10_001}  # neither the search's seed nor a retrain seed
     selected = select_best(records)
     for arm in ("baseline", "kd"):
@@ -499,7 +500,8 @@ def test_a_trial_out_of_memory_fails_with_its_batch_and_crop_and_is_not_handed_o
     error_file = tmp_path / "error.txt"
     error_file.write_text("Traceback (most recent call last):\nray.exceptions.OutOfMemoryError: Task was killed due "
                           "to the node running low on memory.")
-    retried = SimpleNamespace(config={"trial": killed.key}, error_file=str(error_file))
+    retried = SimpleNamespace(config=TrialTask(killed.key, killed.arm, killed.config).as_config(),
+                              error_file=str(error_file))
     PhaseRecorder(phase).on_trial_recover(0, [], retried)  # Tune retries it: the retry stops at its first report
     assert phase.on_result(killed.key, {"iteration": 1, METRIC: 0.5, "params": 1000}) is False
     assert phase.records[killed.key].results == []
@@ -583,8 +585,8 @@ def test_a_trial_whose_process_the_kernel_killed_for_memory_fails_out_of_memory(
     phase.on_start(crashed.key)
     error_file = tmp_path / "error.txt"
     error_file.write_text(RAY_WORKER_DIED)
-    PhaseRecorder(phase).on_trial_recover(0, [], SimpleNamespace(config={"trial": killed.key},
-                                                                 error_file=str(error_file)))
+    PhaseRecorder(phase).on_trial_recover(0, [], SimpleNamespace(
+        config=TrialTask(killed.key, killed.arm, killed.config).as_config(), error_file=str(error_file)))
     phase.on_end(crashed.key, RAY_WORKER_DIED)
     records = {r.key: r for r in read_trials(study)}
     assert (records[killed.key].state, records[killed.key].reason) == (FAILED, OUT_OF_MEMORY)

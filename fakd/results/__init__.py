@@ -6,7 +6,8 @@ never through each other.
 
 from fakd.results.layout import FORMAT, StudyDir, check_new_study_dir, open_study_dir, read_lock_holder
 from fakd.results.pareto import front_json, pareto_front
-from fakd.results.records import COMPLETE, FAILED, PENDING, PRUNED, RUNNING, TERMINAL, TrialRecord, read_trials
+from fakd.results.records import TrialRecord, read_trials
+from fakd.vocab import COMPLETE, FAILED, PENDING, PRUNED, RUNNING, TERMINAL
 
 __all__ = [
     "COMPLETE",

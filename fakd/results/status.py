@@ -10,7 +10,8 @@ from typing import Any
 
 from fakd.results.compute import format_compute, planned_against_spent
 from fakd.results.layout import driver_state, open_study_dir
-from fakd.results.records import FAILED, RUNNING, TERMINAL, TrialRecord, read_trials
+from fakd.results.records import TrialRecord, read_trials
+from fakd.vocab import FAILED, RUNNING, TERMINAL
 
 
 @dataclass(frozen=True)

@@ -14,10 +14,10 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from fakd.results.records import COMPLETE, TrialRecord
+from fakd.results.records import TrialRecord
 from fakd.results.sequential import METHOD, Verdict, verdict
 from fakd.spec import DecideConfig, StudySpec
-from fakd.vocab import ARM_TABLE, DEFAULT_BUDGET
+from fakd.vocab import ARM_TABLE, COMPLETE, DEFAULT_BUDGET
 
 Comparison = tuple[str, str, str]  # (student, arm, budget); the base is the arm's base arm
 
