@@ -7,8 +7,8 @@ import math
 import sys
 import time
 from collections import defaultdict
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -220,6 +220,135 @@ def _progress(total: int, start: int, enabled: bool | None, description: str) ->
     return tqdm(total=total, initial=start, desc=description, dynamic_ncols=True, leave=False)
 
 
+@dataclass
+class Window:
+    """The iterations since the last evaluation: their loss terms, summed where they are (tensors stay on the device:
+    no sync per step), and when the window began."""
+
+    dist: DistContext
+    sums: dict[str, torch.Tensor | float] = field(default_factory=lambda: defaultdict(float))
+    iters: int = 0
+    began: float = field(default_factory=time.perf_counter)
+
+    def add(self, terms: dict[str, torch.Tensor | float]) -> None:
+        for name, value in terms.items():
+            self.sums[name] = self.sums[name] + value
+        self.iters += 1
+
+    def seconds(self) -> float:
+        return time.perf_counter() - self.began
+
+    def averages(self) -> dict[str, float]:
+        """Each term's mean over the window's iterations; data-parallel, also over the processes (floats, the FAKD
+        strength, are the same in every process and stay as they are)."""
+        sums, iters, dist = self.sums, self.iters, self.dist
+        if not dist.distributed:
+            return {name: float(value) / iters for name, value in sums.items()}
+        names = sorted(name for name, value in sums.items() if isinstance(value, torch.Tensor))
+        averages = {name: float(value) / iters for name, value in sums.items() if name not in names}
+        if names:
+            pooled = dist.all_reduce_sum(torch.stack([sums[name].detach().double() for name in names]))
+            averages.update({name: float(value) / (iters * dist.world_size)
+                             for name, value in zip(names, pooled.tolist(), strict=True)})
+        return {name: averages[name] for name in sums}
+
+
+class Training:
+    """One `fit` of a model: it on its device, its objective, optimizer and schedule, the frozen teacher, and the
+    directory of its checkpoints. Its methods are the loop's steps: resume, step, evaluate, checkpoint."""
+
+    def __init__(self, cfg: RunConfig, model: Segmenter, splits: Splits, work_dir: Path,
+                 teacher: nn.Module | None, dist: DistContext) -> None:
+        self.cfg, self.splits, self.dist = cfg, splits, dist
+        self.total = cfg.train.iters
+        self.accelerator = Accelerator.for_run(cfg)
+        model = self.accelerator.model(model)
+        if dist.distributed and self.accelerator.device.type == "cuda":
+            model = sync_batchnorm(model)
+        self.model = model
+        self.objective = SegmentationObjective(
+            cfg.effective_loss, splits.num_classes, model.feature_dim, total_steps=self.total,
+            all_reduce=dist.all_reduce_sum if dist.distributed else None,
+        ).to(self.accelerator.device)
+        if self.objective.needs_teacher and teacher is None:
+            raise ValueError(f"arm {cfg.arm!r} distills: pass a teacher")
+        self.teacher = None if teacher is None else self.accelerator.model(teacher).eval().requires_grad_(False)
+        optimizer = build_optimizer(model, cfg.train)
+        self.state = TrainingState(model, self.objective, optimizer, poly_schedule(optimizer, self.total,
+                                                                                    cfg.train.poly_power))
+        self.checkpoints = work_dir / "checkpoints"
+
+    def resume(self, resume_from: str | Path | None) -> tuple[int, dict[str, Any], str | None]:
+        """The iteration training continues from, its metrics and its checkpoint: from `resume_from` (a checkpoint
+        directory, or "latest" in this run's checkpoints), or from scratch (0, {}, None). Data-parallel, every
+        process starts from rank 0's model, with RNG streams of its own."""
+        dist = self.dist
+        if resume_from == "latest":
+            resume_from = dist.broadcast_object(latest_checkpoint(self.checkpoints) if dist.is_main else None)
+        if dist.distributed:  # one model everywhere; per-process RNG streams (dropout masks differ between processes)
+            dist.broadcast_module_(self.model)
+            torch.manual_seed(self.cfg.train.seed * 1_000_003 + dist.rank)
+        if not resume_from:
+            return 0, {}, None
+        saved = load_checkpoint(resume_from)
+        return self.state.load(saved, self.dist), saved["metrics"], str(resume_from)
+
+    def iterations(self, start: int) -> Iterator[tuple[int, list[Any]]]:
+        """Each remaining iteration with its micro-batches: micro-batch j = step × accumulate + k is a pure function
+        of (seed, j), so a resumed run sees the stream it would have seen."""
+        accumulate = self.cfg.train.accumulate
+        stream = iter(train_loader(self.cfg, self.splits.train, self.total * accumulate, start * accumulate,
+                                   self.dist))
+        for iteration in range(start + 1, self.total + 1):
+            yield iteration, [next(stream) for _ in range(accumulate)]
+
+    def step(self, iteration: int, batches: Sequence[tuple[torch.Tensor, torch.Tensor]]
+             ) -> dict[str, torch.Tensor | float]:
+        terms = accumulated_step(self.model, self.objective, self.state.optimizer, batches, iteration - 1,
+                                 self.teacher, self.accelerator, self.dist)
+        self.state.scheduler.step()
+        return terms
+
+    def evaluates_at(self, iteration: int) -> bool:
+        return iteration % self.cfg.train.eval_every == 0 or iteration == self.total
+
+    def evaluate(self, iteration: int, window: Window, evaluation: DataLoader, parameters: int) -> dict[str, Any]:
+        """The window's metrics: its mean losses (a non-finite one stops the run), learning rate, speed, and the
+        model's scores on the evaluation split."""
+        averages = window.averages()
+        if not math.isfinite(averages["loss"]):
+            raise NonFiniteLossError(f"non-finite loss in iterations {iteration - window.iters + 1}-{iteration} "
+                                     f"({self.cfg.arm}): {averages}", iteration)
+        seconds = window.seconds()
+        if self.dist.distributed:  # per-process BatchNorm statistics (CPU) differ: evaluate and save rank 0's
+            self.dist.broadcast_buffers_(self.model)
+        metrics = {
+            "iteration": iteration,
+            **averages,
+            "lr": self.state.optimizer.param_groups[0]["lr"],
+            "seconds_per_iter": seconds / window.iters,
+            "params": parameters,
+            **evaluate(self.model, evaluation, self.splits.num_classes, self.accelerator, self.dist),
+        }
+        metrics["window_seconds"] = window.seconds()
+        return metrics
+
+    def checkpoint(self, iteration: int, metrics: dict[str, Any]) -> str:
+        """Write the full state (rank 0; with every process's RNG streams) and return its directory, once it is
+        complete in every process."""
+        dist = self.dist
+        rng_by_rank = dist.all_gather_object(capture_rng()) if dist.distributed else None
+        directory = None
+        if dist.is_main:
+            directory = write_checkpoint(self.state.state_dict(iteration, metrics, rng_by_rank), self.checkpoints,
+                                         iteration)
+        return str(dist.broadcast_object(directory))
+
+    def prune(self, keep: str) -> None:
+        if self.dist.is_main:
+            prune_checkpoints(self.checkpoints, keep=Path(keep))
+
+
 def fit(
     cfg: RunConfig,
     model: Segmenter,
@@ -253,103 +382,35 @@ def fit(
     is complete). The effective batch is batch_size × accumulate × world size.
     """
     dist = dist if dist is not None else DistContext.current()
-    accelerator = Accelerator.for_run(cfg)
-    total = cfg.train.iters
-    model = accelerator.model(model)
-    if dist.distributed and accelerator.device.type == "cuda":
-        model = sync_batchnorm(model)
-    objective = SegmentationObjective(
-        cfg.effective_loss, splits.num_classes, model.feature_dim, total_steps=total,
-        all_reduce=dist.all_reduce_sum if dist.distributed else None,
-    ).to(accelerator.device)
-    if objective.needs_teacher and teacher is None:
-        raise ValueError(f"arm {cfg.arm!r} distills: pass a teacher")
-    if teacher is not None:
-        teacher = accelerator.model(teacher).eval().requires_grad_(False)
-    optimizer = build_optimizer(model, cfg.train)
-    state = TrainingState(model, objective, optimizer, poly_schedule(optimizer, total, cfg.train.poly_power))
-    checkpoints = work_dir / "checkpoints"
-    if resume_from == "latest":
-        resume_from = dist.broadcast_object(latest_checkpoint(checkpoints) if dist.is_main else None)
-    if dist.distributed:  # one model everywhere; per-process RNG streams (dropout masks differ between processes)
-        dist.broadcast_module_(model)
-        torch.manual_seed(cfg.train.seed * 1_000_003 + dist.rank)
-    start, metrics = 0, {}
-    if resume_from:
-        saved = load_checkpoint(resume_from)
-        start, metrics = state.load(saved, dist), saved["metrics"]
-        if replay and report is not None:
-            report(metrics, str(resume_from))
-    if start >= total:
+    run = Training(cfg, model, splits, work_dir, teacher, dist)
+    start, metrics, resumed = run.resume(resume_from)
+    if resumed and replay and report is not None:
+        report(metrics, resumed)
+    if start >= run.total:
         return metrics
 
     evaluation = eval_loader(cfg, splits.evaluation, dist)
     label = label or cfg.arm
-    parameters = count_parameters(model)
-    bar = _progress(total, start, progress, f"{label} {cfg.student.backbone}") if dist.is_main else None
-    sums: dict[str, torch.Tensor | float] = defaultdict(float)
-    window_start, window_iters = time.perf_counter(), 0
-    model.train()
-    accumulate = cfg.train.accumulate  # micro-batch j = step * accumulate + k: a pure function of (seed, j)
-    micro_batches = iter(train_loader(cfg, splits.train, total * accumulate, start * accumulate, dist))
-    for iteration in range(start + 1, total + 1):
-        batches = [next(micro_batches) for _ in range(accumulate)]
-        terms = accumulated_step(model, objective, optimizer, batches, iteration - 1, teacher, accelerator, dist)
-        state.scheduler.step()
-        for name, value in terms.items():
-            sums[name] = sums[name] + value  # tensors stay on the device: no sync per step
-        window_iters += 1
+    parameters = count_parameters(run.model)
+    bar = _progress(run.total, start, progress, f"{label} {cfg.student.backbone}") if dist.is_main else None
+    window = Window(dist)
+    run.model.train()
+    for iteration, batches in run.iterations(start):
+        window.add(run.step(iteration, batches))
         if bar is not None:
             bar.update(1)
-        if iteration % cfg.train.eval_every and iteration != total:
+        if not run.evaluates_at(iteration):
             continue
-        averages = _window_averages(sums, window_iters, dist)
-        if not math.isfinite(averages["loss"]):
-            raise NonFiniteLossError(f"non-finite loss in iterations {iteration - window_iters + 1}-{iteration} "
-                                     f"({cfg.arm}): {averages}", iteration)
+        metrics = run.evaluate(iteration, window, evaluation, parameters)
         if bar is not None:
-            bar.set_postfix(loss=f"{averages['loss']:.3f}")
-        seconds = time.perf_counter() - window_start
-        if dist.distributed:  # per-process BatchNorm statistics (CPU) differ: evaluate and save rank 0's
-            dist.broadcast_buffers_(model)
-        metrics = {
-            "iteration": iteration,
-            **averages,
-            "lr": optimizer.param_groups[0]["lr"],
-            "seconds_per_iter": seconds / window_iters,
-            "params": parameters,
-            **evaluate(model, evaluation, splits.num_classes, accelerator, dist),
-        }
-        metrics["window_seconds"] = time.perf_counter() - window_start
-        rng_by_rank = dist.all_gather_object(capture_rng()) if dist.distributed else None
-        directory = None
-        if dist.is_main:
-            directory = write_checkpoint(state.state_dict(iteration, metrics, rng_by_rank), checkpoints, iteration)
-        directory = dist.broadcast_object(directory)  # no process reports a checkpoint before it is complete
+            bar.set_postfix(loss=f"{metrics['loss']:.3f}")
+        directory = run.checkpoint(iteration, metrics)
         if log is not None and dist.is_main:
-            log(f"[{label}] iter {iteration}/{total} loss {metrics['loss']:.4f} val mIoU {metrics[METRIC]:.4f}")
+            log(f"[{label}] iter {iteration}/{run.total} loss {metrics['loss']:.4f} val mIoU {metrics[METRIC]:.4f}")
         if report is not None:
-            report(metrics, str(directory))
-        if dist.is_main:
-            prune_checkpoints(checkpoints, keep=directory)
-        sums.clear()
-        window_start, window_iters = time.perf_counter(), 0
+            report(metrics, directory)
+        run.prune(directory)
+        window = Window(dist)
     if bar is not None:
         bar.close()
     return metrics
-
-
-def _window_averages(
-    sums: dict[str, torch.Tensor | float], window_iters: int, dist: DistContext
-) -> dict[str, float]:
-    """Each term's mean over the window's iterations; data-parallel, also over the processes (floats, the FAKD
-    strength, are the same in every process and stay as they are)."""
-    if not dist.distributed:
-        return {name: float(value) / window_iters for name, value in sums.items()}
-    names = sorted(name for name, value in sums.items() if isinstance(value, torch.Tensor))
-    averages = {name: float(value) / window_iters for name, value in sums.items() if name not in names}
-    if names:
-        pooled = dist.all_reduce_sum(torch.stack([sums[name].detach().double() for name in names]))
-        averages.update({name: float(value) / (window_iters * dist.world_size)
-                         for name, value in zip(names, pooled.tolist(), strict=True)})
-    return {name: averages[name] for name in sums}
