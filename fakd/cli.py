@@ -13,6 +13,7 @@ from typing import NoReturn
 
 from fakd.errors import UserError
 from fakd.faults import EXIT_MACHINE_FAULT, MachineFault, machine_fault, with_resume_hint
+from fakd.supervisor import DRIVING
 from fakd.vocab import ARMS, BUDGETS, DEFAULT_ARM, METRIC
 
 EXIT_USER_ERROR = 2
@@ -115,6 +116,17 @@ def command_retrain(args: argparse.Namespace) -> int:
 
     study = retrain(args.study_dir, args.seeds, until_decided=args.until_decided, max_seeds=args.max_seeds,
                     budget=args.budget, address=args.address, no_wandb=args.no_wandb)
+    _log_table(study.root)
+    return 0
+
+
+def command_extend(args: argparse.Namespace) -> int:
+    from fakd.study.requests import extend_request
+
+    extend_request(args.study_dir, args.arms, args.set)  # refusals before Ray, torch and timm are imported
+    from fakd.study import extend
+
+    study = extend(args.study_dir, args.arms, args.set, address=args.address, no_wandb=args.no_wandb)
     _log_table(study.root)
     return 0
 
@@ -298,6 +310,17 @@ def build_parser() -> argparse.ArgumentParser:
     retrain.add_argument("--no-wandb", action="store_true", help="do not stream to Weights & Biases")
     retrain.set_defaults(func=command_retrain)
 
+    extend = commands.add_parser("extend", help="add arms to a finished study: the same teacher, search protocol, "
+                                 "budget and seeds; its own trials untouched")
+    extend.add_argument("study_dir")
+    extend.add_argument("--arms", required=True, help="comma-separated arms to add (a base arm the study lacks too)")
+    extend.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="a setting only the new arms use (their loss term, a search distribution of it), or "
+                             "search.add_on where no arm of the study is an add-on arm")
+    extend.add_argument("--address", help="Ray cluster: auto or ray://host:port (default: start Ray locally)")
+    extend.add_argument("--no-wandb", action="store_true", help="do not stream to Weights & Biases")
+    extend.set_defaults(func=command_extend)
+
     export = commands.add_parser("export", help="write a study's ablation table, or one table across several "
                                  "studies (reads, never changes, a study)")
     export.add_argument("study_dir")
@@ -382,7 +405,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         fault = machine_fault(exc, study) if study else None
         if fault is None:
             raise
-        driving = args.command in ("sweep", "demo", "resume", "retrain")
+        driving = args.command in DRIVING
         print(f"error: {with_resume_hint(fault, study) if driving else fault}", file=sys.stderr)
         return EXIT_MACHINE_FAULT
 

@@ -40,7 +40,7 @@ NOTES_ENV = "FAKD_DRIVER_NOTES"
 """Set in the driver's environment by its parent: the file descriptor of a pipe on which the driver writes its
 notes (JSON lines: the study it drives, its Ray daemons). The driver takes it out of its environment at start, so
 no process it starts writes there; a pipe leaves no file behind, however either process ends."""
-DRIVING = ("sweep", "resume", "retrain", "demo")
+DRIVING = ("sweep", "resume", "retrain", "extend", "demo")
 """Commands that drive a study (and start Ray): the ones run under a parent."""
 FORWARDED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 RAY_DAEMONS = ("raylet", "gcs_server")

@@ -9,9 +9,9 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from fakd.study.runner import resume, retrain, sweep
+    from fakd.study.runner import extend, resume, retrain, sweep
 
-__all__ = ["resume", "retrain", "sweep"]
+__all__ = ["extend", "resume", "retrain", "sweep"]
 
 
 def __getattr__(name: str) -> Any:

@@ -3,16 +3,19 @@ only, so a refused command answers at once, without loading Ray, torch or timm."
 
 from __future__ import annotations
 
+import copy
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from fakd.errors import UserError
 from fakd.results import PENDING, StudyDir, TrialRecord, open_study_dir, read_trials
 from fakd.results.layout import check_no_links_out
+from fakd.results.space import arm_space
 from fakd.results.verdicts import compared_arms, decide_rule
-from fakd.spec import DecideConfig, StudySpec
+from fakd.spec import DecideConfig, StudySpec, apply_override, validate_spec
 from fakd.study.selection import seeds_done
-from fakd.vocab import BUDGETS
+from fakd.vocab import ARM_TABLE, ARMS, BUDGETS
 
 MAX_SEEDS = 1000
 """The most seeds `retrain --seeds` accepts: each is a run of every arm."""
@@ -77,3 +80,83 @@ def _until_decided_rule(study: StudyDir, spec: StudySpec, done: int, max_seeds: 
     if rule.max_seeds < 2:
         raise UserError(f"must be at least 2 (a paired difference needs two seeds), got {max_seeds}", key="--max-seeds")
     return rule
+
+
+@dataclass(frozen=True)
+class ExtendRequest:
+    """Arms a study accepts: its spec with them added (the study's own arms unchanged in every respect)."""
+
+    study: StudyDir
+    spec: StudySpec
+    arms: list[str]
+
+
+ADD_ON = "search.add_on"
+
+
+def extend_request(study_path: str | Path, arms_text: str, overrides: Sequence[str] = ()) -> ExtendRequest:
+    """`extend`'s arguments checked against the study (one line per refusal; nothing is written).
+
+    The new arms get the study's teacher, search protocol, budget and seeds: `--set` takes only keys that no arm of
+    the study uses and a new arm does (its own loss term, a search distribution for it), and `search.add_on` while
+    no arm of the study is an add-on arm (it changed nothing for them). Where it is not set and no arm of the study
+    was an add-on arm, it takes the default that a study with every arm from the start would have."""
+    study = open_study_dir(study_path)
+    check_no_links_out(study)
+    old = study.read_spec()
+    existing = list(old.settings.arms)
+    arms = _new_arms(arms_text, existing)
+    raw = copy.deepcopy(old.raw)
+    raw["arms"] = existing + arms
+    search = raw.setdefault("search", {})
+    add_on_mattered = any(ARM_TABLE[arm].add_on for arm in existing)
+    if not add_on_mattered:
+        search.pop("add_on", None)  # resolved again for the arms the study now has, unless set below
+    seen: set[str] = set()
+    for item in overrides:
+        key = item.partition("=")[0].strip()
+        if key in seen:
+            raise UserError(f"--set {key} is given twice; give each key once", key=key)
+        seen.add(key)
+        _check_extension_key(key, existing, arms, add_on_mattered)
+        apply_override(raw, item, str(study.spec))
+    spec = validate_spec(raw, str(study.spec), tuple(overrides))
+    for arm in existing:  # the keys checked above cannot change an existing arm: this says so once more
+        if old.run_config(arm) != spec.run_config(arm) or arm_space(old, arm) != arm_space(spec, arm):
+            raise UserError(f"would change what arm {arm} of the study ran with; nothing was changed",
+                            key="--set")
+    return ExtendRequest(study, spec, arms)
+
+
+def _new_arms(text: str, existing: list[str]) -> list[str]:
+    arms = [name.strip() for name in text.split(",") if name.strip()]
+    if not arms:
+        raise UserError(f"names no arm; accepted: {', '.join(a for a in ARMS if a not in existing)}", key="--arms")
+    for arm in arms:
+        if arm not in ARM_TABLE:
+            raise UserError(f"unknown arm {arm!r}; accepted: {', '.join(ARMS)}", key="--arms")
+        if arm in existing:
+            raise UserError(f"{arm} is an arm of the study already (arms: {', '.join(existing)})", key="--arms")
+        if arms.count(arm) > 1:
+            raise UserError(f"names {arm} twice", key="--arms")
+        base = ARM_TABLE[arm].base
+        if base is not None and base not in existing and base not in arms:
+            raise UserError(f"{arm} is compared with its base arm {base}, which the study does not have: add both "
+                            f"(--arms {base},{arm})", key="--arms")
+    return sorted(arms, key=ARMS.index)  # the vocabulary's order: a base arm before the arms compared with it
+
+
+def _check_extension_key(key: str, existing: list[str], arms: list[str], add_on_mattered: bool) -> None:
+    """A `--set` key `extend` accepts: one that only the new arms use (the equal budget holds), or search.add_on
+    where it changed nothing for the study's arms."""
+    if key == ADD_ON:
+        if add_on_mattered:
+            raise UserError(f"decided how the study's add-on arms were searched; extend keeps it (arms: "
+                            f"{', '.join(existing)})", key=key)
+        return
+    used_before = [arm for arm in existing if ARM_TABLE[arm].uses(key)]
+    if used_before:
+        raise UserError(f"is a setting of the study's arms ({', '.join(used_before)}); added arms get the study's "
+                        "teacher, search, budget and seeds, so extend takes only keys of the new arms", key=key)
+    if not any(ARM_TABLE[arm].uses(key) for arm in arms):
+        raise UserError(f"changes nothing in the new arms ({', '.join(arms)})", key=key)

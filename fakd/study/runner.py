@@ -44,7 +44,7 @@ from fakd.study.integrity import check_resumable
 from fakd.study.lock import StudyLock, wait_for_earlier_training
 from fakd.study.optuna_link import OptunaLink, open_storage
 from fakd.study.phases import ConfirmPhase, Phase, RetrainPhase, SearchPhase, short_values
-from fakd.study.requests import never_started, retrain_request
+from fakd.study.requests import ExtendRequest, extend_request, never_started, retrain_request
 from fakd.study.selection import outcome, plan_confirm, plan_retrain, retrain_seeds, seeds_done
 from fakd.study.signals import StopSignals
 from fakd.study.teacher import study_teacher
@@ -126,6 +126,43 @@ def retrain(
         _drive(request.study, spec, signals, log, seeds=seeds, budget=request.budget, rule=request.rule,
                no_wandb=no_wandb)
     return request.study
+
+
+def extend(
+    study_path: str | Path, arms: str, overrides: Sequence[str] = (), *, address: str | None = None,
+    no_wandb: bool = False, log: Log = _print,
+) -> StudyDir:
+    """Add `arms` (comma-separated) to a finished study: searched with its teacher (never trained again), search
+    protocol and per-arm budget, then retrained on its seeds or by its decision rule. The study's own trials are not
+    touched; its table then holds every comparison. Every refusal happens before anything is written."""
+    request = extend_request(study_path, arms, overrides)
+    with _driving(request.study, "extend", address) as (_, signals):
+        request = extend_request(study_path, arms, overrides)  # again under the lock: what the driver extends
+        _refuse_unfinished(request.study)
+        preflight(request.spec, teacher_checkpoint=False)
+        _write_extension(request, list(overrides))
+        log(f"extending study {request.study.root} with {', '.join(request.arms)}")
+        _drive(request.study, request.spec, signals, log, no_wandb=no_wandb)
+    return request.study
+
+
+def _refuse_unfinished(study: StudyDir) -> None:
+    unfinished = [r.key for r in read_trials(study) if r.state not in TERMINAL]
+    if unfinished:
+        raise UserError(f"{study.root} has unfinished trials ({', '.join(unfinished[:3])}"
+                        f"{', ...' if len(unfinished) > 3 else ''}); finish it first with: python launch.py resume "
+                        f"{study.root}", key="STUDY_DIR")
+
+
+def _write_extension(request: ExtendRequest, overrides: list[str]) -> None:
+    """Record the added arms, then write the spec that has them (from then on `resume` finishes the extension)."""
+    study, spec = request.study, request.spec
+    meta = study.metadata()
+    rule = sequential_rule(spec, meta)
+    retrain_runs = rule.max_seeds if rule is not None else meta.get("retrain_seeds")
+    extensions = [*(meta.get("extensions") or []), {"arms": request.arms, "overrides": overrides, "at": now()}]
+    study.update_metadata(extensions=extensions, plan=plan_metadata(spec, retrain_runs=retrain_runs))
+    write_atomic(study.spec, spec_yaml.dump(spec.raw))
 
 
 def _drop_unstarted(study: StudyDir, records: list[TrialRecord], budget: str, seeds: int, log: Log) -> None:
@@ -340,10 +377,16 @@ def _retrain_until_decided(study: StudyDir, spec: StudySpec, context: TrialConte
     metadata before its runs are planned: a resumed driver finishes the last recorded round, then goes on as an
     uninterrupted one would."""
     rounds = [r for r in study.metadata().get("decide_rounds") or [] if r.get("budget") == budget]
-    if rounds:
+    first = min(rule.max_seeds, max(rule.round, spec.settings.search.retrain_seeds))
+    named = {arm for r in rounds for arm in r.get("arms", [])}
+    added = [arm for arm in spec.settings.arms if arm not in named]
+    if rounds and not added:
         target, arms = int(rounds[-1]["seeds"]), list(rounds[-1]["arms"])
+    elif rounds:  # arms added since the last round (`extend`): their first round, with the arms they are compared to
+        needed = set(added) | {ARM_TABLE[arm].base for arm in added}
+        target, arms = first, [arm for arm in spec.settings.arms if arm in needed]
+        _record_round(study, budget, target, arms)
     else:
-        first = min(rule.max_seeds, max(rule.round, spec.settings.search.retrain_seeds))
         target, arms = max(first, seeds_done(read_trials(study), budget)), list(spec.settings.arms)
         _record_round(study, budget, target, arms)
     while True:
