@@ -2,7 +2,9 @@
 trials untouched; in reproducible mode the extended study is the study that had every arm from the start."""
 
 import copy
+import csv
 import hashlib
+import io
 import json
 from pathlib import Path
 
@@ -12,6 +14,7 @@ from test_reproducible import outcome
 
 from fakd import spec_yaml
 from fakd.cli import main
+from fakd.results import open_study_dir, read_trials
 from fakd.results.layout import FORMAT
 from fakd.spec import load_spec
 from fakd.study import sweep
@@ -112,3 +115,30 @@ def test_an_extended_study_is_the_study_with_every_arm_from_the_start(tmp_path, 
     assert main(["extend", str(study), "--arms", "kd+fakd"]) == 2  # once added, an arm is the study's
     assert spec_yaml.load((study / "spec.yaml").read_text())["arms"] == ["baseline", "kd", "kd+fakd"]
     assert copy.deepcopy(first) == outcome(study, capsys)  # the refusal changed nothing
+
+
+@pytest.mark.ray
+@pytest.mark.slow
+def test_an_arm_added_to_a_sequential_study_starts_with_the_first_round_against_its_base(tmp_path, ray_local,
+                                                                                          capsys):
+    raw = study_spec(["baseline", "kd"])
+    raw["search"]["decide"] = {"margin": 0.01, "alpha": 0.05, "max_seeds": 3, "round": 2}
+    study = sweep(str(write_spec(tmp_path, raw)), storage=tmp_path / "studies").root
+    rounds = json.loads((study / "study.json").read_text())["decide_rounds"]
+    kept = sorted(study.glob("trials/*/*"))
+    before = digest(kept)
+    assert main(["extend", str(study), "--arms", "kd+fakd", "--set", "loss.fakd.max_strength=1.5"]) == 0
+    assert digest(kept) == before
+    meta = json.loads((study / "study.json").read_text())
+    added = meta["decide_rounds"][len(rounds)]
+    assert meta["decide_rounds"][:len(rounds)] == rounds
+    assert added == {"budget": "equal-iters", "seeds": 2, "arms": ["kd", "kd+fakd"]}  # the arm and its base
+    records = read_trials(open_study_dir(study))
+    fakd_seeds = sorted(r.seed for r in records if r.phase == "retrain" and r.arm == "kd+fakd")
+    kd_seeds = sorted(r.seed for r in records if r.phase == "retrain" and r.arm == "kd")
+    assert fakd_seeds[:2] == [1, 2] and set(fakd_seeds) <= set(kd_seeds)  # paired with kd, seed for seed
+    capsys.readouterr()
+    assert main(["export", str(study), "--format", "csv"]) == 0
+    rows = {row["arm"]: row for row in csv.DictReader(io.StringIO(capsys.readouterr().out))}
+    assert rows["kd+fakd"]["base_arm"] == "kd" and rows["kd+fakd"]["decision"] in ("better", "worse", "equivalent",
+                                                                                      "undecided")

@@ -7,6 +7,7 @@ import copy
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from fakd.errors import UserError
 from fakd.results import PENDING, StudyDir, TrialRecord, open_study_dir, read_trials
@@ -122,10 +123,25 @@ def extend_request(study_path: str | Path, arms_text: str, overrides: Sequence[s
         apply_override(raw, item, str(study.spec))
     spec = validate_spec(raw, str(study.spec), tuple(overrides))
     for arm in existing:  # the keys checked above cannot change an existing arm: this says so once more
-        if old.run_config(arm) != spec.run_config(arm) or arm_space(old, arm) != arm_space(spec, arm):
+        if _used(old, arm) != _used(spec, arm) or arm_space(old, arm) != arm_space(spec, arm):
             raise UserError(f"would change what arm {arm} of the study ran with; nothing was changed",
                             key="--set")
     return ExtendRequest(study, spec, arms)
+
+
+def _used(spec: StudySpec, arm: str) -> dict[str, Any]:
+    """The settings `arm` runs with by default (dotted keys), leaving out the terms it does not use."""
+    flat: dict[str, Any] = {}
+
+    def walk(node: Any, prefix: str) -> None:
+        if isinstance(node, dict):
+            for name, child in node.items():
+                walk(child, f"{prefix}.{name}" if prefix else name)
+        elif ARM_TABLE[arm].uses(prefix):
+            flat[prefix] = node
+
+    walk(spec.run_config(arm).model_dump(mode="json"), "")
+    return flat
 
 
 def _new_arms(text: str, existing: list[str]) -> list[str]:
