@@ -14,8 +14,9 @@ from test_reproducible import outcome
 
 from fakd import spec_yaml
 from fakd.cli import main
-from fakd.results import open_study_dir, read_trials
+from fakd.results import StudyDir, TrialRecord, open_study_dir, read_trials
 from fakd.results.layout import FORMAT
+from fakd.results.records import write_trial
 from fakd.spec import load_spec
 from fakd.study import sweep
 
@@ -142,3 +143,14 @@ def test_an_arm_added_to_a_sequential_study_starts_with_the_first_round_against_
     rows = {row["arm"]: row for row in csv.DictReader(io.StringIO(capsys.readouterr().out))}
     assert rows["kd+fakd"]["base_arm"] == "kd" and rows["kd+fakd"]["decision"] in ("better", "worse", "equivalent",
                                                                                       "undecided")
+
+
+def test_a_study_with_unfinished_trials_is_finished_first(tmp_path, capsys):
+    root = fake_study(tmp_path, ["baseline", "kd"])
+    write_trial(StudyDir(root), TrialRecord(key="search/kd-000", phase="search", arm="kd", index=0, values={}, run={},
+                                            student="s", seed=0, state="RUNNING"))
+    before = digest([root])
+    assert main(["extend", str(root), "--arms", "cwd"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "unfinished trials (search/kd-000)" in err and "launch.py resume" in err, err
+    assert digest([root]) == before

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from fakd.errors import UserError
-from fakd.results import PENDING, StudyDir, TrialRecord, open_study_dir, read_trials
+from fakd.results import PENDING, TERMINAL, StudyDir, TrialRecord, open_study_dir, read_trials
 from fakd.results.layout import check_no_links_out
 from fakd.results.space import arm_space
 from fakd.results.verdicts import compared_arms, decide_rule
@@ -106,6 +106,11 @@ def extend_request(study_path: str | Path, arms_text: str, overrides: Sequence[s
     check_no_links_out(study)
     old = study.read_spec()
     existing = list(old.settings.arms)
+    unfinished = [r.key for r in read_trials(study) if r.state not in TERMINAL]
+    if unfinished:
+        raise UserError(f"{study.root} has unfinished trials ({', '.join(unfinished[:3])}"
+                        f"{', ...' if len(unfinished) > 3 else ''}); finish it first with: python launch.py resume "
+                        f"{study.root}", key="STUDY_DIR")
     arms = _new_arms(arms_text, existing)
     raw = copy.deepcopy(old.raw)
     raw["arms"] = existing + arms

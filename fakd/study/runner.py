@@ -138,20 +138,11 @@ def extend(
     request = extend_request(study_path, arms, overrides)
     with _driving(request.study, "extend", address) as (_, signals):
         request = extend_request(study_path, arms, overrides)  # again under the lock: what the driver extends
-        _refuse_unfinished(request.study)
         preflight(request.spec, teacher_checkpoint=False)
         _write_extension(request, list(overrides))
         log(f"extending study {request.study.root} with {', '.join(request.arms)}")
         _drive(request.study, request.spec, signals, log, no_wandb=no_wandb)
     return request.study
-
-
-def _refuse_unfinished(study: StudyDir) -> None:
-    unfinished = [r.key for r in read_trials(study) if r.state not in TERMINAL]
-    if unfinished:
-        raise UserError(f"{study.root} has unfinished trials ({', '.join(unfinished[:3])}"
-                        f"{', ...' if len(unfinished) > 3 else ''}); finish it first with: python launch.py resume "
-                        f"{study.root}", key="STUDY_DIR")
 
 
 def _write_extension(request: ExtendRequest, overrides: list[str]) -> None:
