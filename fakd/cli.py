@@ -258,6 +258,12 @@ class OneLineParser(argparse.ArgumentParser):
         self.exit(EXIT_USER_ERROR, f"error: {self.prog}: {message} (see {self.prog} --help)\n")
 
 
+def _ray_and_wandb_options(parser: argparse.ArgumentParser) -> None:
+    """The options of every command that drives a study on Ray."""
+    parser.add_argument("--address", help="Ray cluster: auto or ray://host:port (default: start Ray locally)")
+    parser.add_argument("--no-wandb", action="store_true", help="do not stream to Weights & Biases")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = OneLineParser(prog="launch.py", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -276,15 +282,13 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a spec value")
     sweep.add_argument("--storage", default="runs", help="parent directory of the study (default: runs)")
     sweep.add_argument("--name", help="study name (default: the spec's name)")
-    sweep.add_argument("--address", help="Ray cluster: auto or ray://host:port (default: start Ray locally)")
     sweep.add_argument("--teacher", metavar="CHECKPOINT", help="use this teacher checkpoint instead of training")
-    sweep.add_argument("--no-wandb", action="store_true", help="do not stream to Weights & Biases")
+    _ray_and_wandb_options(sweep)
     sweep.set_defaults(func=command_sweep)
 
     resume = commands.add_parser("resume", help="finish an interrupted study")
     resume.add_argument("study_dir")
-    resume.add_argument("--address", help="Ray cluster: auto or ray://host:port (default: start Ray locally)")
-    resume.add_argument("--no-wandb", action="store_true", help="do not stream to Weights & Biases")
+    _ray_and_wandb_options(resume)
     resume.set_defaults(func=command_resume)
 
     status = commands.add_parser("status", help="list a study's trials")
@@ -306,8 +310,7 @@ def build_parser() -> argparse.ArgumentParser:
     retrain.add_argument("--budget", choices=BUDGETS,
                          help="train.iters for every arm, or the wall-clock the baseline's iterations cost "
                               "(default: search.retrain_budget)")
-    retrain.add_argument("--address", help="Ray cluster: auto or ray://host:port (default: start Ray locally)")
-    retrain.add_argument("--no-wandb", action="store_true", help="do not stream to Weights & Biases")
+    _ray_and_wandb_options(retrain)
     retrain.set_defaults(func=command_retrain)
 
     extend = commands.add_parser("extend", help="add arms to a finished study: the same teacher, search protocol, "
@@ -317,8 +320,7 @@ def build_parser() -> argparse.ArgumentParser:
     extend.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="a setting only the new arms use (their loss term, a search distribution of it), or "
                              "search.add_on where no arm of the study is an add-on arm")
-    extend.add_argument("--address", help="Ray cluster: auto or ray://host:port (default: start Ray locally)")
-    extend.add_argument("--no-wandb", action="store_true", help="do not stream to Weights & Biases")
+    _ray_and_wandb_options(extend)
     extend.set_defaults(func=command_extend)
 
     export = commands.add_parser("export", help="write a study's ablation table, or one table across several "
