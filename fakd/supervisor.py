@@ -137,19 +137,50 @@ def _read_notes(fd: int, notes: dict) -> None:
                     notes.update(value)
 
 
+WORKER_LINE = re.compile(r"^(?:\x1b\[\d+m)?\([^)]*pid=\d+[^)]*\)(?:\x1b\[0m)? ?")
+"""The prefix Ray puts on a line a worker process printed: `(run_trial pid=123) `, coloured on a terminal."""
+IGNORED_AT_EXIT = "Exception ignored in:"
+HELD_LINES = 40
+"""The longest worker block held back to see whether it is Ray's teardown noise (then it is printed after all)."""
+
+
 def _relay(stream: IO[bytes], target: IO[str], notes: dict) -> None:
     """Copy the driver's stdout or stderr to this process's `target`, line by line, except Ray's own lines (and the
-    indented lines that continue them), which go to the study's `RAY_LOG` once the driver has noted its study."""
+    indented lines that continue them) and the traceback a trial process prints when Ray's SIGTERM handler ends it
+    at the end of a phase (`Exception ignored in: ...` through `SystemExit`, raised in Ray's `sigterm_handler`):
+    these go to the study's `RAY_LOG` once the driver has noted its study."""
     internal = False
+    held: list[str] = []  # a worker's "Exception ignored in:" block, until its last line says what it was
     for raw in iter(stream.readline, b""):
         line = raw.decode(errors="replace")
+        worker = WORKER_LINE.match(line)
+        if held and worker is not None and worker.group(0) == WORKER_LINE.match(held[0]).group(0):
+            held.append(line)
+            body = line[worker.end():]
+            if body.startswith("SystemExit") or len(held) >= HELD_LINES:
+                if body.startswith("SystemExit") and any("sigterm_handler" in kept for kept in held):
+                    for kept in held:
+                        _append_ray_line(notes, kept)
+                else:
+                    _write(target, "".join(held))
+                held = []
+            continue
+        if worker is not None and line[worker.end():].startswith(IGNORED_AT_EXIT):
+            _write(target, "".join(held))  # another worker's block left open: shown as it came
+            held = [line]
+            continue
         internal = bool(RAY_LINE.search(line)) or (internal and line[:1] in (" ", "\t", "\n"))
         if internal:
             _append_ray_line(notes, line)
             continue
-        with contextlib.suppress(OSError, ValueError):  # a closed pipe (`| head`) drops the rest, as it would
-            target.write(line)
-            target.flush()
+        _write(target, line)
+    _write(target, "".join(held))  # the stream ended inside a block: nothing is lost
+
+
+def _write(target: IO[str], text: str) -> None:
+    with contextlib.suppress(OSError, ValueError):  # a closed pipe (`| head`) drops the rest, as it would
+        target.write(text)
+        target.flush()
 
 
 def _append_ray_line(notes: dict, line: str) -> None:
