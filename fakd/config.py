@@ -205,6 +205,8 @@ class FAKDConfig(Strict):
     schedule: Schedule = "linear"
     covariance: Literal["diagonal", "full"] = "diagonal"
     form: FakdForm = "exact"
+    samples: int = Field(8, ge=1, le=1024, description="sampled feature augmentations per step for a term FAKD has "
+                         "no closed-form bound for (dist+fakd): the term is averaged over them")
 
 
 class LossConfig(Strict):

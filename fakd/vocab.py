@@ -12,6 +12,9 @@ from dataclasses import dataclass
 DISTILL_TERMS: tuple[str, ...] = ("kd", "cwd", "dist")
 """The distillation terms an arm may train with, each a section `loss.<term>` of the spec."""
 
+CLOSED_FORM_TERMS: tuple[str, ...] = ("kd", "cwd")
+"""The terms whose expectation under feature augmentation FAKD bounds in closed form."""
+
 FAKD_FORMS: tuple[str, ...] = ("exact", "label_row")
 """`loss.fakd.form`: the exact bound, or the cheaper ISDA-style shift of the labelled row (KD's bound only)."""
 
@@ -41,9 +44,16 @@ class Arm:
         for term in DISTILL_TERMS:
             if key == f"loss.{term}" or key.startswith(f"loss.{term}."):
                 return self.distill == term
+        if key == "loss.fakd.samples":
+            return self.fakd and not self.closed_form
         if key == "loss.fakd" or key.startswith("loss.fakd."):
             return self.fakd
         return True
+
+    @property
+    def closed_form(self) -> bool:
+        """Whether FAKD bounds this arm's term in closed form (KD, CWD); otherwise it is sampled (Monte-Carlo)."""
+        return self.distill in CLOSED_FORM_TERMS
 
     @property
     def add_on(self) -> bool:
@@ -69,8 +79,10 @@ ARM_TABLE: dict[str, Arm] = {
         Arm("kd+fakd", distill="kd", fakd=True, base="kd"),
         Arm("cwd", distill="cwd", fakd=False, base="baseline"),
         Arm("cwd+fakd", distill="cwd", fakd=True, base="cwd"),
-        # DIST (Huang et al., NeurIPS 2022): a strong logit baseline; FAKD has no closed-form bound for it
+        # DIST (Huang et al., NeurIPS 2022): a strong logit baseline; FAKD has no closed-form bound for it, so
+        # dist+fakd averages DIST over sampled feature augmentations (`loss.fakd.samples`)
         Arm("dist", distill="dist", fakd=False, base="baseline", default=False),
+        Arm("dist+fakd", distill="dist", fakd=True, base="dist", default=False),
     )
 }
 ARMS: tuple[str, ...] = tuple(ARM_TABLE)

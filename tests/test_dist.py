@@ -13,6 +13,7 @@ from scipy import stats
 from fakd.config import DISTConfig, LossConfig
 from fakd.errors import UserError
 from fakd.losses import dist_loss
+from fakd.losses.monte_carlo import augmented_logits
 from fakd.models import SegmenterOutput
 from fakd.spec import validate_spec
 from fakd.train.objective import SegmentationObjective
@@ -91,3 +92,50 @@ def test_a_spec_searches_dist_keys_only_where_the_dist_arm_is(tmp_path):
     raw = copy.deepcopy(TINY_SPEC)
     raw.pop("arms")
     assert "dist" not in validate_spec(raw, "tiny.yaml").settings.arms
+
+
+def dist_fakd_case(samples: int, strength: float) -> tuple[SegmentationObjective, SegmenterOutput, torch.Tensor,
+                                                           torch.Tensor, torch.Tensor]:
+    loss = LossConfig(dist=DISTConfig(weight=1.0, temperature=2.0),
+                      fakd={"max_strength": strength, "schedule": "constant", "samples": samples}).for_arm("dist+fakd")
+    objective = SegmentationObjective(loss, num_classes=4, feature_dim=3, total_steps=10)
+    generator = torch.Generator().manual_seed(4)
+    student = SegmenterOutput(logits=torch.randn(2, 4, 4, 4, generator=generator),
+                              features=torch.randn(2, 3, 4, 4, generator=generator))
+    teacher = torch.randn(2, 4, 4, 4, generator=generator)
+    labels = torch.randint(0, 4, (2, 4, 4), generator=generator)
+    weight = torch.randn(4, 3, generator=generator)
+    return objective, student, teacher, labels, weight
+
+
+def test_dist_fakd_averages_dist_over_sampled_feature_augmentations():
+    """K copies z + W e, e ~ N(0, λ Σ_y) with Σ_y the objective's running class covariance (updated with this
+    batch first), drawn from the global RNG one at a time: the term is DIST's mean over them."""
+    assert ARM_TABLE["dist+fakd"].base == "dist" and not ARM_TABLE["dist+fakd"].closed_form
+    objective, student, teacher, labels, weight = dist_fakd_case(samples=5, strength=3.0)
+    torch.manual_seed(0)
+    _, terms = objective(student, labels, step=0, classifier_weight=weight, teacher_logits=teacher)
+    covariance = objective.covariance.covariance
+    torch.manual_seed(0)
+    copies = [augmented_logits(student.logits, labels, weight, covariance, 3.0, 1)[0] for _ in range(5)]
+    expected = torch.stack([dist_loss(copy, teacher, temperature=2.0) for copy in copies]).mean()
+    assert terms["fakd_strength"] == 3.0
+    assert terms["loss_dist"].item() == pytest.approx(expected.item(), rel=1e-6)
+    assert abs(expected.item() - dist_loss(student.logits, teacher, temperature=2.0).item()) > 1e-3
+
+
+def test_dist_fakd_without_augmentation_is_dist():
+    objective, student, teacher, labels, weight = dist_fakd_case(samples=3, strength=0.0)
+    _, terms = objective(student, labels, step=0, classifier_weight=weight, teacher_logits=teacher)
+    assert terms["loss_dist"].item() == pytest.approx(dist_loss(student.logits, teacher, temperature=2.0).item())
+
+
+def test_the_sample_count_is_a_setting_of_dist_fakd_alone(tmp_path):
+    raw = copy.deepcopy(TINY_SPEC)
+    raw["arms"] = ["baseline", "dist", "dist+fakd"]
+    raw["loss"]["fakd"]["samples"] = {"choice": [2, 8]}
+    assert validate_spec(raw, "tiny.yaml").run_config("dist+fakd", {"loss.fakd.samples": 2}).loss.fakd.samples == 2
+    raw["arms"] = ["baseline", "kd", "kd+fakd"]
+    with pytest.raises(UserError, match="is searched but no arm of this study uses it") as caught:
+        validate_spec(raw, "tiny.yaml")
+    assert caught.value.key == "loss.fakd.samples"

@@ -12,7 +12,7 @@ K grows (its error falls as 1/√K).
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import torch
@@ -59,8 +59,9 @@ def augmented_logits(
     return student_logits[None] + shift.view(samples, n, h, w, classes).movedim(-1, 2)
 
 
-def expected_loss(loss: Callable[..., Tensor], augmented: Tensor, *args: Any, **kwargs: Any) -> Tensor:
-    """The mean of ``loss(copy, *args, **kwargs)`` over the K augmented copies of the logits (K×N×C×h×w)."""
+def expected_loss(loss: Callable[..., Tensor], augmented: Iterable[Tensor], *args: Any, **kwargs: Any) -> Tensor:
+    """The mean of ``loss(copy, *args, **kwargs)`` over augmented copies of the logits: a K×N×C×h×w tensor, or any
+    iterable of N×C×h×w copies (drawn one at a time, so that K copies never coexist)."""
     return torch.stack([loss(copy, *args, **kwargs) for copy in augmented]).mean()
 
 

@@ -1,5 +1,5 @@
-"""The training objective: CE plus the distillation term an arm switches on (KD, CWD or DIST), FAKD-bounded
-where the arm adds FAKD."""
+"""The training objective: CE plus the distillation term an arm switches on (KD, CWD or DIST); where the arm adds
+FAKD, KD and CWD as its closed-form bounds and DIST averaged over sampled feature augmentations."""
 
 from __future__ import annotations
 
@@ -19,6 +19,7 @@ from fakd.losses import (
     pixel_kd,
     strength_at,
 )
+from fakd.losses.monte_carlo import augmented_logits, expected_loss
 from fakd.models import SegmenterOutput
 from fakd.vocab import DISTILL_TERMS, IGNORE_INDEX
 
@@ -115,9 +116,18 @@ class SegmentationObjective(nn.Module):
     def _term(
         self, name: str, logits: torch.Tensor, teacher: torch.Tensor, temperature: float, augmented: dict | None
     ) -> torch.Tensor:
-        if name == "dist":  # no closed-form FAKD bound: always the plain term
+        if name == "dist":  # no closed-form FAKD bound: averaged over sampled augmentations
             dist = self.loss.dist
-            return dist_loss(logits, teacher, temperature=temperature, beta=dist.beta, gamma=dist.gamma)
+
+            def method(student: torch.Tensor) -> torch.Tensor:
+                return dist_loss(student, teacher, temperature=temperature, beta=dist.beta, gamma=dist.gamma)
+
+            if augmented is None:
+                return method(logits)
+            copies = (augmented_logits(logits, augmented["labels"], augmented["classifier_weight"],
+                                       augmented["class_covariance"], augmented["strength"], 1,
+                                       ignore_index=self.ignore_index)[0] for _ in range(self.loss.fakd.samples))
+            return expected_loss(method, copies)
         if augmented is None:
             plain = pixel_kd if name == "kd" else channel_wise_kd
             return plain(logits, teacher, temperature=temperature)
