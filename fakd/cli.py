@@ -117,6 +117,7 @@ def command_retrain(args: argparse.Namespace) -> int:
     study = retrain(args.study_dir, args.seeds, until_decided=args.until_decided, max_seeds=args.max_seeds,
                     budget=args.budget, address=args.address, no_wandb=args.no_wandb)
     _log_table(study.root)
+    _log(f"the table: python launch.py export {study.root}")
     return 0
 
 
@@ -128,6 +129,7 @@ def command_extend(args: argparse.Namespace) -> int:
 
     study = extend(args.study_dir, args.arms, args.set, address=args.address, no_wandb=args.no_wandb)
     _log_table(study.root)
+    _log(f"the table with every comparison: python launch.py export {study.root}")
     return 0
 
 

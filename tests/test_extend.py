@@ -100,6 +100,7 @@ def test_an_extended_study_is_the_study_with_every_arm_from_the_start(tmp_path, 
     log = capsys.readouterr()
     assert digest(kept) == before
     assert "extending study" in log.out and " ready (" not in log.out, log.out  # the teacher was not made again
+    assert f"python launch.py export {study}" in log.out
 
     whole = tmp_path / "whole"
     whole.mkdir()
