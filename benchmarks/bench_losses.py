@@ -32,6 +32,7 @@ import torch
 import torch.nn.functional as F
 
 from fakd.losses import feature_augmented_kd, pair_table, pixel_kd
+from fakd.losses.monte_carlo import augmented_logits, expected_loss
 
 ROOT = Path(__file__).resolve().parents[1]
 BATCH, HEIGHT, WIDTH, DIM = 8, 64, 64, 256
@@ -74,16 +75,9 @@ def table_reference(student, teacher, labels, weight, covariance, strength, temp
 
 
 def monte_carlo(student, teacher, labels, weight, covariance, strength, temperature, samples=MC_SAMPLES):
-    """Expected KD estimated with K sampled feature augmentations e ~ N(0, λ diag σ²_y), z̃ = z + W e."""
-    classes = student.shape[1]
-    z = student.movedim(1, -1).reshape(-1, classes)
-    log_p = F.log_softmax(teacher / temperature, dim=1).movedim(1, -1).reshape(-1, classes)
-    std = (strength * covariance)[labels.reshape(-1)].sqrt()
-    total = z.new_zeros(())
-    for _ in range(samples):
-        noisy = z + (torch.randn_like(std) * std) @ weight.t()
-        total = total + F.kl_div(F.log_softmax(noisy / temperature, dim=1), log_p, reduction="sum", log_target=True)
-    return temperature**2 * total / (samples * z.shape[0])
+    """Expected KD estimated with K sampled feature augmentations (`fakd.losses.monte_carlo`, one copy at a time)."""
+    copies = (augmented_logits(student, labels, weight, covariance, strength, 1)[0] for _ in range(samples))
+    return expected_loss(pixel_kd, copies, teacher, temperature)
 
 
 def method_step(method: str) -> Callable:

@@ -56,7 +56,7 @@ def augmented_logits(
         factor = vectors * values.clamp(min=0).sqrt()[:, None, :]
         noise = torch.einsum("mde,kme->kmd", factor[rows], noise)
     shift = (noise * kept[None, :, None]) @ weight.t()  # K×M×C
-    return student_logits[None] + shift.view(samples, n, h, w, classes).movedim(-1, 2)
+    return student_logits[None] + shift.view(samples, n, h, w, classes).movedim(-1, 2).contiguous()
 
 
 def expected_loss(loss: Callable[..., Tensor], augmented: Iterable[Tensor], *args: Any, **kwargs: Any) -> Tensor:
