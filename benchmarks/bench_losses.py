@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 
 from fakd.losses import feature_augmented_kd, pair_table, pixel_kd
-from fakd.losses.monte_carlo import augmented_logits, expected_loss
+from fakd.losses.monte_carlo import augmented_copies, expected_loss
 
 ROOT = Path(__file__).resolve().parents[1]
 BATCH, HEIGHT, WIDTH, DIM = 8, 64, 64, 256
@@ -76,8 +76,8 @@ def table_reference(student, teacher, labels, weight, covariance, strength, temp
 
 def monte_carlo(student, teacher, labels, weight, covariance, strength, temperature, samples=MC_SAMPLES):
     """Expected KD estimated with K sampled feature augmentations (`fakd.losses.monte_carlo`, one copy at a time)."""
-    copies = (augmented_logits(student, labels, weight, covariance, strength, 1)[0] for _ in range(samples))
-    return expected_loss(pixel_kd, copies, teacher, temperature)
+    return expected_loss(pixel_kd, augmented_copies(student, labels, weight, covariance, strength, samples),
+                         teacher, temperature)
 
 
 def method_step(method: str) -> Callable:

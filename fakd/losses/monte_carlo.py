@@ -12,7 +12,7 @@ K grows (its error falls as 1/√K).
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import torch
@@ -21,6 +21,41 @@ from torch import Tensor
 
 from fakd.losses.kd import check_logits, check_temperature, resize_labels, resize_teacher
 from fakd.vocab import IGNORE_INDEX
+
+
+class _Augmentation:
+    """What every sampled copy of a batch's logits shares: the per-pixel factor that turns standard normal draws ε
+    (…×M×D) into features moves e ~ N(0, λ Σ_y) (zero at ignore pixels), and the classifier weight W."""
+
+    def __init__(self, student_logits: Tensor, labels: Tensor, classifier_weight: Tensor, class_covariance: Tensor,
+                 strength: float, ignore_index: int) -> None:
+        self.shape = student_logits.shape
+        flat = resize_labels(labels, tuple(self.shape[-2:])).reshape(-1).to(student_logits.device)
+        kept = (flat != ignore_index)[:, None]
+        rows = flat.masked_fill(~kept[:, 0], 0).long()
+        self.weight = classifier_weight.detach().to(student_logits.dtype)
+        covariance = class_covariance.detach().to(student_logits.dtype) * strength
+        self.diagonal = covariance.dim() == 2
+        if self.diagonal:
+            self.factor = covariance.clamp(min=0).sqrt()[rows] * kept  # M×D standard deviations
+        else:  # Σ = V diag(s) Vᵀ, so V diag(√s) ε has covariance Σ even where Σ is singular
+            values, vectors = torch.linalg.eigh(covariance)
+            self.factor = (vectors * values.clamp(min=0).sqrt()[:, None, :])[rows] * kept[:, :, None]  # M×D×D
+
+    def draws(self, samples: int, generator: torch.Generator | None) -> Tensor:
+        return torch.randn(samples, self.factor.shape[0], self.weight.shape[1], generator=generator,
+                           dtype=self.weight.dtype, device=self.weight.device)
+
+    def logit_shift(self, draws: Tensor) -> Tensor:
+        """K×N×C×h×w: W e for the draws ε (K×M×D)."""
+        noise = draws * self.factor if self.diagonal else torch.einsum("mde,kme->kmd", self.factor, draws)
+        n, classes, h, w = self.shape
+        return (noise @ self.weight.t()).view(-1, n, h, w, classes).movedim(-1, 2).contiguous()
+
+
+def _check_samples(samples: int) -> None:
+    if samples < 1:
+        raise ValueError(f"samples must be at least 1, got {samples}")
 
 
 def augmented_logits(
@@ -39,24 +74,28 @@ def augmented_logits(
     ``labels`` N×H×W (nearest-resized to h×w), ``classifier_weight`` W C×D, ``class_covariance`` C×D (diagonal) or
     C×D×D (full; positive semi-definite), ``strength`` λ ≥ 0. Pixels labelled ``ignore_index`` are not moved. W and
     Σ are detached (as in the bound); gradients reach the logits."""
-    if samples < 1:
-        raise ValueError(f"samples must be at least 1, got {samples}")
-    n, classes, h, w = student_logits.shape
-    flat = resize_labels(labels, (h, w)).reshape(-1).to(student_logits.device)
-    kept = flat != ignore_index
-    rows = flat.masked_fill(~kept, 0).long()
-    weight = classifier_weight.detach().to(student_logits.dtype)
-    covariance = class_covariance.detach().to(student_logits.dtype) * strength
-    noise = torch.randn(samples, flat.numel(), weight.shape[1], generator=generator, dtype=weight.dtype,
-                        device=weight.device)
-    if covariance.dim() == 2:
-        noise = noise * covariance.clamp(min=0).sqrt()[rows]
-    else:  # Σ = V diag(s) Vᵀ, so V diag(√s) e has covariance Σ even where Σ is singular
-        values, vectors = torch.linalg.eigh(covariance)
-        factor = vectors * values.clamp(min=0).sqrt()[:, None, :]
-        noise = torch.einsum("mde,kme->kmd", factor[rows], noise)
-    shift = (noise * kept[None, :, None]) @ weight.t()  # K×M×C
-    return student_logits[None] + shift.view(samples, n, h, w, classes).movedim(-1, 2).contiguous()
+    _check_samples(samples)
+    augmentation = _Augmentation(student_logits, labels, classifier_weight, class_covariance, strength, ignore_index)
+    return student_logits[None] + augmentation.logit_shift(augmentation.draws(samples, generator))
+
+
+def augmented_copies(
+    student_logits: Tensor,
+    labels: Tensor,
+    classifier_weight: Tensor,
+    class_covariance: Tensor,
+    strength: float,
+    samples: int,
+    *,
+    ignore_index: int = IGNORE_INDEX,
+    generator: torch.Generator | None = None,
+) -> Iterator[Tensor]:
+    """The copies of `augmented_logits` one at a time (N×C×h×w each, drawn as they are asked for), so that K copies
+    never coexist; what they share is computed once."""
+    _check_samples(samples)
+    augmentation = _Augmentation(student_logits, labels, classifier_weight, class_covariance, strength, ignore_index)
+    for _ in range(samples):
+        yield student_logits + augmentation.logit_shift(augmentation.draws(1, generator))[0]
 
 
 def expected_loss(loss: Callable[..., Tensor], augmented: Iterable[Tensor], *args: Any, **kwargs: Any) -> Tensor:

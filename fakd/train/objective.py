@@ -19,7 +19,7 @@ from fakd.losses import (
     pixel_kd,
     strength_at,
 )
-from fakd.losses.monte_carlo import augmented_logits, expected_loss
+from fakd.losses.monte_carlo import augmented_copies, expected_loss
 from fakd.models import SegmenterOutput
 from fakd.vocab import DISTILL_TERMS, IGNORE_INDEX
 
@@ -124,9 +124,9 @@ class SegmentationObjective(nn.Module):
 
             if augmented is None:
                 return method(logits)
-            copies = (augmented_logits(logits, augmented["labels"], augmented["classifier_weight"],
-                                       augmented["class_covariance"], augmented["strength"], 1,
-                                       ignore_index=self.ignore_index)[0] for _ in range(self.loss.fakd.samples))
+            copies = augmented_copies(logits, augmented["labels"], augmented["classifier_weight"],
+                                      augmented["class_covariance"], augmented["strength"], self.loss.fakd.samples,
+                                      ignore_index=self.ignore_index)
             return expected_loss(method, copies)
         if augmented is None:
             plain = pixel_kd if name == "kd" else channel_wise_kd
