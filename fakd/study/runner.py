@@ -135,14 +135,18 @@ def extend(
     """Add `arms` (comma-separated) to a finished study: searched with its teacher (never trained again), search
     protocol and per-arm budget, then retrained on its seeds or by its decision rule. The study's own trials are not
     touched; its table then holds every comparison. Every refusal happens before anything is written."""
-    request = extend_request(study_path, arms, overrides)
-    with _driving(request.study, "extend", address) as (_, signals):
-        request = extend_request(study_path, arms, overrides)  # again under the lock: what the driver extends
-        preflight(request.spec, teacher_checkpoint=False)
-        _write_extension(request, list(overrides))
-        log(f"extending study {request.study.root} with {', '.join(request.arms)}")
-        _drive(request.study, request.spec, signals, log, no_wandb=no_wandb)
-    return request.study
+    study = open_study_dir(study_path)
+    requests: list[ExtendRequest] = []
+
+    def extended_spec(study: StudyDir) -> StudySpec:  # checked under the lock: what the driver extends
+        requests.append(extend_request(study.root, arms, overrides))
+        return requests[-1].spec
+
+    with _driving(study, "extend", address, extended_spec) as (spec, signals):
+        _write_extension(requests[-1], list(overrides))
+        log(f"extending study {study.root} with {', '.join(requests[-1].arms)}")
+        _drive(study, spec, signals, log, no_wandb=no_wandb)
+    return study
 
 
 def _write_extension(request: ExtendRequest, overrides: list[str]) -> None:
@@ -169,12 +173,15 @@ def _drop_unstarted(study: StudyDir, records: list[TrialRecord], budget: str, se
 
 
 @contextlib.contextmanager
-def _driving(study: StudyDir, command: str, address: str | None) -> Iterator[tuple[StudySpec, StopSignals]]:
-    """The frame of resume and retrain: lock the study, check what it needs, connect to Ray, take signals."""
+def _driving(study: StudyDir, command: str, address: str | None,
+             read_spec: Callable[[StudyDir], StudySpec] = StudyDir.read_spec,
+             ) -> Iterator[tuple[StudySpec, StopSignals]]:
+    """The frame of resume, retrain and extend: lock the study, read its spec (`read_spec`, under the lock), check
+    what it needs, connect to Ray, take signals."""
     with contextlib.ExitStack() as stack:
         signals = stack.enter_context(StopSignals(_print))
         stack.enter_context(StudyLock(study, command))
-        spec = study.read_spec()
+        spec = read_spec(study)
         preflight(spec, teacher_checkpoint=False)  # the teacher is in the study already
         resources = spec.settings.resources
         if address is None:
