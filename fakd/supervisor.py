@@ -151,10 +151,11 @@ def _relay(stream: IO[bytes], target: IO[str], notes: dict) -> None:
     these go to the study's `RAY_LOG` once the driver has noted its study."""
     internal = False
     held: list[str] = []  # a worker's "Exception ignored in:" block, until its last line says what it was
+    prefix = ""  # the held block's worker prefix
     for raw in iter(stream.readline, b""):
         line = raw.decode(errors="replace")
         worker = WORKER_LINE.match(line)
-        if held and worker is not None and worker.group(0) == WORKER_LINE.match(held[0]).group(0):
+        if held and worker is not None and worker.group(0) == prefix:
             held.append(line)
             body = line[worker.end():]
             if body.startswith("SystemExit") or len(held) >= HELD_LINES:
@@ -167,7 +168,7 @@ def _relay(stream: IO[bytes], target: IO[str], notes: dict) -> None:
             continue
         if worker is not None and line[worker.end():].startswith(IGNORED_AT_EXIT):
             _write(target, "".join(held))  # another worker's block left open: shown as it came
-            held = [line]
+            held, prefix = [line], worker.group(0)
             continue
         internal = bool(RAY_LINE.search(line)) or (internal and line[:1] in (" ", "\t", "\n"))
         if internal:
