@@ -40,7 +40,7 @@ def run_config(arm: str, size: tuple[int, int], batch: int, device: str) -> RunC
 def make_step(cfg: RunConfig) -> Callable[[], None]:
     accelerator = Accelerator.for_run(cfg)
     teacher = None
-    if cfg.effective_loss.distills:
+    if cfg.distills:
         teacher = accelerator.model(build_model(model_config(cfg.teacher), NUM_CLASSES, seed=1)).eval()
         teacher.requires_grad_(False)
     student = accelerator.model(build_model(cfg.student, NUM_CLASSES, seed=0)).train()

@@ -11,13 +11,12 @@ from pathlib import Path
 import torch
 
 from benchmarks.common import markdown, median_seconds
-from fakd.config import ARMS
 from fakd.spec import load_spec
 from fakd.train.loop import training_step
 from fakd.train.objective import SegmentationObjective
 from fakd.train.optim import build_optimizer
 from fakd.train.teacher import build_model, model_config
-from fakd.vocab import ARM_TABLE
+from fakd.vocab import ARM_TABLE, ARMS
 
 SPEC = Path(__file__).resolve().parents[1] / "studies" / "quickstart.yaml"
 

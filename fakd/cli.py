@@ -14,7 +14,7 @@ from typing import NoReturn
 from fakd.errors import UserError
 from fakd.faults import EXIT_MACHINE_FAULT, MachineFault, machine_fault, with_resume_hint
 from fakd.supervisor import DRIVING
-from fakd.vocab import ARMS, BUDGETS, DEFAULT_ARM, METRIC
+from fakd.vocab import ARMS, BUDGETS, DEFAULT_ARM, METRIC, arm_names
 
 EXIT_USER_ERROR = 2
 
@@ -43,6 +43,9 @@ def command_train(args: argparse.Namespace) -> int:
     from fakd.spec import load_spec
 
     spec = load_spec(args.spec, args.set)
+    accepted = arm_names(spec.defaults.methods)
+    if args.arm is not None and args.arm not in accepted:
+        raise UserError(f"unknown arm {args.arm!r}; accepted: {', '.join(accepted)}", key="--arm")
     preflight(spec)
     from fakd.train import run_distillation  # after validation: torch and timm load slowly
 
@@ -275,8 +278,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                        help="override a spec value (dotted key, YAML-typed value); repeatable")
     train.add_argument("--out", help="run directory (default: runs/NAME-train-ARM)")
-    train.add_argument("--arm", choices=ARMS,
-                       help="ablation arm (default: kd+fakd when the spec lists it)")
+    train.add_argument("--arm", help=f"ablation arm: {', '.join(ARMS)} or a plug-in method's (default: kd+fakd when "
+                       "the spec lists it)")
     train.set_defaults(func=command_train)
 
     sweep = commands.add_parser("sweep", help="search every arm of a study on Ray Tune")

@@ -8,18 +8,18 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 from fakd.vocab import (
-    ARM_TABLE,
-    ARMS,
     DATASETS,
     DEFAULT_ARM,
     DISTILL_TERMS,
     FAKD_FORMS,
+    FAKD_SUFFIX,
     HEADS,
     REFERENCE_ARM,
     SCHEDULES,
@@ -27,9 +27,11 @@ from fakd.vocab import (
     TEACHER_SOURCES,
     TORCHVISION_ARCHS,
     ZOO_SOURCES,
+    Arm,
+    arm_named,
+    arm_names,
 )
 
-ArmName = Literal[ARMS]  # type: ignore[valid-type]
 HeadName = Literal[HEADS]  # type: ignore[valid-type]
 DatasetName = Literal[DATASETS]  # type: ignore[valid-type]
 Split = Literal[SPLITS]  # type: ignore[valid-type]
@@ -199,6 +201,28 @@ class DISTConfig(Strict):
     gamma: float = Field(1.0, ge=0.0, description="weight of the intra-class relation (each class's pixels)")
 
 
+METHOD_NAME = r"^[A-Za-z][A-Za-z0-9_-]*$"
+"""A plug-in method's name (and so its arms' names): letters, digits, _ and -, starting with a letter."""
+
+
+class MethodConfig(Strict):
+    """A plug-in distillation method (`methods.<name>` of a spec): `loss(inputs, **params)` from an import path."""
+
+    loss: str = Field(min_length=3, description="module:function, e.g. mypkg.losses:relation_loss; the function "
+                      "takes a fakd.losses.methods.DistillInputs and the params, and returns a scalar tensor")
+    weight: float = Field(1.0, ge=0.0, description="the method's weight next to loss.ce_weight")
+    params: dict[str, Any] = Field(default_factory=dict, description="keyword arguments of the function (each may "
+                                   "be a search distribution)")
+
+    @field_validator("loss")
+    @classmethod
+    def _import_path(cls, value: str) -> str:
+        module, sep, attribute = value.partition(":")
+        if not sep or not module or not attribute:
+            raise ValueError(f"{value!r} is not an import path: write module:function (mypkg.losses:relation_loss)")
+        return value
+
+
 class FAKDConfig(Strict):
     enabled: bool = False
     max_strength: float = Field(2.0, ge=0.0)
@@ -216,9 +240,9 @@ class LossConfig(Strict):
     dist: DISTConfig = DISTConfig()
     fakd: FAKDConfig = FAKDConfig()
 
-    def for_arm(self, arm: str) -> LossConfig:
+    def for_arm(self, arm: str | Arm) -> LossConfig:
         """The loss settings an ablation arm runs with: the arm switches terms on and off, weights stay."""
-        spec = ARM_TABLE[arm]
+        spec = arm if isinstance(arm, Arm) else arm_named(arm)
         terms = {term: getattr(self, term) for term in DISTILL_TERMS}
         return self.model_copy(
             update={
@@ -241,7 +265,9 @@ class RunConfig(Strict):
     student: ModelConfig
     train: TrainConfig = TrainConfig()
     loss: LossConfig = LossConfig()
-    arm: ArmName = DEFAULT_ARM
+    methods: dict[str, MethodConfig] = Field(default_factory=dict, description="plug-in distillation methods, each "
+                                             "adding the arms <name> and <name>+fakd")
+    arm: str = DEFAULT_ARM
     split: Split = Field("val", description="holdout: the train split less its held-out part, scored on that part "
                          "(search, confirmation); val: the whole train split, scored on val")
 
@@ -255,9 +281,42 @@ class RunConfig(Strict):
             data["split"] = SPLIT_OF_PHASE.get(phase, phase) if isinstance(phase, str) else phase
         return data
 
+    @field_validator("methods")
+    @classmethod
+    def _method_names(cls, value: dict[str, MethodConfig]) -> dict[str, MethodConfig]:
+        for name in value:
+            if name in arm_names():
+                raise ValueError(f"{name} is a built-in arm; give the plug-in method another name")
+            if not re.match(METHOD_NAME, name) or name.endswith(FAKD_SUFFIX):
+                raise ValueError(f"{name!r} is not a method name (letters, digits, _ and -, starting with a letter)")
+        return value
+
+    @model_validator(mode="after")
+    def _arm_known(self) -> RunConfig:
+        if self.arm not in arm_names(self.methods):
+            raise ValueError(f"arm {self.arm!r} is not one of {', '.join(arm_names(self.methods))}")
+        return self
+
+    @property
+    def arm_spec(self) -> Arm:
+        """The arm this run trains."""
+        return arm_named(self.arm)
+
     @property
     def effective_loss(self) -> LossConfig:
-        return self.loss.for_arm(self.arm)
+        """The built-in terms as this run's arm switches them (a plug-in arm: CE, and FAKD where it adds it)."""
+        return self.loss.for_arm(self.arm_spec)
+
+    @property
+    def arm_methods(self) -> dict[str, MethodConfig]:
+        """The plug-in method this run's arm trains with, by name (empty for a built-in arm)."""
+        method = self.arm_spec.distill
+        return {method: self.methods[method]} if method in self.methods else {}
+
+    @property
+    def distills(self) -> bool:
+        """Whether this run learns from a teacher (some distillation term has a positive weight)."""
+        return self.effective_loss.distills or any(m.weight > 0 for m in self.arm_methods.values())
 
     def teacher_run(self) -> RunConfig:
         """The run that trains this config's teacher: CE only, on the full training split."""

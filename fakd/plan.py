@@ -265,7 +265,7 @@ def measure_costs(spec: StudySpec, arms: list[str]) -> dict[str, StepCost]:
         if arm == TEACHER:
             continue
         cfg = spec.run_config(arm, split="holdout")
-        if cfg.effective_loss.distills and teacher_model is None:
+        if cfg.distills and teacher_model is None:
             if teacher_cfg.is_zoo or teacher_cfg.checkpoint:
                 raise UserError(f"plan measures steps with a teacher built from its configuration, and this one is "
                                 f"a file ({teacher_cfg.checkpoint}); give its arms' seconds per iteration with "
@@ -273,7 +273,7 @@ def measure_costs(spec: StudySpec, arms: list[str]) -> dict[str, StepCost]:
             splits_classes = build_splits(cfg).num_classes
             teacher_model = build_model(model_config(cfg.teacher), splits_classes, seed=1).eval()
         with _cpu_threads(trial_cpus):
-            costs[arm] = window(cfg, teacher_model if cfg.effective_loss.distills else None)
+            costs[arm] = window(cfg, teacher_model if cfg.distills else None)
     return costs
 
 

@@ -27,12 +27,28 @@ class DataFacts:
 def preflight(spec: StudySpec, *, teacher_checkpoint: bool = True) -> DataFacts:
     """Check timm names, weight files, the data root and layout, the models and (unless the study holds a
     copy of it already) a given teacher checkpoint."""
+    _check_methods(spec)
     _check_backbones(spec)
     for key, model in (("teacher", spec.defaults.teacher), ("student", spec.defaults.student)):
         _check_weights(spec.path, f"{key}.pretrained", model)
     facts = _check_data(spec)
     _check_models(spec, facts.num_classes, teacher_checkpoint)
     return facts
+
+
+def _check_methods(spec: StudySpec) -> None:
+    """Import each plug-in method and call it once on tiny tensors with its default parameters, so that a method
+    that would fail in every trial fails here, in one line, before anything trains."""
+    if not spec.defaults.methods:
+        return
+    from fakd.losses.methods import check_method, load_method
+
+    for name, method in spec.defaults.methods.items():
+        try:
+            check_method(load_method(method.loss), method.params)
+        except ValueError as exc:
+            raise UserError(f"method {name} ({method.loss}): {exc}", file=spec.path,
+                            key=f"methods.{name}.loss") from None
 
 
 def _check_backbones(spec: StudySpec) -> None:

@@ -23,13 +23,13 @@ from typing import Any, Literal
 from pydantic import BaseModel, Field, ValidationError, field_validator
 
 from fakd import spec_yaml
-from fakd.config import ArmName, RunConfig, Strict
+from fakd.config import RunConfig, Strict
 from fakd.errors import UserError
-from fakd.vocab import ARM_TABLE, ARMS, BUDGETS, DEFAULT_ARMS, DEFAULT_BUDGET, REFERENCE_ARM
+from fakd.vocab import ARMS, BUDGETS, DEFAULT_ARMS, DEFAULT_BUDGET, REFERENCE_ARM, Arm, arm_named, arm_names
 
 DISTRIBUTION_KINDS = ("uniform", "loguniform", "int", "choice")
-SEARCHABLE_SECTIONS = ("data", "student", "train", "loss")
-FIXED_KEYS = ("data.name", "data.root")
+SEARCHABLE_SECTIONS = ("data", "student", "train", "loss", "methods")
+FIXED_KEYS = ("data.name", "data.root", "methods.*.loss")  # `*`: any one key
 STORAGE_FILES = {"sqlite": "optuna.db", "journal": "optuna.journal"}  # kept inside the study directory
 NAME_PATTERN = r"^[A-Za-z0-9_+-][A-Za-z0-9_.+-]*$"  # a study name is one directory: no separators, no ..
 SAMPLERS = ("tpe", "gp", "qmc", "random")
@@ -156,7 +156,8 @@ class StudySettings(Strict):
     """The study-level sections of a spec (never searched)."""
 
     name: str = Field(min_length=1, pattern=NAME_PATTERN, description="letters, digits, _ . + -, not starting with .")
-    arms: list[ArmName] = list(DEFAULT_ARMS)
+    arms: list[str] = Field(list(DEFAULT_ARMS), description="built-in arms, and <name> or <name>+fakd for a "
+                            "plug-in method of the spec's methods section")
     search: SearchConfig = SearchConfig()
     resources: ResourcesConfig = ResourcesConfig()
     tracking: TrackingConfig = TrackingConfig()
@@ -167,6 +168,10 @@ class StudySettings(Strict):
         if not value or len(set(value)) != len(value):
             raise ValueError(f"arms must name at least one of {', '.join(ARMS)}, each once")
         return value
+
+    def arm_specs(self) -> list[Arm]:
+        """The study's arms, in the spec's order."""
+        return [arm_named(name) for name in self.arms]
 
 
 @dataclass(frozen=True)
@@ -284,10 +289,25 @@ def validate_spec(raw: dict[str, Any], file: str, overrides: tuple[str, ...] = (
             raise UserError("missing section; it needs at least a backbone (a timm model name)", file=file,
                             key=section)
     defaults = _validate_run(file, _with_values(run_tree, {k: d.default for k, d in space.items()}))
+    _check_arms(settings.arms, defaults, file)
     spec = StudySpec(file, copy.deepcopy(raw), settings, space, defaults, overrides)
     _check_candidates(spec)
     _check_effects(spec)
     return spec
+
+
+def _check_arms(arms: list[str], defaults: RunConfig, file: str) -> None:
+    """Every arm is built in or a declared method's, and every declared method has an arm."""
+    accepted = arm_names(defaults.methods)
+    for index, name in enumerate(arms):
+        if name not in accepted:
+            raise UserError(f"{name!r} is not an arm; accepted: {', '.join(repr(a) for a in accepted)} (a plug-in "
+                            "method's arms: <name> and <name>+fakd, with the method under methods.<name>)",
+                            file=file, key=f"arms.{index}")
+    for method in defaults.methods:
+        if not any(arm_named(name).distill == method for name in arms):
+            raise UserError(f"no arm uses it; add {method} or {method}+fakd to arms ({', '.join(arms)})", file=file,
+                            key=f"methods.{method}")
 
 
 def default_add_on(arms: Iterable[str], space: Mapping[str, Any]) -> str:
@@ -295,7 +315,7 @@ def default_add_on(arms: Iterable[str], space: Mapping[str, Any]) -> str:
     quickstart, inherit decided kd+fakd against kd at 6 seeds (CS ±0.6 pp) where joint left it undecided (±16 pp),
     as its comparison differs in the FAKD term alone (docs/benchmarks.md)."""
     names = set(arms)
-    eligible = any(ARM_TABLE[arm].add_on and ARM_TABLE[arm].base in names for arm in names)
+    eligible = any(arm_named(arm).add_on and arm_named(arm).base in names for arm in names)
     return "inherit" if eligible and "student.backbone" not in space else "joint"
 
 
@@ -308,7 +328,7 @@ def _check_removed(raw: dict[str, Any], file: str) -> None:
 
 def _check_effects(spec: StudySpec) -> None:
     """Options that would change nothing in this study are mistakes, not silently ignored values."""
-    arms = [ARM_TABLE[name] for name in spec.settings.arms]
+    arms = spec.settings.arm_specs()
     for key in spec.space:
         if not any(arm.uses(key) for arm in arms):
             raise UserError(f"is searched but no arm of this study uses it (arms: {', '.join(spec.settings.arms)})",
@@ -318,7 +338,7 @@ def _check_effects(spec: StudySpec) -> None:
     for arm in arms:
         unused = [form for form in forms if arm.fakd and form not in arm.fakd_forms]
         if unused:
-            accepted = [a.name for a in ARM_TABLE.values() if unused[0] in a.fakd_forms]
+            accepted = [a for a in ARMS if unused[0] in arm_named(a).fakd_forms]
             raise UserError(f"{unused[0]} has no effect on the {arm.name} arm (its bound has the forms "
                             f"{', '.join(arm.fakd_forms)}); use form: exact, or study {unused[0]} with "
                             f"{' or '.join(accepted)} only", file=spec.path, key="loss.fakd.form")
@@ -383,7 +403,7 @@ def _extract_space(raw: dict[str, Any], file: str) -> dict[str, Distribution]:
         kind = _distribution_kind(node)
         if kind:
             section = key.split(".")[0]
-            if section not in SEARCHABLE_SECTIONS or key in FIXED_KEYS:
+            if section not in SEARCHABLE_SECTIONS or _is_fixed(key):
                 raise UserError(
                     f"cannot be searched; distributions are accepted under {', '.join(SEARCHABLE_SECTIONS)}"
                     f" (except {', '.join(FIXED_KEYS)})", file=file, key=key)
@@ -394,6 +414,13 @@ def _extract_space(raw: dict[str, Any], file: str) -> dict[str, Distribution]:
 
     walk(raw, "")
     return space
+
+
+def _is_fixed(key: str) -> bool:
+    """Whether `key` is one of `FIXED_KEYS`, where `*` stands for any one part of the dotted key."""
+    parts = key.split(".")
+    return any(len(fixed) == len(parts) and all(f in ("*", p) for f, p in zip(fixed, parts, strict=True))
+               for fixed in (k.split(".") for k in FIXED_KEYS))
 
 
 def _parse_distribution(kind: str, node: dict[str, Any], file: str, key: str) -> Distribution:
@@ -473,11 +500,14 @@ def _user_error(model: type[BaseModel], exc: ValidationError, file: str) -> User
 
 
 def _model_at(model: type[BaseModel], path: list[str]) -> type[BaseModel] | None:
+    keyed = False  # the part after a `dict[str, Section]` field is a key of the user's, not a field
     for part in path:
-        if part.isdigit():
+        if part.isdigit() or keyed:
+            keyed = False
             continue
         info = model.model_fields.get(part)
         annotation = getattr(info, "annotation", None)
+        keyed = typing.get_origin(annotation) is dict
         candidates = [annotation, *typing.get_args(annotation)]  # an optional section: `Section | None`
         found = [c for c in candidates if isinstance(c, type) and issubclass(c, BaseModel)]
         if not found:

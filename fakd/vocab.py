@@ -7,10 +7,15 @@ all derive from these tables, so a new arm is one line here. Imports nothing hea
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 DISTILL_TERMS: tuple[str, ...] = ("kd", "cwd", "dist")
-"""The distillation terms an arm may train with, each a section `loss.<term>` of the spec."""
+"""The built-in distillation methods an arm may train with, each a section `loss.<term>` of the spec. A spec adds
+its own under `methods.<name>` (a plug-in: `fakd.losses.methods`), with the arms `<name>` and `<name>+fakd`."""
+
+FAKD_SUFFIX = "+fakd"
+"""An arm's name is its method's name, plus this where FAKD augments the method's features (`kd+fakd`)."""
 
 CLOSED_FORM_TERMS: tuple[str, ...] = ("kd", "cwd")
 """The terms whose expectation under feature augmentation FAKD bounds in closed form."""
@@ -27,7 +32,7 @@ class Arm:
     """One ablation arm: which distillation term it trains with, whether FAKD bounds it, its base arm."""
 
     name: str
-    distill: str | None  # the distillation term ("kd", "cwd", "dist"), or None (cross-entropy only)
+    distill: str | None  # the distillation method ("kd", "cwd", "dist" or a plug-in), or None (cross-entropy only)
     fakd: bool
     base: str | None  # the arm this one is compared against in the ablation table
     default: bool = True  # in a spec's arms when it names none (the FAKD ablation)
@@ -44,6 +49,8 @@ class Arm:
         for term in DISTILL_TERMS:
             if key == f"loss.{term}" or key.startswith(f"loss.{term}."):
                 return self.distill == term
+        if key == "methods" or key.startswith("methods."):  # a plug-in method's section: `methods.<name>.…`
+            return key.split(".")[1:2] == [self.distill]
         if key == "loss.fakd.samples":
             return self.fakd and not self.closed_form
         if key == "loss.fakd" or key.startswith("loss.fakd."):
@@ -63,7 +70,12 @@ class Arm:
 
     def adds(self, key: str) -> bool:
         """Whether `key` belongs to the term this arm adds to its base arm (used by the arm, not by the base)."""
-        return self.uses(key) and (self.base is None or not ARM_TABLE[self.base].uses(key))
+        return self.uses(key) and (self.base is None or not arm_named(self.base).uses(key))
+
+    @property
+    def plugin(self) -> bool:
+        """Whether the arm's method is a spec's own (`methods.<name>`) rather than a built-in."""
+        return self.distill is not None and self.distill not in DISTILL_TERMS
 
     @property
     def slug(self) -> str:
@@ -86,7 +98,32 @@ ARM_TABLE: dict[str, Arm] = {
     )
 }
 ARMS: tuple[str, ...] = tuple(ARM_TABLE)
+"""The built-in arms; a spec's plug-in methods add theirs (`arm_names`)."""
 DEFAULT_ARMS: tuple[str, ...] = tuple(arm.name for arm in ARM_TABLE.values() if arm.default)
+
+
+
+def arm_names(methods: Iterable[str] = ()) -> tuple[str, ...]:
+    """The arms a spec may name: the built-in ones, then `<name>` and `<name>+fakd` for each plug-in method."""
+    return ARMS + tuple(name + suffix for name in methods for suffix in ("", FAKD_SUFFIX))
+
+
+def arm_named(name: str) -> Arm:
+    """The arm called `name`: a built-in one, or a plug-in method's (`mine` compared with the baseline, `mine+fakd`
+    with `mine`). Whether a spec declares the method is the spec's check (`fakd.spec`), not this one's."""
+    if name in ARM_TABLE:
+        return ARM_TABLE[name]
+    method, fakd = (name[: -len(FAKD_SUFFIX)], True) if name.endswith(FAKD_SUFFIX) else (name, False)
+    return Arm(name, distill=method, fakd=fakd, base=method if fakd else REFERENCE_ARM, default=False)
+
+
+def arm_order(name: str) -> tuple[int, str]:
+    """A sort key that puts arms in the vocabulary's order (a base arm before the arms compared with it), the
+    built-in ones first, then plug-in methods by name, each before its `+fakd` arm."""
+    if name in ARM_TABLE:
+        return (ARMS.index(name), "")
+    return (len(ARMS), name)
+
 
 METRIC = "val_miou"
 """The study's metric: mIoU (a fraction) on the split a run is scored on (held-out for search and confirmation

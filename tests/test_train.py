@@ -9,7 +9,6 @@ import torch
 from conftest import TINY_SPEC, write_spec
 
 from fakd.cli import main
-from fakd.config import ARMS
 from fakd.spec import validate_spec
 from fakd.train import ensure_teacher, fit, teacher_key
 from fakd.train.checkpoint import latest_checkpoint, write_checkpoint
@@ -18,6 +17,7 @@ from fakd.train.loop import accumulated_step
 from fakd.train.objective import SegmentationObjective
 from fakd.train.optim import build_optimizer
 from fakd.train.teacher import build_model, model_config
+from fakd.vocab import ARMS
 
 
 def tiny_config(arm: str = "kd+fakd", **train):

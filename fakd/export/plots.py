@@ -23,7 +23,7 @@ from fakd.atomic import atomic_file  # noqa: E402
 from fakd.results import COMPLETE, TERMINAL, TrialRecord, pareto_front  # noqa: E402
 from fakd.results.space import arm_space  # noqa: E402
 from fakd.spec import StudySpec  # noqa: E402
-from fakd.vocab import ARM_TABLE, METRIC  # noqa: E402
+from fakd.vocab import ARMS, METRIC, arm_order  # noqa: E402
 
 STRENGTH_KEY = "loss.fakd.max_strength"
 CAPTIONS = {
@@ -39,12 +39,8 @@ CAPTIONS = {
                   "the Pareto front (no trial is both smaller and better), joined by the dashed staircase.",
 }
 """What each plot shows, by file name (the HTML report's captions, in the report's order)."""
-COLOURS = dict(zip(ARM_TABLE, plt.get_cmap("tab10").colors, strict=False))
-"""One colour per arm, the same in every plot."""
-
-
-def _arm_order(arm: str) -> int:
-    return list(ARM_TABLE).index(arm) if arm in ARM_TABLE else len(ARM_TABLE)
+COLOURS = dict(zip(ARMS, plt.get_cmap("tab10").colors, strict=False))
+"""One colour per built-in arm, the same in every plot (a plug-in method's arms take matplotlib's next ones)."""
 
 
 def _save(figure: plt.Figure, path: Path) -> Path:
@@ -76,7 +72,7 @@ def strength_plot(records: list[TrialRecord], out: Path) -> Path | None:
     if not points:
         return None
     figure, axis = plt.subplots(figsize=(5.5, 3.8))
-    for (arm, phase), values in sorted(points.items(), key=lambda item: (_arm_order(item[0][0]), item[0][1])):
+    for (arm, phase), values in sorted(points.items(), key=lambda item: (arm_order(item[0][0]), item[0][1])):
         x, y = zip(*values, strict=True)
         colour = COLOURS.get(arm)
         if phase == "search":
@@ -140,7 +136,7 @@ def best_so_far_plot(records: list[TrialRecord], out: Path) -> Path | None:
     repeats = len({repeat for _, repeat in trials}) > 1
     styles = ["-", "--", ":", "-."]
     figure, axis = plt.subplots(figsize=(5.5, 3.8))
-    for (arm, repeat), group in sorted(trials.items(), key=lambda item: (_arm_order(item[0][0]), item[0][1])):
+    for (arm, repeat), group in sorted(trials.items(), key=lambda item: (arm_order(item[0][0]), item[0][1])):
         best, curve = -math.inf, []
         for r in sorted(group, key=lambda r: (r.index, r.key)):
             if r.state == COMPLETE and r.final_miou is not None:
@@ -164,7 +160,7 @@ def pareto_plot(records: list[TrialRecord], out: Path) -> Path | None:
     if len({r.last["params"] for r in search}) < 2:
         return None
     figure, axis = plt.subplots(figsize=(5.5, 3.8))
-    for arm in sorted({r.arm for r in search}, key=_arm_order):
+    for arm in sorted({r.arm for r in search}, key=arm_order):
         mine = [r for r in search if r.arm == arm]
         axis.scatter([r.last["params"] / 1e6 for r in mine], [r.final_miou for r in mine], label=arm, s=18,
                      color=COLOURS.get(arm))
@@ -194,7 +190,7 @@ def curves_plot(records: list[TrialRecord], out: Path) -> Path | None:
                                 squeeze=False)
     for (row, student), (column, budget) in itertools.product(enumerate(students), enumerate(budgets)):
         axis = axes[row][column]
-        for arm, runs in sorted(curves.get((student, budget), {}).items(), key=lambda item: _arm_order(item[0])):
+        for arm, runs in sorted(curves.get((student, budget), {}).items(), key=lambda item: arm_order(item[0])):
             steps = sorted(set.intersection(*(set(run) for run in runs)))
             values = np.array([[run[s] for s in steps] for run in runs])
             mean, std = values.mean(0), values.std(0)

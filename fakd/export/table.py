@@ -27,7 +27,7 @@ from fakd.results import COMPLETE, FAILED, StudyDir, TrialRecord, read_trials
 from fakd.results.sequential import Verdict
 from fakd.results.verdicts import sequential_rule, study_verdicts, table_comparisons, table_rule
 from fakd.spec import StudySpec
-from fakd.vocab import ARM_TABLE, BUDGETS, DEFAULT_BUDGET, METRIC
+from fakd.vocab import BUDGETS, DEFAULT_BUDGET, METRIC, arm_named
 
 __all__ = ["ALPHA", "AblationTable", "POWER", "TARGET_DELTA", "build_table", "mean_ci"]
 
@@ -150,7 +150,7 @@ def build_table(study: StudyDir, spec: StudySpec | None = None,
                                        "miou_mean": mean, "miou_ci_low": low, "miou_ci_high": high}
                 if repeats > 1:
                     row.update(_stability(scores[group]))
-                base = ARM_TABLE[arm].base
+                base = arm_named(arm).base
                 if base in spec.settings.arms:
                     row.update(_comparison(base, scores[group], scores[(student, base, budget)]))
                     row.update(_verdict(found.verdicts[group]))

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterable, Iterator
+from dataclasses import replace
 from typing import Any
 
 import torch
@@ -20,6 +21,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from fakd.losses.kd import check_logits, check_temperature, resize_labels, resize_teacher
+from fakd.losses.methods import DistillInputs
 from fakd.vocab import IGNORE_INDEX
 
 
@@ -46,11 +48,19 @@ class _Augmentation:
         return torch.randn(samples, self.factor.shape[0], self.weight.shape[1], generator=generator,
                            dtype=self.weight.dtype, device=self.weight.device)
 
-    def logit_shift(self, draws: Tensor) -> Tensor:
-        """K×N×C×h×w: W e for the draws ε (K×M×D)."""
-        noise = draws * self.factor if self.diagonal else torch.einsum("mde,kme->kmd", self.factor, draws)
+    def feature_shift(self, draws: Tensor) -> Tensor:
+        """K×M×D: the features' moves e for the draws ε (K×M×D), a row per pixel."""
+        return draws * self.factor if self.diagonal else torch.einsum("mde,kme->kmd", self.factor, draws)
+
+    def logit_shift(self, noise: Tensor) -> Tensor:
+        """K×N×C×h×w: W e for the features' moves e (K×M×D)."""
         n, classes, h, w = self.shape
         return (noise @ self.weight.t()).view(-1, n, h, w, classes).movedim(-1, 2).contiguous()
+
+    def as_maps(self, noise: Tensor) -> Tensor:
+        """K×N×D×h×w: the features' moves e (K×M×D) laid out as feature maps."""
+        n, _, h, w = self.shape
+        return noise.view(-1, n, h, w, noise.shape[-1]).movedim(-1, 2)
 
 
 def _check_samples(samples: int) -> None:
@@ -76,7 +86,8 @@ def augmented_logits(
     Σ are detached (as in the bound); gradients reach the logits."""
     _check_samples(samples)
     augmentation = _Augmentation(student_logits, labels, classifier_weight, class_covariance, strength, ignore_index)
-    return student_logits[None] + augmentation.logit_shift(augmentation.draws(samples, generator))
+    noise = augmentation.feature_shift(augmentation.draws(samples, generator))
+    return student_logits[None] + augmentation.logit_shift(noise)
 
 
 def augmented_copies(
@@ -95,12 +106,37 @@ def augmented_copies(
     _check_samples(samples)
     augmentation = _Augmentation(student_logits, labels, classifier_weight, class_covariance, strength, ignore_index)
     for _ in range(samples):
-        yield student_logits + augmentation.logit_shift(augmentation.draws(1, generator))[0]
+        yield student_logits + augmentation.logit_shift(augmentation.feature_shift(augmentation.draws(1, generator)))[0]
 
 
-def expected_loss(loss: Callable[..., Tensor], augmented: Iterable[Tensor], *args: Any, **kwargs: Any) -> Tensor:
-    """The mean of ``loss(copy, *args, **kwargs)`` over augmented copies of the logits: a K×N×C×h×w tensor, or any
-    iterable of N×C×h×w copies (drawn one at a time, so that K copies never coexist)."""
+def augmented_inputs(
+    inputs: DistillInputs,
+    classifier_weight: Tensor,
+    class_covariance: Tensor,
+    strength: float,
+    samples: int,
+    *,
+    generator: torch.Generator | None = None,
+) -> Iterator[DistillInputs]:
+    """K copies of a method's inputs, one at a time, each with the student's features moved by e ~ N(0, λ Σ_y) and
+    its logits by W e, the same draws as `augmented_copies` (teacher, labels and everything else unchanged)."""
+    _check_samples(samples)
+    logits, features = inputs.student_logits, inputs.student_features
+    if features.shape[0] != logits.shape[0] or features.shape[-2:] != logits.shape[-2:]:
+        raise ValueError(f"student features {tuple(features.shape)} and logits {tuple(logits.shape)} differ in batch "
+                         "size or resolution: the features must be the classifier's input")
+    augmentation = _Augmentation(logits, inputs.labels, classifier_weight, class_covariance, strength,
+                                 inputs.ignore_index)
+    for _ in range(samples):
+        noise = augmentation.feature_shift(augmentation.draws(1, generator))
+        yield replace(inputs, student_logits=logits + augmentation.logit_shift(noise)[0],
+                      student_features=features + augmentation.as_maps(noise)[0].to(features.dtype))
+
+
+def expected_loss(loss: Callable[..., Tensor], augmented: Iterable[Any], *args: Any, **kwargs: Any) -> Tensor:
+    """The mean of ``loss(copy, *args, **kwargs)`` over augmented copies: of the logits (a K×N×C×h×w tensor, or an
+    iterable of N×C×h×w copies) or of a method's inputs (`augmented_inputs`), drawn one at a time so that K copies
+    never coexist."""
     return torch.stack([loss(copy, *args, **kwargs) for copy in augmented]).mean()
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution, IntDistribution
 
 from fakd.spec import Distribution, StudySpec
-from fakd.vocab import ARM_TABLE
+from fakd.vocab import arm_named
 
 
 def to_optuna(dist: Distribution) -> BaseDistribution:
@@ -20,13 +20,13 @@ def to_optuna(dist: Distribution) -> BaseDistribution:
 def inherits(spec: StudySpec, arm: str) -> bool:
     """Whether `arm` searches only the keys of the term it adds, on its base arm's selection (`search.add_on:
     inherit`)."""
-    return spec.settings.search.add_on == "inherit" and ARM_TABLE[arm].add_on
+    return spec.settings.search.add_on == "inherit" and arm_named(arm).add_on
 
 
 def arm_space(spec: StudySpec, arm: str) -> dict[str, BaseDistribution]:
     """The searched keys that change something in `arm` (the baseline has no KD temperature to tune); for an add-on
     arm that inherits, only the keys of its own term."""
-    uses = ARM_TABLE[arm].adds if inherits(spec, arm) else ARM_TABLE[arm].uses
+    uses = arm_named(arm).adds if inherits(spec, arm) else arm_named(arm).uses
     return {key: to_optuna(dist) for key, dist in spec.space.items() if uses(key)}
 
 

@@ -17,7 +17,7 @@ from typing import Any
 from fakd.results.records import TrialRecord
 from fakd.results.sequential import METHOD, Verdict, verdict
 from fakd.spec import DecideConfig, StudySpec
-from fakd.vocab import ARM_TABLE, COMPLETE, DEFAULT_BUDGET
+from fakd.vocab import COMPLETE, DEFAULT_BUDGET, arm_named
 
 Comparison = tuple[str, str, str]  # (student, arm, budget); the base is the arm's base arm
 
@@ -70,7 +70,7 @@ def table_rule(spec: StudySpec, meta: Mapping[str, Any], records: list[TrialReco
 
 def compared_arms(spec: StudySpec) -> list[str]:
     """The arms of the study whose base arm is in the study too."""
-    return [arm for arm in spec.settings.arms if ARM_TABLE[arm].base in spec.settings.arms]
+    return [arm for arm in spec.settings.arms if arm_named(arm).base in spec.settings.arms]
 
 
 def table_comparisons(spec: StudySpec, records: list[TrialRecord], budget: str | None = None) -> list[Comparison]:
@@ -98,7 +98,7 @@ def retrain_scores(records: Iterable[TrialRecord]) -> Scores:
 def differences(scores: Scores, comparison: Comparison) -> list[float]:
     """The paired differences (arm − base) of a comparison, in (seed, repeat) order."""
     student, arm, budget = comparison
-    mine, base = scores.get(comparison, {}), scores.get((student, ARM_TABLE[arm].base, budget), {})
+    mine, base = scores.get(comparison, {}), scores.get((student, arm_named(arm).base, budget), {})
     return [mine[run] - base[run] for run in sorted(set(mine) & set(base))]
 
 

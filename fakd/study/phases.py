@@ -26,7 +26,7 @@ from fakd.results.space import inherits
 from fakd.spec import StudySpec
 from fakd.study.halving import CONTINUE, PRUNE, WAIT, AsyncHalving, SyncHalving, rung_milestones
 from fakd.study.optuna_link import OptunaLink
-from fakd.vocab import ARM_TABLE, METRIC
+from fakd.vocab import METRIC, arm_named
 
 FINISHED = "FINISHED"
 KERNEL_OOM_KILL = "the kernel's OOM killer ended the trial's process (the host's OOM kill count rose while it ran)"
@@ -357,7 +357,7 @@ class SearchPhase(Phase):
 
     def _new(self, arm: str, repeat: int, position: int, generation: int, fixed_order: bool) -> TrialRecord:
         index = repeat * self.per_stream + position
-        key = f"search/{ARM_TABLE[arm].slug}-{index:03d}"
+        key = f"search/{arm_named(arm).slug}-{index:03d}"
         number, values = self.optuna.ask(arm, repeat, key, index=index if fixed_order else None)
         values = {**self.inherited.get((arm, repeat), {}), **values}
         cfg = self.spec.run_config(arm, values, split="holdout")
@@ -383,14 +383,14 @@ def _inherited_values(study: StudyDir, spec: StudySpec, arms: Sequence[str]) -> 
     selected = {(arm, repeat): record for (arm, repeat, _), record in select_best(read_trials(study)).items()}
     found = {}
     for arm in inheriting:
-        base = ARM_TABLE[arm].base
+        base = arm_named(arm).base
         for repeat in range(spec.settings.search.selection_repeats):
             source = selected.get((base, repeat))
             if source is None:
                 raise UserError(f"no search trial of {base} finished, so {arm} has no selection of {base} to add "
                                 "FAKD to (search.add_on: inherit)", key=f"arms.{arm}")
             found[(arm, repeat)] = {k: v for k, v in source.values.items()
-                                    if ARM_TABLE[arm].uses(k) and not ARM_TABLE[arm].adds(k)}
+                                    if arm_named(arm).uses(k) and not arm_named(arm).adds(k)}
     return found
 
 

@@ -16,7 +16,7 @@ from fakd.results.space import arm_space
 from fakd.results.verdicts import compared_arms, decide_rule
 from fakd.spec import DecideConfig, StudySpec, apply_override, validate_spec
 from fakd.study.selection import seeds_done
-from fakd.vocab import ARM_TABLE, ARMS, BUDGETS
+from fakd.vocab import BUDGETS, arm_named, arm_names, arm_order
 
 MAX_SEEDS = 1000
 """The most seeds `retrain --seeds` accepts: each is a run of every arm."""
@@ -111,11 +111,11 @@ def extend_request(study_path: str | Path, arms_text: str, overrides: Sequence[s
         raise UserError(f"{study.root} has unfinished trials ({', '.join(unfinished[:3])}"
                         f"{', ...' if len(unfinished) > 3 else ''}); finish it first with: python launch.py resume "
                         f"{study.root}", key="STUDY_DIR")
-    arms = _new_arms(arms_text, existing)
+    arms = sorted({name.strip() for name in arms_text.split(",") if name.strip()}, key=arm_order)
     raw = copy.deepcopy(old.raw)
     raw["arms"] = existing + arms
     search = raw.setdefault("search", {})
-    add_on_mattered = any(ARM_TABLE[arm].add_on for arm in existing)
+    add_on_mattered = any(arm_named(arm).add_on for arm in existing)
     if not add_on_mattered:
         search.pop("add_on", None)  # resolved again for the arms the study now has, unless set below
     seen: set[str] = set()
@@ -126,6 +126,8 @@ def extend_request(study_path: str | Path, arms_text: str, overrides: Sequence[s
         seen.add(key)
         _check_extension_key(key, existing, arms, add_on_mattered)
         apply_override(raw, item, str(study.spec))
+    methods = raw.get("methods") if isinstance(raw.get("methods"), dict) else {}
+    _check_new_arms(arms_text, arms, existing, arm_names(methods))
     spec = validate_spec(raw, str(study.spec), tuple(overrides))
     for arm in existing:  # the keys checked above cannot change an existing arm: this says so once more
         if _used(old, arm) != _used(spec, arm) or arm_space(old, arm) != arm_space(spec, arm):
@@ -142,29 +144,33 @@ def _used(spec: StudySpec, arm: str) -> dict[str, Any]:
         if isinstance(node, dict):
             for name, child in node.items():
                 walk(child, f"{prefix}.{name}" if prefix else name)
-        elif ARM_TABLE[arm].uses(prefix):
+        elif arm_named(arm).uses(prefix):
             flat[prefix] = node
 
     walk(spec.run_config(arm).model_dump(mode="json"), "")
     return flat
 
 
-def _new_arms(text: str, existing: list[str]) -> list[str]:
-    arms = [name.strip() for name in text.split(",") if name.strip()]
-    if not arms:
-        raise UserError(f"names no arm; accepted: {', '.join(a for a in ARMS if a not in existing)}", key="--arms")
-    for arm in arms:
-        if arm not in ARM_TABLE:
-            raise UserError(f"unknown arm {arm!r}; accepted: {', '.join(ARMS)}", key="--arms")
+def _check_new_arms(text: str, arms: list[str], existing: list[str], accepted: tuple[str, ...]) -> None:
+    """The arms `--arms` names (`arms`, in the vocabulary's order: a base arm before the arms compared with it) are
+    each known (built in, or a method's the study or a `--set` declares), new, named once and with their base."""
+    named = [name.strip() for name in text.split(",") if name.strip()]
+    if not named:
+        raise UserError(f"names no arm; accepted: {', '.join(a for a in accepted if a not in existing)}",
+                        key="--arms")
+    for arm in named:
+        if arm not in accepted:
+            raise UserError(f"unknown arm {arm!r}; accepted: {', '.join(accepted)} (a plug-in method's arms once "
+                            "--set methods.<name>.loss=module:function declares it)", key="--arms")
         if arm in existing:
             raise UserError(f"{arm} is an arm of the study already (arms: {', '.join(existing)})", key="--arms")
-        if arms.count(arm) > 1:
+        if named.count(arm) > 1:
             raise UserError(f"names {arm} twice", key="--arms")
-        base = ARM_TABLE[arm].base
+    for arm in arms:
+        base = arm_named(arm).base
         if base is not None and base not in existing and base not in arms:
             raise UserError(f"{arm} is compared with its base arm {base}, which the study does not have: add both "
                             f"(--arms {base},{arm})", key="--arms")
-    return sorted(arms, key=ARMS.index)  # the vocabulary's order: a base arm before the arms compared with it
 
 
 def _check_extension_key(key: str, existing: list[str], arms: list[str], add_on_mattered: bool) -> None:
@@ -175,9 +181,9 @@ def _check_extension_key(key: str, existing: list[str], arms: list[str], add_on_
             raise UserError(f"decided how the study's add-on arms were searched; extend keeps it (arms: "
                             f"{', '.join(existing)})", key=key)
         return
-    used_before = [arm for arm in existing if ARM_TABLE[arm].uses(key)]
+    used_before = [arm for arm in existing if arm_named(arm).uses(key)]
     if used_before:
         raise UserError(f"is a setting of the study's arms ({', '.join(used_before)}); added arms get the study's "
                         "teacher, search, budget and seeds, so extend takes only keys of the new arms", key=key)
-    if not any(ARM_TABLE[arm].uses(key) for arm in arms):
+    if not any(arm_named(arm).uses(key) for arm in arms):
         raise UserError(f"changes nothing in the new arms ({', '.join(arms)})", key=key)

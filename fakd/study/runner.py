@@ -51,7 +51,7 @@ from fakd.study.teacher import study_teacher
 from fakd.study.tracking import WandbStreamer, sync_hint
 from fakd.study.tune_glue import run_phase
 from fakd.tracking import effective_tracking, git_commit
-from fakd.vocab import ARM_TABLE
+from fakd.vocab import arm_named
 
 Log = Callable[[str], None]
 
@@ -381,7 +381,7 @@ def _retrain_until_decided(study: StudyDir, spec: StudySpec, context: TrialConte
     if rounds and not added:
         target, arms = int(rounds[-1]["seeds"]), list(rounds[-1]["arms"])
     elif rounds:  # arms added since the last round (`extend`): their first round, with the arms they are compared to
-        needed = set(added) | {ARM_TABLE[arm].base for arm in added}
+        needed = set(added) | {arm_named(arm).base for arm in added}
         target, arms = first, [arm for arm in spec.settings.arms if arm in needed]
         _record_round(study, budget, target, arms)
     else:
@@ -397,12 +397,12 @@ def _retrain_until_decided(study: StudyDir, spec: StudySpec, context: TrialConte
         records = read_trials(study)
         found = study_verdicts(spec, records, table_comparisons(spec, records, budget), rule)
         log("decisions at " + f"{target} seeds: " + "; ".join(
-            f"{arm} vs {ARM_TABLE[arm].base}: {v.decision}" + (f" at {v.decided_at}" if v.decided_at else "")
+            f"{arm} vs {arm_named(arm).base}: {v.decision}" + (f" at {v.decided_at}" if v.decided_at else "")
             for (_, arm, _), v in found.verdicts.items()))
         open_comparisons = found.undecided()
         if not open_comparisons or target >= rule.max_seeds:
             break
-        needed = {arm for _, arm, _ in open_comparisons} | {ARM_TABLE[arm].base for _, arm, _ in open_comparisons}
+        needed = {arm for _, arm, _ in open_comparisons} | {arm_named(arm).base for _, arm, _ in open_comparisons}
         arms = [arm for arm in spec.settings.arms if arm in needed]
         target = min(target + rule.round, rule.max_seeds)
         _record_round(study, budget, target, arms)

@@ -194,11 +194,12 @@ def accumulated_step(
             images, labels = accelerator.images(images), labels.to(accelerator.device, non_blocking=True)
         with accelerator.autocast() if accelerator is not None else contextlib.nullcontext():
             output = model(images)
-            teacher_logits = None
+            taught = None
             if objective.needs_teacher:
                 with torch.no_grad():
-                    teacher_logits = teacher(images).logits
-        loss, terms = objective(output, labels, step, model.classifier_weight, teacher_logits)
+                    taught = teacher(images)
+        loss, terms = objective(output, labels, step, model.classifier_weight,
+                                None if taught is None else taught.logits, getattr(taught, "features", None))
         (loss if count == 1 else loss / count).backward()
         for name, value in terms.items():  # floats (the FAKD strength) are the same for every micro-batch
             sums[name] = sums[name] + value if isinstance(value, torch.Tensor) and name in sums else value
@@ -268,7 +269,7 @@ class Training:
         self.model = model
         self.objective = SegmentationObjective(
             cfg.effective_loss, splits.num_classes, model.feature_dim, total_steps=self.total,
-            all_reduce=dist.all_reduce_sum if dist.distributed else None,
+            all_reduce=dist.all_reduce_sum if dist.distributed else None, methods=cfg.arm_methods,
         ).to(self.accelerator.device)
         if self.objective.needs_teacher and teacher is None:
             raise ValueError(f"arm {cfg.arm!r} distills: pass a teacher")

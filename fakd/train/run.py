@@ -35,7 +35,7 @@ def train_student(
     every process runs the teacher's forward pass on its own slice of the batch."""
     splits = build_splits(cfg)
     frozen = None
-    if cfg.effective_loss.distills:
+    if cfg.distills:
         if teacher is None:
             raise ValueError(f"arm {cfg.arm!r} distills: a teacher is needed")
         frozen = load_teacher(teacher, cfg, splits.num_classes)
