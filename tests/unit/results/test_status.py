@@ -13,7 +13,7 @@ from fakd.results import read_trials
 from fakd.results.records import write_trial
 from fakd.results.status import STOPPED, format_status, shown_state, status_json
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[3]
 
 
 def test_a_trial_whose_driver_died_is_stopped_in_every_view(tmp_path, capsys):

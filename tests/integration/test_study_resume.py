@@ -20,7 +20,7 @@ from fakd.results import open_study_dir, read_trials
 from fakd.study import resume
 
 pytestmark = pytest.mark.ray
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 # Each trial runs for a second or more (8 evaluations), so the tests reliably see one mid-run before stopping it.
 ITERS, EVAL_EVERY = 80, 10
 

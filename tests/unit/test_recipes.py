@@ -21,7 +21,7 @@ from fakd.spec import load_spec
 from fakd.train.teacher import build_model
 from fakd.vocab import DEFAULT_ARMS
 
-STUDIES = Path(__file__).resolve().parent.parent / "studies"
+STUDIES = Path(__file__).resolve().parents[2] / "studies"
 SPECS = sorted(STUDIES.glob("*.yaml"))
 # dataset -> (training crop, iterations, batch size)
 RECIPES = {

@@ -66,7 +66,7 @@ def test_a_trial_under_a_kernel_memory_limit_reports_out_of_memory(tmp_path):
     """A real limit, not an injection: the trial's process gets `RLIMIT_AS` (address space) 1 GiB above what it
     has mapped once torch is imported, and its batch needs more. The kernel refuses the allocation, PyTorch's CPU
     allocator raises a plain `RuntimeError`, and the trial reports it as out of memory rather than failing."""
-    done = subprocess.run([sys.executable, "-c", LIMITED_TRIAL, str(tmp_path)], cwd=Path(__file__).parent,
+    done = subprocess.run([sys.executable, "-c", LIMITED_TRIAL, str(tmp_path)], cwd=Path(__file__).resolve().parents[2],
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     reports = json.loads(done.stdout.strip().splitlines()[-1])

@@ -1,85 +1,24 @@
 """`launch.py extend`: arms added to a finished study get its teacher, protocol, budget and seeds, and leave its
-trials untouched; in reproducible mode the extended study is the study that had every arm from the start."""
+trials untouched; in reproducible mode the extended study is the study that had every arm from the start; a plug-in
+method and its FAKD arm join a study like the built-in ones."""
 
 import copy
 import csv
-import hashlib
 import io
 import json
-from pathlib import Path
 
 import pytest
 from conftest import searched_spec, write_spec
 from test_reproducible import outcome
+from test_requests import digest, study_spec
 
 from fakd import spec_yaml
 from fakd.cli import main
-from fakd.results import StudyDir, TrialRecord, open_study_dir, read_trials
-from fakd.results.layout import FORMAT
-from fakd.results.records import write_trial
+from fakd.results import open_study_dir, read_trials
 from fakd.spec import load_spec
 from fakd.study import sweep
 
-
-def digest(paths: list[Path]) -> str:
-    sha = hashlib.sha256()
-    for root in paths:
-        for path in sorted(p for p in root.rglob("*") if p.is_file()):
-            sha.update(str(path).encode() + path.read_bytes())
-    return sha.hexdigest()
-
-
-def study_spec(arms: list[str]) -> dict:
-    """A reproducible tiny study; `search.add_on` left to its default, as a user would."""
-    raw = searched_spec(arms, num_samples=2, scheduler="asha", reproducible=True, generation_size=2,
-                        retrain_seeds=1)
-    raw["train"].update(iters=4, eval_every=2)
-    del raw["search"]["add_on"]
-    return raw
-
-
-def fake_study(tmp_path: Path, arms: list[str]) -> Path:
-    """A study directory as `sweep` leaves it before any trial (no Ray needed to refuse an extension of it)."""
-    root = tmp_path / "tiny"
-    root.mkdir()
-    (root / "study.json").write_text(json.dumps({"format": FORMAT, "name": "tiny", "optuna_prefix": "tiny"}))
-    raw = study_spec(arms)
-    raw["search"]["add_on"] = "joint"
-    write_spec(root, raw)
-    return root
-
-
-@pytest.mark.parametrize(("arms", "args", "key", "says"), [
-    (["baseline", "kd"], ["--arms", "kd2"], "--arms", "unknown arm 'kd2'"),
-    (["baseline", "kd"], ["--arms", "kd"], "--arms", "kd is an arm of the study already"),
-    (["baseline", "kd"], ["--arms", " , "], "--arms", "names no arm"),
-    (["baseline"], ["--arms", "kd+fakd"], "--arms", "its base arm kd, which the study does not have"),
-    (["baseline", "kd"], ["--arms", "cwd", "--set", "search.num_samples=5"], "search.num_samples",
-     "a setting of the study's arms (baseline, kd)"),
-    (["baseline", "kd"], ["--arms", "cwd", "--set", "train.lr=0.1"], "train.lr", "a setting of the study's arms"),
-    (["baseline", "kd"], ["--arms", "cwd", "--set", "teacher.iters=8"], "teacher.iters",
-     "a setting of the study's arms"),
-    (["baseline", "kd"], ["--arms", "cwd", "--set", "loss.kd.temperature=3"], "loss.kd.temperature",
-     "a setting of the study's arms (kd)"),
-    (["baseline", "kd"], ["--arms", "cwd", "--set", "loss.fakd.max_strength=2"], "loss.fakd.max_strength",
-     "changes nothing in the new arms (cwd)"),
-    (["baseline", "kd", "kd+fakd"], ["--arms", "cwd", "--set", "search.add_on=inherit"], "search.add_on",
-     "decided how the study's add-on arms were searched"),
-    (["baseline", "kd"], ["--arms", "cwd", "--set", "loss.cwd.temperature=-1"], "loss.cwd.temperature", ""),
-])
-def test_an_extension_that_would_break_the_equal_budget_is_one_line_and_changes_nothing(tmp_path, capsys, arms,
-                                                                                         args, key, says):
-    root = fake_study(tmp_path, arms)
-    before = digest([root])
-    assert main(["extend", str(root), *args]) == 2
-    err = capsys.readouterr().err
-    assert err.count("\n") == 1 and key in err and says in err, err
-    assert digest([root]) == before
-
-
-def test_extending_a_directory_that_is_not_a_study_is_refused(tmp_path, capsys):
-    assert main(["extend", str(tmp_path), "--arms", "kd"]) == 2
-    assert "is not a study directory" in capsys.readouterr().err
+PLUGINS = "tests.plugins.methods"  # a user's own package of distillation methods
 
 
 @pytest.mark.ray
@@ -146,12 +85,24 @@ def test_an_arm_added_to_a_sequential_study_starts_with_the_first_round_against_
                                                                                       "undecided")
 
 
-def test_a_study_with_unfinished_trials_is_finished_first(tmp_path, capsys):
-    root = fake_study(tmp_path, ["baseline", "kd"])
-    write_trial(StudyDir(root), TrialRecord(key="search/kd-000", phase="search", arm="kd", index=0, values={}, run={},
-                                            student="s", seed=0, state="RUNNING"))
-    before = digest([root])
-    assert main(["extend", str(root), "--arms", "cwd"]) == 2
-    err = capsys.readouterr().err
-    assert err.count("\n") == 1 and "unfinished trials (search/kd-000)" in err and "launch.py resume" in err, err
-    assert digest([root]) == before
+@pytest.mark.ray
+@pytest.mark.slow
+def test_a_study_extended_with_a_plug_in_method_and_its_fakd_arm(tmp_path, ray_local, capsys):
+    """A finished [baseline] study grows by `mine` and `mine+fakd`, declared with `--set`: Ray's trial processes
+    import the method, both arms are searched and retrained on the study's seeds, and the table compares them."""
+    raw = searched_spec(["baseline"], num_samples=2, retrain_seeds=1)
+    raw["train"].update(iters=4, eval_every=2)
+    raw["loss"]["fakd"].update(samples=2)
+    study = sweep(str(write_spec(tmp_path, raw)), storage=tmp_path / "studies").root
+    assert main(["extend", str(study), "--arms", "mine+fakd,mine", "--set", f"methods.mine.loss={PLUGINS}:kd_like",
+                 "--set", "methods.mine.params.temperature={choice: [1.0, 2.0]}"]) == 0
+    records = read_trials(open_study_dir(study))
+    finished = {(r.arm, r.phase) for r in records if r.state == "COMPLETE"}
+    assert {("mine", "search"), ("mine+fakd", "search"), ("mine", "retrain"), ("mine+fakd", "retrain")} <= finished
+    assert {r.config.methods["mine"].params["temperature"] for r in records if r.arm == "mine"} <= {1.0, 2.0}
+    capsys.readouterr()
+    assert main(["export", str(study), "--format", "csv"]) == 0
+    rows = {row["arm"]: row for row in csv.DictReader(io.StringIO(capsys.readouterr().out))}
+    assert rows["mine"]["base_arm"] == "baseline" and rows["mine+fakd"]["base_arm"] == "mine"
+    assert main(["extend", str(study), "--arms", "theirs"]) == 2
+    assert "unknown arm 'theirs'" in capsys.readouterr().err

@@ -15,7 +15,7 @@ from conftest import searched_spec, wait_for, write_spec
 from fakd.results import open_study_dir, read_trials
 
 pytestmark = pytest.mark.ray
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 RAY = str(Path(sys.executable).with_name("ray"))
 HEAD_IP, WORKER_IP = "127.0.0.2", "127.0.0.3"  # two loopback addresses, so Ray sees two hosts
 # Long enough (tens of seconds of CPU at eval_every=EVAL_EVERY) that the test reliably sees a trial mid-run on

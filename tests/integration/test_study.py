@@ -18,7 +18,7 @@ from fakd.results import open_study_dir, read_trials
 from fakd.study import sweep
 
 pytestmark = pytest.mark.ray
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def optuna_counts(db: Path) -> dict[tuple[str, str], int]:

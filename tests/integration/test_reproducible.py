@@ -17,7 +17,7 @@ from fakd.cli import main
 from fakd.study import resume, sweep
 
 pytestmark = pytest.mark.ray
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 def is_timing(column: str) -> bool:
     """Compute hours are measured wall time: the one thing a re-run cannot repeat."""

@@ -9,6 +9,7 @@ import torch.nn.functional as F
 
 from fakd.errors import UserError
 from fakd.models import SegmenterOutput, build_segmenter, count_parameters
+from fakd.models.heads import aspp_rates
 
 NUM_CLASSES = 5
 
@@ -65,9 +66,9 @@ def test_deeplab_rates_follow_output_stride() -> None:
         model = build_segmenter("resnet18", 3, output_stride=output_stride, head_channels=8)
         return [branch[0].dilation[0] for branch in model.head.body[0].branches[1:4]]
 
-    assert rates(16) == [6, 12, 18]
-    assert rates(8) == [12, 24, 36]
-    assert rates(32) == [3, 6, 9]
+    assert rates(16) == [6, 12, 18] == list(aspp_rates(16))
+    assert rates(8) == [12, 24, 36] == list(aspp_rates(8))
+    assert rates(32) == [3, 6, 9] == list(aspp_rates(32))
 
 
 def test_count_parameters() -> None:

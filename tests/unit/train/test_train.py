@@ -9,13 +9,14 @@ import torch
 from conftest import TINY_SPEC, write_spec
 
 from fakd.cli import main
-from fakd.spec import validate_spec
+from fakd.spec import load_spec, validate_spec
 from fakd.train import ensure_teacher, fit, teacher_key
 from fakd.train.checkpoint import latest_checkpoint, write_checkpoint
 from fakd.train.data import build_splits, holdout_indices, train_loader
 from fakd.train.loop import accumulated_step
 from fakd.train.objective import SegmentationObjective
 from fakd.train.optim import build_optimizer
+from fakd.train.run import run_distillation
 from fakd.train.teacher import build_model, model_config
 from fakd.vocab import ARMS
 
@@ -203,3 +204,7 @@ def test_launch_train_end_to_end(tmp_path, capsys):
     # another configuration never resumes from (or overwrites) these checkpoints
     assert main(["train", str(spec), "--out", str(tmp_path / "out"), "--arm", "kd"]) == 2
     assert "holds a run with another configuration" in capsys.readouterr().err
+    # what the command runs (fakd.train.run): the same run, reused, with the metrics the command printed
+    cfg = load_spec(spec).run_config("kd+fakd", split="val")
+    result = run_distillation(cfg, tmp_path / "out")
+    assert result["reused"] and f"{result['student']['val_miou']:.4f}" in out

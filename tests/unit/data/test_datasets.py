@@ -1,4 +1,5 @@
-"""Datasets on disk (Cityscapes, VOC, ADE20K, CamVid) read from tiny fixture trees in their real layouts."""
+"""Datasets on disk (Cityscapes, VOC, ADE20K, CamVid) read from tiny fixture trees in their real layouts, and the
+file reading they share (`fakd.data.files`)."""
 
 from __future__ import annotations
 
@@ -11,9 +12,14 @@ from PIL import Image
 
 from fakd.config import DataConfig, ModelConfig, RunConfig, TeacherConfig
 from fakd.data import TransformedDataset, get_dataset
+from fakd.data.camvid import CamVid
+from fakd.data.cityscapes import Cityscapes
+from fakd.data.files import UNKNOWN, lookup_table, reading_table, value_ranges
 from fakd.data.transforms import EvalTransform
+from fakd.data.voc import VOC
 from fakd.errors import UserError
 from fakd.train.data import build_splits, eval_loader, train_loader
+from fakd.vocab import IGNORE_INDEX
 
 HEIGHT, WIDTH = 8, 12
 
@@ -96,7 +102,7 @@ def test_cityscapes_images_labels_and_splits(tmp_path: Path) -> None:
     splits = make_cityscapes(tmp_path)
     train = get_dataset("cityscapes", str(tmp_path), "train")
     val = get_dataset("cityscapes", str(tmp_path), "val")
-    assert (len(train), len(val)) == (3, 2)
+    assert isinstance(train, Cityscapes) and (len(train), len(val)) == (3, 2)
     assert train.num_classes == len(train.class_names) == 19 and train.ignore_index == 255
     assert train.class_names[0] == "road" and train.class_names[13] == "car" and train.class_names[18] == "bicycle"
     order = sorted(splits["train"])  # by city, then frame
@@ -144,7 +150,8 @@ def test_voc_reads_palette_indices_not_colours(tmp_path: Path) -> None:
     make_voc(tmp_path)
     for split in ("train", "val"):
         data = get_dataset("voc", str(tmp_path), split)
-        assert [p[0].stem for p in data.pairs] == sorted(VOC_SPLITS[split]) and not data.uses_sbd
+        assert isinstance(data, VOC) and [p[0].stem for p in data.pairs] == sorted(VOC_SPLITS[split])
+        assert not data.uses_sbd
         for index, name in enumerate(sorted(VOC_SPLITS[split])):
             seed = voc_seed(name)
             check_item(data, index, tmp_path / "JPEGImages" / f"{name}.jpg", seed, label_grid(VOC_ROW[1], seed))
@@ -250,7 +257,7 @@ def test_camvid_train_val_test(tmp_path: Path) -> None:
     names = make_camvid(tmp_path)
     for split in ("train", "val", "test"):
         data = get_dataset("camvid", str(tmp_path), split)
-        assert len(data) == len(names[split])
+        assert isinstance(data, CamVid) and len(data) == len(names[split])
         for index, stem in enumerate(sorted(names[split])):
             seed = names[split].index(stem)
             check_item(data, index, tmp_path / split / f"{stem}.png", seed, label_grid(CAMVID_ROW[1], seed))
@@ -356,3 +363,13 @@ def test_transform_and_trainer_splits_on_a_dataset_on_disk(tmp_path: Path) -> No
     search = build_splits(cfg.model_copy(update={"split": "holdout"}))
     assert (len(search.train), len(search.evaluation)) == (2, 1)
     assert [tuple(b[1].shape) for b in eval_loader(cfg, splits.evaluation)] == [(1, HEIGHT, WIDTH)] * 2
+
+
+def test_label_tables_map_stored_values_and_name_the_rest_compactly():
+    table = lookup_table({7: 0, 8: 1}, ignored=[0, 1])
+    assert table.shape == (256,) and (table[7], table[8], table[0], table[1]) == (0, 1, IGNORE_INDEX, IGNORE_INDEX)
+    assert table[9] == UNKNOWN and reading_table(table, "error") is table
+    assert reading_table(table, "ignore")[9] == IGNORE_INDEX and reading_table(table, "ignore")[7] == 0
+    with pytest.raises(UserError, match="unknown_labels must be one of error, ignore"):
+        reading_table(table, "drop")
+    assert value_ranges([255, 3, 0, 1, 2, 5]) == "0-3, 5, 255"

@@ -21,7 +21,10 @@ from torchvision.models import segmentation
 from fakd.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from fakd.errors import UserError
 from fakd.models import TORCHVISION_ARCHS, build_segmenter, load_mmseg, load_torchvision
+from fakd.models.zoo.checkpoint import read_checkpoint
 from fakd.models.zoo.config_text import UNKNOWN, parse_config_text
+from fakd.models.zoo.mmseg_heads import EncoderDecoder, PSPHead
+from fakd.models.zoo.normalization import InputRenormalization
 
 NUM_CLASSES = 5
 BLOCKS = {18: (2, 2, 2, 2), 50: (3, 4, 6, 3), 101: (3, 4, 23, 3)}
@@ -342,7 +345,8 @@ def test_mmseg_renormalises_to_the_checkpoint_mean_std_and_channel_order(tmp_pat
     path = save_checkpoint(tmp_path / "model.pth", mmseg_state(18, "pspnet"), {"cfg": cfg_1x})
     model = load_mmseg(path)
     assert (model.architecture.mean, model.architecture.std, model.architecture.bgr_input) == (mean, std, True)
-    assert not model.renormalize.is_identity
+    assert isinstance(model.network, EncoderDecoder) and isinstance(model.network.decode_head, PSPHead)
+    assert isinstance(model.renormalize, InputRenormalization) and not model.renormalize.is_identity
     pixels = torch.randint(0, 256, (2, 3, 32, 32), generator=torch.Generator().manual_seed(0)).float()
     harness = (pixels / 255 - torch.tensor(IMAGENET_MEAN).view(3, 1, 1)) / torch.tensor(IMAGENET_STD).view(3, 1, 1)
     mmseg_input = (pixels.flip(1) - torch.tensor(mean).view(1, 3, 1, 1)) / torch.tensor(std).view(1, 3, 1, 1)
@@ -403,6 +407,8 @@ def test_garbage_and_malicious_files_are_refused(tmp_path: Path) -> None:
     raw = tmp_path / "raw.pkl"  # a plain pickle, not torch.save's format
     raw.write_bytes(pickle.dumps(CreatesFile(target), protocol=2))
     _error(raw)
+    with pytest.raises(UserError, match="expected a state dict"):  # the reader every zoo loader goes through
+        read_checkpoint(raw, "a state dict")
     assert not target.exists()
 
 

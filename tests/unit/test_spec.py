@@ -12,7 +12,7 @@ from fakd.cli import main
 from fakd.errors import UserError
 from fakd.spec import apply_override, load_spec, validate_spec
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_quickstart_loads_with_its_search_space():
