@@ -95,7 +95,8 @@ def test_a_study_extended_with_a_plug_in_method_and_its_fakd_arm(tmp_path, ray_l
     raw["loss"]["fakd"].update(samples=2)
     study = sweep(str(write_spec(tmp_path, raw)), storage=tmp_path / "studies").root
     assert main(["extend", str(study), "--arms", "mine+fakd,mine", "--set", f"methods.mine.loss={PLUGINS}:kd_like",
-                 "--set", "methods.mine.params.temperature={choice: [1.0, 2.0]}"]) == 0
+                 "--set", "methods.mine.params.temperature={choice: [1.0, 2.0]}",
+                 "--set", "search.add_on=joint"]) == 0  # both arms in one search phase
     records = read_trials(open_study_dir(study))
     finished = {(r.arm, r.phase) for r in records if r.state == "COMPLETE"}
     assert {("mine", "search"), ("mine+fakd", "search"), ("mine", "retrain"), ("mine+fakd", "retrain")} <= finished

@@ -12,6 +12,7 @@ from PIL import Image
 
 from fakd.config import DataConfig, ModelConfig, RunConfig, TeacherConfig
 from fakd.data import TransformedDataset, get_dataset
+from fakd.data.ade20k import ADE20K
 from fakd.data.camvid import CamVid
 from fakd.data.cityscapes import Cityscapes
 from fakd.data.files import UNKNOWN, lookup_table, reading_table, value_ranges
@@ -231,7 +232,7 @@ def test_ade20k_labels_shift_down_and_zero_is_ignored(tmp_path: Path) -> None:
     names = make_ade20k(tmp_path)
     for split, folder in (("train", "training"), ("val", "validation")):
         data = get_dataset("ade20k", str(tmp_path), split)
-        assert [p[0].stem for p in data.pairs] == sorted(names[folder])
+        assert isinstance(data, ADE20K) and [p[0].stem for p in data.pairs] == sorted(names[folder])
         for index, stem in enumerate(sorted(names[folder])):
             seed = names[folder].index(stem)
             path = tmp_path / "images" / folder / f"{stem}.jpg"

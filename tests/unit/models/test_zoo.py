@@ -25,6 +25,7 @@ from fakd.models.zoo.checkpoint import read_checkpoint
 from fakd.models.zoo.config_text import UNKNOWN, parse_config_text
 from fakd.models.zoo.mmseg_heads import EncoderDecoder, PSPHead
 from fakd.models.zoo.normalization import InputRenormalization
+from fakd.models.zoo.resnet_v1c import BasicBlock, Bottleneck, ResNetV1c
 
 NUM_CLASSES = 5
 BLOCKS = {18: (2, 2, 2, 2), 50: (3, 4, 6, 3), 101: (3, 4, 23, 3)}
@@ -211,6 +212,8 @@ def test_mmseg_reads_architecture_and_matches_reference(tmp_path: Path, depth: i
     assert (arch.stem_channels, arch.base_channels, arch.channels, arch.output_stride) == (WIDTH, WIDTH, 8, 8)
     assert not model.training and not any(p.requires_grad for p in model.parameters())
     assert model.renormalize.is_identity  # mmseg's standard mean/std on 0-255 == ImageNet's on 0-1
+    block = BasicBlock if depth < 50 else Bottleneck
+    assert isinstance(model.network.backbone, ResNetV1c) and isinstance(model.network.backbone.layer1[0], block)
     loaded = model.network.state_dict()
     non_aux = {k for k in state if not k.startswith("auxiliary_head.")}
     assert set(loaded) == non_aux  # strict: every non-auxiliary key consumed, nothing else
