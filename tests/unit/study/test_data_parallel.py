@@ -1,26 +1,30 @@
 """`fakd.study.data_parallel` without a cluster: the relay between a Tune trial and its Train run (rank 0's
-evaluations out, go-on or stop back), and how a worker's `UserError` is found in a failed run. The data-parallel
-study itself runs in tests/unit/train/test_distributed.py."""
+evaluations out, go-on or stop back), how a worker's `UserError` is found in a failed run, and the resources a run
+asks for. Data-parallel training itself is tested in tests/unit/train/test_distributed.py."""
+
+from __future__ import annotations
 
 import queue
+from typing import Any
 
 import pytest
-from ray.util.queue import Empty
 
 from fakd.errors import UserError
-from fakd.study.data_parallel import RunRelay, Scaling, user_error_in
+from fakd.study.data_parallel import Scaling
 
 
-class LocalQueue:
-    """The part of `ray.util.queue.Queue` the relay uses, in one process."""
+class FakeQueue:
+    """The part of ray.util.queue.Queue that `forward_reports` uses, in one process."""
 
     def __init__(self) -> None:
         self.items: queue.Queue = queue.Queue()
 
-    def put(self, item: object) -> None:
+    def put(self, item: Any) -> None:
         self.items.put(item)
 
-    def get(self, timeout: float | None = None) -> object:
+    def get(self, timeout: float | None = None) -> Any:
+        from ray.util.queue import Empty
+
         try:
             return self.items.get(timeout=timeout)
         except queue.Empty:
@@ -30,68 +34,77 @@ class LocalQueue:
         return self.items.empty()
 
 
-def rank_zero(results: LocalQueue, replies: LocalQueue, evaluations: int, failure: BaseException | None = None):
-    """A Train run's rank 0 as `ReportChannel` drives it: each evaluation out, then wait for go-on or stop."""
-    answers: list[bool] = []
+def fake_run(results: FakeQueue, replies: FakeQueue, iterations: list[int], trained: list[int]) -> Any:
+    """A Train run whose rank 0 reports `iterations` and trains the next window only when told to go on."""
 
     def fit() -> None:
-        for step in range(evaluations):
-            results.put({"iteration": step + 1})
-            go = replies.get()
-            answers.append(go)
-            if not go:
+        for iteration in iterations:
+            trained.append(iteration)
+            results.put({"iteration": iteration})
+            if not replies.get(timeout=5):
                 return
-        if failure is not None:
-            raise failure
         results.put(None)
 
-    return fit, answers
+    return fit
 
 
-def test_the_relay_hands_out_each_evaluation_and_answers_go_on_before_the_next():
-    results, replies = LocalQueue(), LocalQueue()
-    fit, answers = rank_zero(results, replies, evaluations=2)
-    relay = RunRelay(fit, results, replies, poll_s=0.01)
-    assert relay.next_result() == {"iteration": 1} and answers == []  # rank 0 waits for the answer
-    assert relay.next_result() == {"iteration": 2} and answers == [True]
-    assert relay.next_result() is None and answers == [True, True]
-    assert not relay.thread.is_alive()
+def test_a_data_parallel_trial_steps_through_its_reports_and_stops_where_tune_stops_it():
+    from fakd.study.data_parallel import RunRelay
 
+    results, replies, trained = FakeQueue(), FakeQueue(), []
+    relay = RunRelay(fake_run(results, replies, [2, 4, 6], trained), results, replies, poll_s=0.05)
+    steps = [relay.next_result() for _ in range(4)]
+    assert steps == [{"iteration": 2}, {"iteration": 4}, {"iteration": 6}, None] and trained == [2, 4, 6]
 
-def test_stopping_tells_rank_zero_to_stop_and_waits_for_the_run():
-    results, replies = LocalQueue(), LocalQueue()
-    fit, answers = rank_zero(results, replies, evaluations=3)
-    relay = RunRelay(fit, results, replies, poll_s=0.01, grace_s=5)
-    assert relay.next_result() == {"iteration": 1}
+    # Tune decides after each step: a stop (cleanup) before the next step leaves the window after 4 untrained
+    results, replies, trained = FakeQueue(), FakeQueue(), []
+    relay = RunRelay(fake_run(results, replies, [2, 4, 6], trained), results, replies, poll_s=0.05)
+    assert [relay.next_result(), relay.next_result()] == [{"iteration": 2}, {"iteration": 4}]
     relay.stop()
-    assert answers == [False] and not relay.thread.is_alive()
+    assert trained == [2, 4] and not relay.thread.is_alive()
+
+    def failing() -> None:
+        results.put({"iteration": 2})
+        raise RuntimeError("worker 1 died")
+
+    results, replies = FakeQueue(), FakeQueue()
+    relay = RunRelay(failing, results, replies, poll_s=0.05)
+    assert relay.next_result() == {"iteration": 2}  # reported before the error is raised
+    with pytest.raises(RuntimeError, match="worker 1 died"):
+        relay.next_result()
 
 
-def test_a_workers_user_error_becomes_a_report_and_any_other_failure_is_raised():
-    class TrainingFailed(Exception):  # as Ray Train gathers the workers' errors by rank
-        def __init__(self, failures: dict[int, BaseException]) -> None:
-            super().__init__("a worker failed")
-            self.worker_failures = failures
+def test_a_data_error_of_any_worker_is_reported_as_the_single_process_trial_reports_it():
+    """A worker's `UserError` (a damaged data file) stops the study (the `user_error` report), whatever wraps it;
+    another failure is raised, so Tune retries the trial."""
+    import ray.train
 
-    damaged = UserError("cannot read label", file="a.png")
-    for failure in (damaged, TrainingFailed({1: damaged})):
-        results, replies = LocalQueue(), LocalQueue()
-        fit, _ = rank_zero(results, replies, evaluations=1, failure=failure)
-        relay = RunRelay(fit, results, replies, poll_s=0.01)
-        assert relay.next_result() == {"iteration": 1}
-        assert relay.next_result() == {"user_error": damaged.format()}
-    results, replies = LocalQueue(), LocalQueue()
-    fit, _ = rank_zero(results, replies, evaluations=0, failure=RuntimeError("NCCL timeout"))
-    with pytest.raises(RuntimeError, match="NCCL timeout"):
-        RunRelay(fit, results, replies, poll_s=0.01).next_result()
+    from fakd.study.data_parallel import RunRelay, user_error_in
 
+    damaged = UserError("cannot read label file", file="data/trainannot/a.png")
 
-def test_user_error_in_follows_worker_failures_and_causes():
-    inner = UserError("bad file")
-    wrapped = RuntimeError("train run failed")
-    wrapped.__cause__ = inner
-    assert user_error_in(inner) is inner and user_error_in(wrapped) is inner
-    assert user_error_in(RuntimeError("other")) is None
+    def failing(error: BaseException) -> Any:
+        def fit() -> None:
+            results.put({"iteration": 2})
+            raise error
+
+        return fit
+
+    wrapped = ray.train.WorkerGroupError("worker 1 failed", {1: damaged})
+    for error in (wrapped, RuntimeError("the run failed")):
+        if isinstance(error, RuntimeError):
+            error.__cause__ = wrapped
+        results, replies = FakeQueue(), FakeQueue()
+        relay = RunRelay(failing(error), results, replies, poll_s=0.05)
+        assert relay.next_result() == {"iteration": 2}
+        assert relay.next_result() == {"user_error": "data/trainannot/a.png: cannot read label file"}
+    assert user_error_in(ray.train.WorkerGroupError("worker 0 failed", {0: OSError("gloo")})) is None
+    results, replies = FakeQueue(), FakeQueue()
+    relay = RunRelay(failing(ray.train.WorkerGroupError("worker 0 failed", {0: OSError("gloo")})), results, replies,
+                     poll_s=0.05)
+    assert relay.next_result() == {"iteration": 2}
+    with pytest.raises(ray.train.WorkerGroupError):
+        relay.next_result()
 
 
 def test_scaling_asks_for_each_workers_resources():
