@@ -47,7 +47,7 @@ def main() -> list[dict]:
     import ray
     from ray import tune
 
-    from fakd.study.handoff import TASK, TrialContext, TrialTask
+    from fakd.study.handoff import TASK, StudyTeacher, TrialContext, TrialTask
     from fakd.study.tune_glue import make_trainable
     from fakd.train import ensure_teacher
 
@@ -70,7 +70,8 @@ def main() -> list[dict]:
         started = time.perf_counter()
         run = load_spec(spec_path).run_config(ARM, split="holdout")
         tuner = tune.Tuner(  # the study's trainable, each trial with a directory of its own as in a study
-            make_trainable(TrialContext(root, relative_teacher), cpu=1, gpu=0),
+            make_trainable(TrialContext(root, StudyTeacher(teacher.key, relative_teacher, teacher.metrics)), cpu=1,
+                           gpu=0),
             tune_config=tune.TuneConfig(num_samples=1, max_concurrent_trials=CONCURRENCY, reuse_actors=True),
             run_config=tune.RunConfig(storage_path=str(Path(root) / "tune"), name="bench", verbose=0),
             param_space={TASK: tune.grid_search([TrialTask(f"bench/{i}", ARM, run) for i in range(TRIALS)])},

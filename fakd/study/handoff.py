@@ -1,12 +1,13 @@
 """What the driver hands its trials, typed: validated once in the driver, pickled to each trial's processes as is.
 
-A Tune trial's config is `{TASK: TrialTask}`; every trial of a driver run shares one `TrialContext`.
+A Tune trial's config is `{TASK: TrialTask}`; every trial of a driver run shares one `TrialContext`, which holds the
+study's teacher as the `StudyTeacher` that provisioning made (and study.json records).
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -17,11 +18,41 @@ TASK = "task"
 
 
 @dataclass(frozen=True)
+class StudyTeacher:
+    """The study's teacher: trained once in the study, or copied from a given (or model-zoo) checkpoint."""
+
+    key: str  # the teacher cache's key of its configuration (a given checkpoint's own, or "given")
+    path: str  # its checkpoint, relative to the study root (a study may be moved)
+    metrics: dict[str, Any] = field(default_factory=dict)  # its validation metrics
+    source: str | None = None  # the checkpoint it was copied from
+    zoo: str | None = None  # the model zoo of that checkpoint (mmseg, torchvision)
+
+    def to_json(self) -> dict[str, Any]:
+        """What study.json records (`teacher`)."""
+        return {name: value for name, value in asdict(self).items() if value is not None}
+
+    @classmethod
+    def from_json(cls, data: Any) -> StudyTeacher | None:
+        """The teacher study.json records, or None where it records none (or one a person damaged)."""
+        if not isinstance(data, dict) or not isinstance(data.get("path"), str):
+            return None
+        metrics = data.get("metrics")
+        return cls(str(data.get("key", "given")), data["path"], metrics if isinstance(metrics, dict) else {},
+                   data.get("source") if isinstance(data.get("source"), str) else None,
+                   data.get("zoo") if isinstance(data.get("zoo"), str) else None)
+
+
+@dataclass(frozen=True)
 class TrialContext:
     """What every trial of a driver run shares."""
 
     study_root: str  # the study's location now, as the driver and every worker see it
-    teacher: str | None  # the teacher checkpoint, relative to the study root
+    teacher: StudyTeacher | None  # None: the trials do not distill (benchmarks, tests)
+
+    @property
+    def teacher_path(self) -> Path | None:
+        """The teacher's checkpoint where this process sees the study."""
+        return None if self.teacher is None else Path(self.study_root) / self.teacher.path
 
 
 @dataclass(frozen=True)

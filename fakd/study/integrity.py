@@ -11,6 +11,7 @@ from typing import Any
 from fakd.errors import UserError
 from fakd.results import TERMINAL, StudyDir, TrialRecord
 from fakd.spec import StudySpec
+from fakd.study.handoff import StudyTeacher
 
 CHECKPOINT_KEYS = ("iteration", "model", "objective", "optimizer", "scheduler", "rng")
 RESTORE = "restore it from a copy of the study (or delete that trial's checkpoints/ to restart it); nothing was changed"
@@ -23,9 +24,9 @@ def check_resumable(study: StudyDir, spec: StudySpec, meta: dict[str, Any], reco
     from fakd.train.checkpoint import latest_checkpoint, load_checkpoint
     from fakd.train.teacher import check_teacher_checkpoint
 
-    teacher = meta.get("teacher")
-    if isinstance(teacher, dict) and isinstance(teacher.get("path"), str) and study.path(teacher["path"]).is_file():
-        path = study.path(teacher["path"])
+    teacher = StudyTeacher.from_json(meta.get("teacher"))
+    if teacher is not None and study.path(teacher.path).is_file():
+        path = study.path(teacher.path)
         cfg = spec.run_config(spec.settings.arms[0])
         num_classes = meta.get("data", {}).get("num_classes", cfg.data.num_classes)
         try:

@@ -39,7 +39,7 @@ from fakd.results.space import search_stages
 from fakd.results.verdicts import sequential_rule, study_verdicts, table_comparisons
 from fakd.spec import NAME_PATTERN, STORAGE_FILES, DecideConfig, StudySpec, load_spec
 from fakd.study.cluster import check_cluster_resources, check_local_resources, ray_runtime
-from fakd.study.handoff import TrialContext
+from fakd.study.handoff import StudyTeacher, TrialContext
 from fakd.study.integrity import check_resumable
 from fakd.study.lock import StudyLock, wait_for_earlier_training
 from fakd.study.optuna_link import OptunaLink, open_storage
@@ -262,7 +262,7 @@ def _drive(study: StudyDir, spec: StudySpec, signals: StopSignals, log: Log, *, 
         study.update_metadata(plan=plan_metadata(spec))
     teacher = study_teacher(study, spec, log)
     signals.check()
-    context = TrialContext(str(study.root), teacher["path"])
+    context = TrialContext(str(study.root), teacher)
     for stage, arms in enumerate(stages):
         if stage > 0:  # the add-on arms, on the selections of the stages before
             search = SearchPhase(study, spec, log, optuna, read_trials(study, "search"), arms)
@@ -274,9 +274,9 @@ def _drive(study: StudyDir, spec: StudySpec, signals: StopSignals, log: Log, *, 
             done = sum(r.state in TERMINAL for r in search.records.values())
             inherit = f"; {', '.join(arms)} on their base arms' selections" if stage > 0 else ""
             log(f"{search_line}), {done} done{inherit}")
-            _run(search, study, spec, context, teacher, signals, log)
+            _run(search, study, spec, context, signals, log)
         if spec.settings.search.confirm is not None:
-            _confirm(study, spec, context, teacher, signals, log, arms)
+            _confirm(study, spec, context, signals, log, arms)
     if not study.metadata().get("search_finished"):
         study.update_metadata(search_finished=now())
     searched = read_trials(study, "search")
@@ -293,18 +293,18 @@ def _drive(study: StudyDir, spec: StudySpec, signals: StopSignals, log: Log, *, 
     rule = sequential_rule(spec, meta)
     seeds = meta.get("retrain_seeds") or spec.settings.search.retrain_seeds
     if rule is not None:
-        _retrain_until_decided(study, spec, context, teacher, rule, budget, signals, log)
+        _retrain_until_decided(study, spec, context, rule, budget, signals, log)
     elif seeds:
-        _retrain(study, spec, context, teacher, seeds, budget, signals, log)
+        _retrain(study, spec, context, seeds, budget, signals, log)
 
 
-def _run(phase: Phase, study: StudyDir, spec: StudySpec, context: TrialContext, teacher: dict[str, Any],
-         signals: StopSignals, log: Log) -> None:
+def _run(phase: Phase, study: StudyDir, spec: StudySpec, context: TrialContext, signals: StopSignals,
+         log: Log) -> None:
     resources, search = spec.settings.resources, spec.settings.search
     started = time.perf_counter()
     run_phase(phase, context, cpu=resources.cpu, gpu=resources.gpu, max_concurrent=search.max_concurrent,
               max_failures=search.max_failures, tune_dir=study.tune,
-              callbacks=_callbacks(spec, study, phase, teacher["key"]), signals=signals, workers=resources.workers)
+              callbacks=_callbacks(spec, study, phase, context.teacher), signals=signals, workers=resources.workers)
     signals.check()
     if phase.fault is not None:
         raise MachineFault(with_resume_hint(f"{phase.fault}; the {phase.name} stopped with its trials kept",
@@ -319,8 +319,8 @@ def _run(phase: Phase, study: StudyDir, spec: StudySpec, context: TrialContext, 
     log(f"{phase.name} finished in {time.perf_counter() - started:.0f} s")
 
 
-def _confirm(study: StudyDir, spec: StudySpec, context: TrialContext, teacher: dict[str, Any],
-             signals: StopSignals, log: Log, arms: Sequence[str]) -> None:
+def _confirm(study: StudyDir, spec: StudySpec, context: TrialContext, signals: StopSignals, log: Log,
+             arms: Sequence[str]) -> None:
     """Train the `search.confirm.top` best search trials of `arms` again with `search.confirm.seeds` fresh seeds."""
     plan = [r for r in plan_confirm(spec, read_trials(study)) if r.arm in arms]
     phase = ConfirmPhase(study, spec, log, plan)
@@ -328,7 +328,7 @@ def _confirm(study: StudyDir, spec: StudySpec, context: TrialContext, teacher: d
         confirm = spec.settings.search.confirm
         log(f"confirm: {phase.budget()} runs (each arm's {confirm.top} best search trials × {confirm.seeds} fresh "
             "seeds, held-out split)")
-        _run(phase, study, spec, context, teacher, signals, log)
+        _run(phase, study, spec, context, signals, log)
         study.update_metadata(confirm_finished=now())
     records = read_trials(study)
     confirmed = confirmed_scores(records)
@@ -347,15 +347,15 @@ def _summarise(spec: StudySpec, searched: list[TrialRecord], log: Log) -> None:
         log(f"[{arm}] {counts}" + (f"; best held-out mIoU {best:.4f}" if best is not None else ""))
 
 
-def _retrain(study: StudyDir, spec: StudySpec, context: TrialContext, teacher: dict[str, Any], seeds: int,
-             budget: str, signals: StopSignals, log: Log) -> None:
+def _retrain(study: StudyDir, spec: StudySpec, context: TrialContext, seeds: int, budget: str,
+             signals: StopSignals, log: Log) -> None:
     plan, problems = plan_retrain(spec, read_trials(study), retrain_seeds(spec, seeds), budget)
     phase = RetrainPhase(study, spec, log, plan)
     if not phase.is_finished():
         iters = {r.arm: r.total_iters for r in plan}
         log(f"retrain: {phase.budget()} runs (each arm's best configuration × {seeds} seeds, {budget}: "
             + ", ".join(f"{arm} {n} iterations" for arm, n in iters.items()) + ")")
-        _run(phase, study, spec, context, teacher, signals, log)
+        _run(phase, study, spec, context, signals, log)
         study.update_metadata(retrain_finished=now())
     _refuse_unselected(problems)
 
@@ -368,8 +368,8 @@ def _refuse_unselected(problems: dict[str, str]) -> None:
                         key=f"arms.{arm}")
 
 
-def _retrain_until_decided(study: StudyDir, spec: StudySpec, context: TrialContext, teacher: dict[str, Any],
-                           rule: DecideConfig, budget: str, signals: StopSignals, log: Log) -> None:
+def _retrain_until_decided(study: StudyDir, spec: StudySpec, context: TrialContext, rule: DecideConfig,
+                           budget: str, signals: StopSignals, log: Log) -> None:
     """Rounds of `rule.round` fresh seeds, shared by the arms of the comparisons still undecided, until every
     comparison is decided or has `rule.max_seeds` seeds. Each round (its seed count and arms) is recorded in the
     metadata before its runs are planned: a resumed driver finishes the last recorded round, then goes on as an
@@ -393,7 +393,7 @@ def _retrain_until_decided(study: StudyDir, spec: StudySpec, context: TrialConte
         if not phase.is_finished():
             log(f"retrain round to {target} seeds ({budget}): {', '.join(arms)}; "
                 f"{phase.budget() - sum(r.state in TERMINAL for r in phase.records.values())} runs to go")
-            _run(phase, study, spec, context, teacher, signals, log)
+            _run(phase, study, spec, context, signals, log)
         records = read_trials(study)
         found = study_verdicts(spec, records, table_comparisons(spec, records, budget), rule)
         log("decisions at " + f"{target} seeds: " + "; ".join(
@@ -416,10 +416,11 @@ def _record_round(study: StudyDir, budget: str, seeds: int, arms: list[str]) -> 
     study.update_metadata(decide_rounds=[*rounds, {"budget": budget, "seeds": seeds, "arms": arms}])
 
 
-def _callbacks(spec: StudySpec, study: StudyDir, phase: Phase, teacher_key: str) -> list[Any]:
+def _callbacks(spec: StudySpec, study: StudyDir, phase: Phase, teacher: StudyTeacher | None) -> list[Any]:
     """Driver-side callbacks of a phase: W&B streaming when the spec asks for it."""
     tracking = effective_tracking(spec, study)
     if not tracking.wandb:
         return []
-    shared = {"teacher_id": teacher_key, "git_commit": git_commit(), "study": spec.name, "phase": phase.name}
+    shared = {"teacher_id": teacher.key if teacher else None, "git_commit": git_commit(), "study": spec.name,
+              "phase": phase.name}
     return [WandbStreamer(tracking, spec.name, str(study.root), phase.name, shared, phase.records)]

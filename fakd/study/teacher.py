@@ -13,6 +13,7 @@ from fakd.atomic import copy_atomic
 from fakd.results import StudyDir
 from fakd.spec import StudySpec
 from fakd.study.cluster import largest_node_cpus
+from fakd.study.handoff import StudyTeacher
 from fakd.study.lock import training_in
 from fakd.vocab import METRIC
 
@@ -24,12 +25,12 @@ def _print(message: str) -> None:
     print(message, flush=True)
 
 
-def study_teacher(study: StudyDir, spec: StudySpec, log: Log) -> dict[str, Any]:
+def study_teacher(study: StudyDir, spec: StudySpec, log: Log) -> StudyTeacher:
     """The study's teacher, recorded relative to the study: trained once (a Ray task with a trial's
     resources) or copied from the given checkpoint; a model-zoo teacher is copied and then evaluated once on
     the validation split (a Ray task with a trial's resources), so the table's teacher row has its metrics."""
-    known = study.metadata().get("teacher")
-    if known and study.path(known["path"]).is_file():
+    known = StudyTeacher.from_json(study.metadata().get("teacher"))
+    if known is not None and study.path(known.path).is_file():
         return known
     given = spec.defaults.teacher.checkpoint
     started = time.perf_counter()
@@ -44,16 +45,15 @@ def study_teacher(study: StudyDir, spec: StudySpec, log: Log) -> dict[str, Any]:
         resources = spec.settings.resources
         task = ray.remote(num_cpus=resources.cpu, num_gpus=resources.gpu)(evaluate_teacher)
         metrics = ray.get(task.remote(target, cfg))
-        teacher = {"key": zoo_teacher_key(cfg, target), "path": GIVEN_TEACHER, "metrics": metrics,
-                   "source": str(given), "zoo": cfg.teacher.source}
+        teacher = StudyTeacher(zoo_teacher_key(cfg, target), GIVEN_TEACHER, metrics, str(given), cfg.teacher.source)
     elif given:
         from fakd.train import read_teacher_file
 
         target = study.path(GIVEN_TEACHER)
         copy_atomic(given, target)
         payload = read_teacher_file(target)
-        teacher = {"key": payload.get("key", "given"), "path": GIVEN_TEACHER, "metrics": payload.get("metrics", {}),
-                   "source": str(given)}
+        teacher = StudyTeacher(str(payload.get("key", "given")), GIVEN_TEACHER, payload.get("metrics", {}),
+                               str(given))
     else:
         resources = spec.settings.resources
         cfg = spec.run_config(spec.settings.arms[0])
@@ -68,10 +68,10 @@ def study_teacher(study: StudyDir, spec: StudySpec, log: Log) -> dict[str, Any]:
             cpus = resources.cpu if resources.gpu > 0 else max(resources.cpu, largest_node_cpus())
             task = ray.remote(num_cpus=cpus, num_gpus=resources.gpu)(_teacher_in_study)
             artifact = ray.get(task.remote(cfg, study))
-        teacher = {"key": artifact.key, "path": study.relative(artifact.path), "metrics": artifact.metrics}
-    study.update_metadata(teacher=teacher)
-    miou = teacher["metrics"].get(METRIC, float("nan"))
-    log(f"teacher {spec.defaults.teacher.label} ready ({teacher['key']}, val mIoU {miou:.4f}, "
+        teacher = StudyTeacher(artifact.key, study.relative(artifact.path), artifact.metrics)
+    study.update_metadata(teacher=teacher.to_json())
+    miou = teacher.metrics.get(METRIC, float("nan"))
+    log(f"teacher {spec.defaults.teacher.label} ready ({teacher.key}, val mIoU {miou:.4f}, "
         f"{time.perf_counter() - started:.0f} s)")
     return teacher
 

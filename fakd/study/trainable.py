@@ -53,7 +53,9 @@ def run_trial(config: Mapping[str, Any], context: TrialContext) -> None:
     cfg = task.run
     root = Path(context.study_root)
     work = task.work_dir(root)
-    teacher = TeacherArtifact(root / context.teacher, "study", {}) if context.teacher else None
+    study_teacher = context.teacher
+    teacher = None if study_teacher is None else TeacherArtifact(context.teacher_path, study_teacher.key,
+                                                                 study_teacher.metrics)
     with training_in(root):
         resume = "latest" if latest_checkpoint(work / "checkpoints") else None
         try:
