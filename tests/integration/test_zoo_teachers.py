@@ -252,6 +252,7 @@ def test_study_copies_and_evaluates_a_zoo_teacher_once(tmp_path: Path, ray_local
                                                        monkeypatch: pytest.MonkeyPatch) -> None:
     from fakd.results import StudyDir
     from fakd.results.layout import write_json
+    from fakd.study.handoff import StudyTeacher, TrialContext
     from fakd.study.teacher import GIVEN_TEACHER, study_teacher
     from fakd.train import zoo_teacher_key
 
@@ -261,16 +262,16 @@ def test_study_copies_and_evaluates_a_zoo_teacher_once(tmp_path: Path, ray_local
     write_json(study.marker, {"format": 2, "name": "tiny"})
     logs: list[str] = []
     record = study_teacher(study, spec, logs.append)
-    assert record["path"] == GIVEN_TEACHER and digest(study.path(GIVEN_TEACHER)) == digest(given)
-    assert record["zoo"] == "mmseg" and record["source"] == given
+    assert record.path == GIVEN_TEACHER and digest(study.path(GIVEN_TEACHER)) == digest(given)
+    assert record.zoo == "mmseg" and record.source == given
     cfg = spec.run_config("kd")
-    assert record["key"] == zoo_teacher_key(cfg, given)
-    assert record["metrics"]["val_miou"] == pytest.approx(reference_miou(load_mmseg(given), cfg), abs=1e-12)
-    assert study.metadata()["teacher"] == json.loads(json.dumps(record))
+    assert record.key == zoo_teacher_key(cfg, given)
+    assert record.metrics["val_miou"] == pytest.approx(reference_miou(load_mmseg(given), cfg), abs=1e-12)
+    assert study.metadata()["teacher"] == json.loads(json.dumps(record.to_json()))
     assert "teacher mmseg:pspnet ready" in logs[-1]
 
     monkeypatch.setattr("fakd.train.evaluate_teacher", lambda *a, **k: pytest.fail("evaluated twice"))
-    assert study_teacher(study, spec, logs.append) == study.metadata()["teacher"]
+    assert study_teacher(study, spec, logs.append) == StudyTeacher.from_json(study.metadata()["teacher"]) == record
     # a trial loads the teacher from the study's copy
-    artifact = TeacherArtifact(study.root / record["path"], "study", {})
+    artifact = TeacherArtifact(TrialContext(str(study.root), record).teacher_path, record.key, record.metrics)
     assert isinstance(load_teacher(artifact, cfg, NUM_CLASSES), ZooTeacher)
