@@ -219,7 +219,8 @@ def _cluster_lines(job: Job) -> list[str]:
         f'{JOIN_TIMEOUT_S}}} s; stopping"',
         '    "$RAY" stop --force >/dev/null 2>&1; kill "$WORKERS" 2>/dev/null; exit 1',
         "  fi",
-        "  sleep 5",
+        '  LEFT=$((DEADLINE - SECONDS))  # poll every 5 s, and once more at the deadline, not up to 5 s after it',
+        "  sleep $((LEFT < 1 ? 1 : (LEFT < 5 ? LEFT : 5)))",
         "done",
         'set -- "$@" --address "$ADDRESS"',
     ]
