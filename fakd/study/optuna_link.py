@@ -7,6 +7,7 @@ mIoU, and its parameter count for a Pareto study), PRUNED (stopped by successive
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -17,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import optuna
+from optuna.exceptions import UpdateFinishedTrialError
 from optuna.samplers import GPSampler, QMCSampler, RandomSampler, TPESampler
 from optuna.trial import TrialState
 
@@ -71,6 +73,7 @@ class OptunaLink:
 
     def __init__(self, spec: StudySpec, storage: optuna.storages.BaseStorage, prefix: str) -> None:
         self.spec, self.storage, self.prefix = spec, storage, prefix
+        self._trial_ids: dict[tuple[str, int, int], int] = {}
         objectives = spec.settings.search.objectives
         self.directions = ["maximize"] + ["minimize"] * (len(objectives) - 1)
         self.studies: dict[tuple[str, int], optuna.Study] = {}
@@ -172,10 +175,21 @@ class OptunaLink:
         value = row.get(METRIC)
         if record.optuna_number is None or not isinstance(value, (int, float)) or len(self.directions) > 1:
             return
-        study = self.study(record.arm, record.repeat)
-        trial_id = self.storage.get_trial_id_from_study_id_trial_number(study._study_id, record.optuna_number)
-        if self.storage.get_trial(trial_id).state == TrialState.RUNNING:
+        trial_id = self._trial_id(record)
+        if isinstance(self.storage, optuna.storages.RDBStorage):  # checks the trial's state in its own transaction
+            with contextlib.suppress(UpdateFinishedTrialError):
+                self.storage.set_trial_intermediate_value(trial_id, evaluation, float(value))
+        elif self.storage.get_trial(trial_id).state == TrialState.RUNNING:  # a journal would log the write first
             self.storage.set_trial_intermediate_value(trial_id, evaluation, float(value))
+
+    def _trial_id(self, record: TrialRecord) -> int:
+        """The storage's id of the record's Optuna trial (looked up once per trial)."""
+        key = (record.arm, record.repeat, record.optuna_number)
+        if key not in self._trial_ids:
+            study = self.study(record.arm, record.repeat)
+            self._trial_ids[key] = self.storage.get_trial_id_from_study_id_trial_number(study._study_id,
+                                                                                          record.optuna_number)
+        return self._trial_ids[key]
 
     def _restore_curves(self, arm: str, repeat: int, records: list[TrialRecord]) -> None:
         """The records' evaluations that their Optuna trials lack (lost when the storage failed mid-write)."""
