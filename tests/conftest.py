@@ -65,10 +65,9 @@ def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
     return GroupScheduling(config, log)
 
 
+@pytest.hookimpl(tryfirst=True)  # before `-m` deselects by these marks
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Mark each test by the services its fixtures start; order the groups longest first (with
-    `--no-loadscope-reorder`, pytest-xdist hands them out in this order), so the two workers end together."""
-    cost: dict[str, float] = {}
+    """Mark each test by the services its fixtures start."""
     for item in items:
         fixtures = set(getattr(item, "fixturenames", ()))
         for fixture in fixtures & set(FIXTURE_MARKS):
@@ -76,10 +75,24 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
         if "searched_study" in fixtures and item.module.__name__ not in SHARED_STUDY_MODULES:
             raise pytest.UsageError(f"{item.nodeid} uses searched_study: add its module to SHARED_STUDY_MODULES "
                                     "in tests/conftest.py")
-        marks = {mark.name for mark in item.iter_markers()}
-        group = test_group(item.nodeid)
-        cost[group] = cost.get(group, 0.0) + max([EXPECTED_SECONDS.get(name, 0.1) for name in marks] + [0.1])
-    items.sort(key=lambda item: -cost[test_group(item.nodeid)])  # stable: a group keeps its order
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.pluginmanager.register(LongestGroupsFirst(), "fakd-longest-groups-first")
+
+
+class LongestGroupsFirst:
+    """Orders the groups of the tests that run longest first (with `--no-loadscope-reorder`, pytest-xdist hands them
+    out in this order), so that the two workers end together."""
+
+    @pytest.hookimpl(trylast=True)  # after `-m` and `-k` deselected: a deselected slow test weighs nothing
+    def pytest_collection_modifyitems(self, items: list[pytest.Item]) -> None:
+        cost: dict[str, float] = {}
+        for item in items:
+            marks = {mark.name for mark in item.iter_markers()}
+            group = test_group(item.nodeid)
+            cost[group] = cost.get(group, 0.0) + max([EXPECTED_SECONDS.get(name, 0.1) for name in marks] + [0.1])
+        items.sort(key=lambda item: -cost[test_group(item.nodeid)])  # stable: a group keeps its order
 
 
 def wait_for(condition: Callable[[], bool], timeout: float, what: str, every: float = 0.2,

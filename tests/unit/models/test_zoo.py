@@ -490,6 +490,7 @@ def test_torchvision_matches_the_torchvision_model(tmp_path: Path, arch: str, wr
     path = tmp_path / f"{arch}.pth"
     torch.save({wrapper: state, "epoch": 3} if wrapper else state, path)
     model = load_torchvision(arch, str(path), NUM_CLASSES)
+    path.unlink()  # up to 245 MB (ResNet-101): pytest keeps three runs' temporary directories
     assert model.num_classes == NUM_CLASSES and model.renormalize.is_identity
     assert not model.training and not any(p.requires_grad for p in model.parameters())
     assert set(model.network.model.state_dict()) == {k for k in state if not k.startswith("aux_classifier.")}
