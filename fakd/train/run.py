@@ -68,12 +68,20 @@ def run_distillation(
 def _claim(work: Path, cfg: RunConfig) -> None:
     """Record the run's config in `work`; a directory that holds another run's checkpoints is refused."""
     record = work / "run.json"
-    config = cfg.model_dump(mode="json")
-    if record.is_file() and json.loads(record.read_text()) != config:
+    if record.is_file() and _recorded(record) != cfg:
         raise UserError(f"{work.parent} holds a run with another configuration; choose another --out",
                         key="--out")
     work.mkdir(parents=True, exist_ok=True)
-    write_atomic(record, json.dumps(config, indent=2))
+    write_atomic(record, json.dumps(cfg.model_dump(mode="json"), indent=2))
+
+
+def _recorded(record: Path) -> RunConfig | None:
+    """The run `record` holds, read as this version reads a run (a key added since takes its default, so a run
+    recorded by an earlier version is still the same run); None where it holds none."""
+    try:
+        return RunConfig.model_validate(json.loads(record.read_text()))
+    except ValueError:  # not JSON, or not a run (pydantic's ValidationError is a ValueError)
+        return None
 
 
 def check_models(cfg: RunConfig, file: str, num_classes: int) -> None:

@@ -2,6 +2,7 @@
 
 import copy
 import itertools
+import json
 from pathlib import Path
 
 import pytest
@@ -208,3 +209,6 @@ def test_launch_train_end_to_end(tmp_path, capsys):
     cfg = load_spec(spec).run_config("kd+fakd", split="val")
     result = run_distillation(cfg, tmp_path / "out")
     assert result["reused"] and f"{result['student']['val_miou']:.4f}" in out
+    record = tmp_path / "out" / "student" / "run.json"  # as recorded before runs had a methods section
+    record.write_text(json.dumps({k: v for k, v in json.loads(record.read_text()).items() if k != "methods"}))
+    assert run_distillation(cfg, tmp_path / "out")["reused"]
