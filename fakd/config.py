@@ -92,6 +92,11 @@ class ModelConfig(Strict):
     head_channels: int = Field(256, ge=8)
 
 
+STORED = {"stored": True}
+"""The validation context of a run read back from where it was written (a study's trial records, a run directory's
+run.json): `RunConfig.model_validate(run, context=STORED)`."""
+
+
 class TeacherConfig(Strict):
     """The teacher: `source: timm` (default) is a timm backbone + head the harness trains (or a harness checkpoint
     of one); `mmseg` and `torchvision` are frozen model-zoo networks read from `checkpoint`, never trained.
@@ -126,6 +131,19 @@ class TeacherConfig(Strict):
             return str(self.backbone)
         name = self.arch if self.source == "torchvision" else Path(str(self.checkpoint)).stem
         return f"{self.source}:{name}"
+
+    @model_validator(mode="before")
+    @classmethod
+    def _stored_defaults(cls, data: Any, info: ValidationInfo) -> Any:
+        """A stored run (validation context `STORED`) has every default written out, the timm-only keys of a zoo
+        teacher included: those defaults are read as unset, so the rules below judge what a person wrote."""
+        if not (info.context or {}).get("stored") or not isinstance(data, dict):
+            return data
+        if data.get("source", "timm") not in ZOO_SOURCES:
+            return data
+        return {key: value for key, value in data.items()
+                if not (key in cls.model_fields and key not in ("source", "checkpoint", "arch")
+                        and value == cls.model_fields[key].default)}
 
     @field_validator("backbone", "checkpoint", "arch", mode="after")
     @classmethod

@@ -61,9 +61,9 @@ class TrialRecord:
     @cached_property
     def config(self) -> RunConfig:
         """The trial's resolved run configuration, typed (validated once, on first use)."""
-        from fakd.config import RunConfig  # pydantic models: not loaded by the commands that only list records
+        from fakd.config import STORED, RunConfig  # pydantic models: not loaded by the commands that only list records
 
-        return RunConfig.model_validate(self.run)
+        return RunConfig.model_validate(self.run, context=STORED)
 
     def train_setting(self, name: str) -> Any:
         """`train.<name>` of the run as recorded, or None where the record lacks it (older records): for readers

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from fakd.atomic import write_atomic
-from fakd.config import RunConfig
+from fakd.config import STORED, RunConfig
 from fakd.errors import UserError
 from fakd.train.checkpoint import checkpoint_iteration, latest_checkpoint
 from fakd.train.data import build_splits
@@ -79,7 +79,7 @@ def _recorded(record: Path) -> RunConfig | None:
     """The run `record` holds, read as this version reads a run (a key added since takes its default, so a run
     recorded by an earlier version is still the same run); None where it holds none."""
     try:
-        return RunConfig.model_validate(json.loads(record.read_text()))
+        return RunConfig.model_validate(json.loads(record.read_text()), context=STORED)
     except ValueError:  # not JSON, or not a run (pydantic's ValidationError is a ValueError)
         return None
 

@@ -275,3 +275,25 @@ def test_study_copies_and_evaluates_a_zoo_teacher_once(tmp_path: Path, ray_local
     # a trial loads the teacher from the study's copy
     artifact = TeacherArtifact(TrialContext(str(study.root), record).teacher_path, record.key, record.metrics)
     assert isinstance(load_teacher(artifact, cfg, NUM_CLASSES), ZooTeacher)
+
+
+@pytest.mark.ray
+@pytest.mark.slow
+def test_a_study_with_a_zoo_teacher_searches_and_retrains(tmp_path: Path, ray_local: Any, capsys) -> None:
+    """Each trial reads its run back from the study's records: a zoo teacher's run has every default of the
+    timm-only keys written out, which must read as the same run, not as keys that have no effect."""
+    from fakd.results import open_study_dir, read_trials
+    from fakd.study import sweep
+
+    raw = zoo_spec({"source": "mmseg", "checkpoint": mmseg_checkpoint(tmp_path / "pspnet.pth")})
+    raw.update(arms=["baseline", "kd"], search={"num_samples": 1, "max_concurrent": 1, "add_on": "joint",
+                                                "scheduler": "none", "retrain_seeds": 1})
+    study = sweep(str(write_spec(tmp_path, raw)), storage=tmp_path / "studies")
+    records = read_trials(open_study_dir(study.root))
+    assert sorted((r.phase, r.arm, r.state) for r in records) == [
+        ("retrain", "baseline", "COMPLETE"), ("retrain", "kd", "COMPLETE"),
+        ("search", "baseline", "COMPLETE"), ("search", "kd", "COMPLETE")]
+    assert all(r.config.teacher.source == "mmseg" for r in records)
+    capsys.readouterr()
+    assert main(["export", str(study.root), "--format", "csv"]) == 0
+    assert "mmseg:pspnet" in capsys.readouterr().out
