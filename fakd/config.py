@@ -223,6 +223,14 @@ METHOD_NAME = r"^[A-Za-z][A-Za-z0-9_-]*$"
 """A plug-in method's name (and so its arms' names): letters, digits, _ and -, starting with a letter."""
 
 
+def import_path_parts(path: str) -> tuple[str, str]:
+    """`module.path:attribute` as (module, attribute); a ValueError saying how to write it otherwise."""
+    module, sep, attribute = path.partition(":")
+    if not sep or not module or not attribute:
+        raise ValueError(f"{path!r} is not an import path: write module:function (mypkg.losses:relation_loss)")
+    return module, attribute
+
+
 class MethodConfig(Strict):
     """A plug-in distillation method (`methods.<name>` of a spec): `loss(inputs, **params)` from an import path."""
 
@@ -235,9 +243,7 @@ class MethodConfig(Strict):
     @field_validator("loss")
     @classmethod
     def _import_path(cls, value: str) -> str:
-        module, sep, attribute = value.partition(":")
-        if not sep or not module or not attribute:
-            raise ValueError(f"{value!r} is not an import path: write module:function (mypkg.losses:relation_loss)")
+        import_path_parts(value)
         return value
 
 

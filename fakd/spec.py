@@ -315,7 +315,7 @@ def default_add_on(arms: Iterable[str], space: Mapping[str, Any]) -> str:
     quickstart, inherit decided kd+fakd against kd at 6 seeds (CS ±0.6 pp) where joint left it undecided (±16 pp),
     as its comparison differs in the FAKD term alone (docs/benchmarks.md)."""
     names = set(arms)
-    eligible = any(arm_named(arm).add_on and arm_named(arm).base in names for arm in names)
+    eligible = any(arm.add_on and arm.base in names for arm in map(arm_named, names))
     return "inherit" if eligible and "student.backbone" not in space else "joint"
 
 

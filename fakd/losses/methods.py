@@ -22,6 +22,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from fakd.config import import_path_parts
 from fakd.losses.dist import dist_loss
 from fakd.losses.kd import channel_wise_kd, pixel_kd
 from fakd.vocab import IGNORE_INDEX
@@ -70,9 +71,7 @@ BUILT_IN: dict[str, Method] = {"kd": kd, "cwd": cwd, "dist": dist}
 
 def load_method(path: str) -> Method:
     """The callable at `module.path:attribute`; a ValueError saying what is wrong otherwise."""
-    module_name, sep, attribute = path.partition(":")
-    if not sep or not module_name or not attribute:
-        raise ValueError(f"{path!r} is not an import path: write module:function (mypkg.losses:relation_loss)")
+    module_name, attribute = import_path_parts(path)
     try:
         module = importlib.import_module(module_name)
     except Exception as exc:  # noqa: BLE001 - any import-time failure of the user's module is theirs to see

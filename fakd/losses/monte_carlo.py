@@ -57,6 +57,12 @@ class _Augmentation:
         n, classes, h, w = self.shape
         return (noise @ self.weight.t()).view(-1, n, h, w, classes).movedim(-1, 2).contiguous()
 
+    def moves(self, samples: int, generator: torch.Generator | None) -> Iterator[Tensor]:
+        """`samples` features' moves e (1×M×D each), drawn one at a time as they are asked for."""
+        _check_samples(samples)
+        for _ in range(samples):
+            yield self.feature_shift(self.draws(1, generator))
+
     def as_maps(self, noise: Tensor) -> Tensor:
         """K×N×D×h×w: the features' moves e (K×M×D) laid out as feature maps."""
         n, _, h, w = self.shape
@@ -103,10 +109,9 @@ def augmented_copies(
 ) -> Iterator[Tensor]:
     """The copies of `augmented_logits` one at a time (N×C×h×w each, drawn as they are asked for), so that K copies
     never coexist; what they share is computed once."""
-    _check_samples(samples)
     augmentation = _Augmentation(student_logits, labels, classifier_weight, class_covariance, strength, ignore_index)
-    for _ in range(samples):
-        yield student_logits + augmentation.logit_shift(augmentation.feature_shift(augmentation.draws(1, generator)))[0]
+    for noise in augmentation.moves(samples, generator):
+        yield student_logits + augmentation.logit_shift(noise)[0]
 
 
 def augmented_inputs(
@@ -120,15 +125,13 @@ def augmented_inputs(
 ) -> Iterator[DistillInputs]:
     """K copies of a method's inputs, one at a time, each with the student's features moved by e ~ N(0, λ Σ_y) and
     its logits by W e, the same draws as `augmented_copies` (teacher, labels and everything else unchanged)."""
-    _check_samples(samples)
     logits, features = inputs.student_logits, inputs.student_features
     if features.shape[0] != logits.shape[0] or features.shape[-2:] != logits.shape[-2:]:
         raise ValueError(f"student features {tuple(features.shape)} and logits {tuple(logits.shape)} differ in batch "
                          "size or resolution: the features must be the classifier's input")
     augmentation = _Augmentation(logits, inputs.labels, classifier_weight, class_covariance, strength,
                                  inputs.ignore_index)
-    for _ in range(samples):
-        noise = augmentation.feature_shift(augmentation.draws(1, generator))
+    for noise in augmentation.moves(samples, generator):
         yield replace(inputs, student_logits=logits + augmentation.logit_shift(noise)[0],
                       student_features=features + augmentation.as_maps(noise)[0].to(features.dtype))
 

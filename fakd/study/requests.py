@@ -111,7 +111,8 @@ def extend_request(study_path: str | Path, arms_text: str, overrides: Sequence[s
         raise UserError(f"{study.root} has unfinished trials ({', '.join(unfinished[:3])}"
                         f"{', ...' if len(unfinished) > 3 else ''}); finish it first with: python launch.py resume "
                         f"{study.root}", key="STUDY_DIR")
-    arms = sorted({name.strip() for name in arms_text.split(",") if name.strip()}, key=arm_order)
+    named = [name.strip() for name in arms_text.split(",") if name.strip()]
+    arms = sorted(set(named), key=arm_order)  # the vocabulary's order: a base arm before the arms compared with it
     raw = copy.deepcopy(old.raw)
     raw["arms"] = existing + arms
     search = raw.setdefault("search", {})
@@ -127,7 +128,7 @@ def extend_request(study_path: str | Path, arms_text: str, overrides: Sequence[s
         _check_extension_key(key, existing, arms, add_on_mattered)
         apply_override(raw, item, str(study.spec))
     methods = raw.get("methods") if isinstance(raw.get("methods"), dict) else {}
-    _check_new_arms(arms_text, arms, existing, arm_names(methods))
+    _check_new_arms(named, arms, existing, arm_names(methods))
     spec = validate_spec(raw, str(study.spec), tuple(overrides))
     for arm in existing:  # the keys checked above cannot change an existing arm: this says so once more
         if _used(old, arm) != _used(spec, arm) or arm_space(old, arm) != arm_space(spec, arm):
@@ -151,10 +152,9 @@ def _used(spec: StudySpec, arm: str) -> dict[str, Any]:
     return flat
 
 
-def _check_new_arms(text: str, arms: list[str], existing: list[str], accepted: tuple[str, ...]) -> None:
-    """The arms `--arms` names (`arms`, in the vocabulary's order: a base arm before the arms compared with it) are
-    each known (built in, or a method's the study or a `--set` declares), new, named once and with their base."""
-    named = [name.strip() for name in text.split(",") if name.strip()]
+def _check_new_arms(named: list[str], arms: list[str], existing: list[str], accepted: tuple[str, ...]) -> None:
+    """The arms `--arms` names (`named`, as given; `arms`, each once in the vocabulary's order) are each known (built
+    in, or a method's the study or a `--set` declares), new, named once and with their base."""
     if not named:
         raise UserError(f"names no arm; accepted: {', '.join(a for a in accepted if a not in existing)}",
                         key="--arms")

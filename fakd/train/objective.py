@@ -14,6 +14,7 @@ from torch import nn
 
 from fakd.config import LossConfig, MethodConfig
 from fakd.losses import ClassCovariance, feature_augmented_cwd, feature_augmented_kd, strength_at
+from fakd.losses.kd import resize_labels
 from fakd.losses.methods import BUILT_IN, DistillInputs, Method, load_method
 from fakd.losses.monte_carlo import augmented_inputs, expected_loss
 from fakd.models import SegmenterOutput
@@ -112,9 +113,9 @@ class SegmentationObjective(nn.Module):
             return total, terms
         if teacher_logits is None:
             raise ValueError("this objective distills: pass teacher_logits")
-        inputs = DistillInputs(logits, teacher_logits.float(), _nearest(labels, logits.shape[-2:]),
+        inputs = DistillInputs(logits, teacher_logits.float(), resize_labels(labels, tuple(logits.shape[-2:])),
                                student.features.float(), teacher_features, self.ignore_index)
-        augmentation = self._augmentation(student, inputs.labels, step, classifier_weight)
+        augmentation = self._augmentation(inputs, step, classifier_weight)
         for term in self.terms:
             value = self._term(term, inputs, augmentation)
             total = total + term.weight * value
@@ -124,14 +125,12 @@ class SegmentationObjective(nn.Module):
         terms["loss"] = total.detach()
         return total, terms
 
-    def _augmentation(
-        self, student: SegmenterOutput, labels: torch.Tensor, step: int, weight: torch.Tensor | None
-    ) -> dict | None:
+    def _augmentation(self, inputs: DistillInputs, step: int, weight: torch.Tensor | None) -> dict | None:
         if self.covariance is None:
             return None
         if weight is None:
             raise ValueError("FAKD needs the student's classifier weight")
-        self.covariance.update(student.features.detach().float(), labels)
+        self.covariance.update(inputs.student_features.detach(), inputs.labels)
         return {
             "classifier_weight": weight.detach().float(),
             "class_covariance": self.covariance.covariance,
@@ -149,9 +148,3 @@ class SegmentationObjective(nn.Module):
         copies = augmented_inputs(inputs, augmentation["classifier_weight"], augmentation["class_covariance"],
                                   augmentation["strength"], self.loss.fakd.samples)
         return expected_loss(lambda copy: term.method(copy, **term.params), copies)
-
-
-def _nearest(labels: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    if tuple(labels.shape[-2:]) == tuple(size):
-        return labels
-    return F.interpolate(labels[:, None].float(), size=size, mode="nearest")[:, 0].long()
