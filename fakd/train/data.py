@@ -79,8 +79,13 @@ class Loader(DataLoader):
             except StopIteration:
                 return
             except UserError as exc:
-                raise _unwrapped(exc) from None
+                # torch's traceback holds its iterator in a reference cycle: dropped with our last reference, the
+                # workers stop now; left to the garbage collector, each worker's join waits out a 5 s timeout
+                error = _unwrapped(exc.with_traceback(None))
+                break
             yield batch
+        del batches
+        raise error from None
 
 
 def _unwrapped(error: UserError) -> UserError:

@@ -162,10 +162,12 @@ def _kill_and_resume(dist: DistContext, out: Path) -> None:
 @pytest.fixture(scope="module")
 def two_processes(tmp_path_factory) -> Path:
     """Everything the 2 gloo processes compute, run once: one-step updates, pooled covariances, a straight and a
-    killed-then-resumed run, a teacher."""
+    killed-then-resumed run, a teacher. Forked: they start with the torch and timm this process imported (a
+    spawned process would spend seconds of CPU importing them again)."""
     out = tmp_path_factory.mktemp("data_parallel")
     rendezvous = out / f"rendezvous-{uuid.uuid4().hex}"
-    torch.multiprocessing.spawn(_process, args=(str(rendezvous), str(out)), nprocs=WORLD, join=True)
+    torch.multiprocessing.start_processes(_process, args=(str(rendezvous), str(out)), nprocs=WORLD, join=True,
+                                          start_method="fork")
     return out
 
 

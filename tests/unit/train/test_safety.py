@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import multiprocessing
 import pickle
 import random
 from collections.abc import Callable
@@ -312,3 +313,5 @@ def test_data_errors_from_loader_workers_stay_one_line_naming_the_file(tmp_path:
             pass
     assert "cannot read label file" in one_line(info.value) and str(label) in str(info.value)
     assert "DataLoader worker" not in str(info.value) and "Traceback" not in str(info.value)
+    # its workers stopped with the error (left to the garbage collector, each waited out a 5 s join timeout)
+    assert multiprocessing.active_children() == []
