@@ -80,18 +80,6 @@ def _fits(node: dict[str, float], cpu: float, gpu: float) -> int:
     return min(count, _count(node.get("GPU", 0), gpu)) if gpu > 0 else count
 
 
-# Tune's own console output is replaced by the study's one-line progress messages.
-QUIET_TUNE = {
-    "RAY_AIR_NEW_OUTPUT": "0",
-    "TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S": "0",
-    "TUNE_DISABLE_AUTO_CALLBACK_LOGGERS": "0",
-    "RAY_DEDUP_LOGS": "1",
-    "TUNE_WARN_THRESHOLD_S": "10",  # W&B opens a run on a trial's first result: a second, not a bottleneck
-}
-for _name, _value in QUIET_TUNE.items():  # Tune reads some of these when it is imported: set them first
-    os.environ.setdefault(_name, _value)
-
-
 class _SecureDefaultNotice(logging.Filter):
     """Drops Ray's start-up notice that token authentication is on (the secure default, nothing to act on); its
     warning that authentication is off stays."""

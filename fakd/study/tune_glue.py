@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -26,6 +27,7 @@ from fakd.study.signals import StopSignals
 from fakd.study.trainable import run_trial
 
 TUNE_LOGGERS = ("ray.tune", "ray.train", "ray.air")
+TUNE_CONSOLE_SWITCH = "RAY_AIR_NEW_OUTPUT"  # "0": the legacy reporter, silent at verbose=0
 
 
 def _key(trial: Trial) -> str:
@@ -133,6 +135,19 @@ class _QuietFileHandler(logging.FileHandler):
 
 
 @contextlib.contextmanager
+def _without_tune_console() -> Iterator[None]:
+    """Tune's console output (its experiment table, where results go) off while a phase runs: the driver says
+    in its own lines what happens. Tune reads the switch when an experiment starts; a user's own value stays."""
+    saved = os.environ.get(TUNE_CONSOLE_SWITCH)
+    os.environ.setdefault(TUNE_CONSOLE_SWITCH, "0")
+    try:
+        yield
+    finally:
+        if saved is None:
+            os.environ.pop(TUNE_CONSOLE_SWITCH, None)
+
+
+@contextlib.contextmanager
 def _tune_logs_in(path: Path) -> Iterator[None]:
     """Ray Tune's and Ray Train's own log lines go to `path`, not to the terminal, while a phase runs: the
     driver says in its own words what happened to a trial or to the study."""
@@ -188,7 +203,7 @@ def run_phase(phase: Phase, context: TrialContext, *, cpu: float, gpu: float, ma
     )
     signals.in_phase = True
     try:
-        with _tune_logs_in(tune_dir / f"{phase.name}-{attempt}" / "tune.log"):
+        with _tune_logs_in(tune_dir / f"{phase.name}-{attempt}" / "tune.log"), _without_tune_console():
             tuner.fit()
     finally:
         signals.in_phase = False

@@ -2,6 +2,7 @@
 results, trial starts and ends, the stop of the whole experiment, and Tune's log lines kept out of the terminal."""
 
 import logging
+import os
 import pickle
 from dataclasses import dataclass, field
 
@@ -121,3 +122,15 @@ def test_tunes_log_lines_go_to_the_phases_log_file_and_come_back_after(tmp_path)
         assert logger.propagate is False
         logger.warning("trial search/kd-000 restored")
     assert logger.propagate is before and "trial search/kd-000 restored" in log.read_text()
+
+
+def test_tunes_console_is_off_while_a_phase_runs_and_a_users_own_setting_stays(monkeypatch):
+    switch = tune_glue.TUNE_CONSOLE_SWITCH
+    monkeypatch.delenv(switch, raising=False)
+    with tune_glue._without_tune_console():
+        assert os.environ[switch] == "0"
+    assert switch not in os.environ  # nothing left in the process's environment
+    monkeypatch.setenv(switch, "1")
+    with tune_glue._without_tune_console():
+        assert os.environ[switch] == "1"
+    assert os.environ[switch] == "1"
