@@ -131,6 +131,19 @@ def ray_local():
     ray.shutdown()
 
 
+@pytest.fixture(scope="session")
+def given_teacher(tmp_path_factory) -> Path:
+    """The tiny spec's teacher, trained once in this process, for the studies whose subject is not a teacher's
+    training: given as `teacher.checkpoint`, a study copies it instead of training one in a Ray task (a process
+    that spends seconds of CPU importing torch and timm)."""
+    from fakd.spec import validate_spec
+    from fakd.train import ensure_teacher
+
+    spec = validate_spec(copy.deepcopy(TINY_SPEC), "tiny.yaml")
+    cfg = spec.run_config(spec.settings.arms[0])
+    return ensure_teacher(cfg, tmp_path_factory.mktemp("given-teacher"), progress=False).path
+
+
 def searched_spec(arms: list[str] | None = None, **search: Any) -> dict[str, Any]:
     """The tiny spec with a real search space (every arm has something to tune); with `arms`, only those
     arms and the searched keys they use."""

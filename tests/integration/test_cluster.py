@@ -89,10 +89,11 @@ def trial_results(study_dir: Path) -> dict[str, list[dict]]:
     return found
 
 
-def test_study_on_two_nodes_survives_losing_one(tmp_path, two_node_cluster):
+def test_study_on_two_nodes_survives_losing_one(tmp_path, two_node_cluster, given_teacher):
     address, env, worker = two_node_cluster
     raw = searched_spec(["kd"], num_samples=3, max_concurrent=2, scheduler="none", max_failures=3)
     raw["train"].update(iters=ITERS, eval_every=EVAL_EVERY)
+    raw["teacher"]["checkpoint"] = str(given_teacher)
     spec = write_spec(tmp_path, raw)
     study_dir = tmp_path / "studies" / "tiny"
     driver = subprocess.Popen(

@@ -63,9 +63,9 @@ def fill(directory: Path) -> Path:
 
 @pytest.mark.ray
 @pytest.mark.driver
-def test_a_full_disk_stops_the_search_in_one_line_and_resume_finishes_the_budget(tmp_path):
+def test_a_full_disk_stops_the_search_in_one_line_and_resume_finishes_the_budget(tmp_path, given_teacher):
     with small_file_system(tmp_path / "disk", 256) as disk:
-        spec = study_spec(tmp_path)
+        spec = study_spec(tmp_path, given_teacher)
         study_dir = disk / "studies" / "tiny"
         log = tmp_path / "driver.log"
         driver = start_driver(["sweep", str(spec), "--storage", str(disk / "studies")], log)
@@ -122,10 +122,11 @@ def named_child(pid: int, name: str) -> int | None:
 
 @pytest.mark.ray
 @pytest.mark.driver
-def test_a_lost_raylet_stops_the_driver_in_one_line_and_resume_finishes_the_budget(tmp_path, ray_local):
+def test_a_lost_raylet_stops_the_driver_in_one_line_and_resume_finishes_the_budget(tmp_path, ray_local,
+                                                                                     given_teacher):
     """The raylet of the driver's local Ray is killed mid-search. Ray's core worker then ends the driver process
     itself; its parent (`fakd.supervisor`) says so in one line, exits 75, and leaves no process behind."""
-    spec = study_spec(tmp_path, num_samples=2)
+    spec = study_spec(tmp_path, given_teacher, num_samples=2)
     study_dir = tmp_path / "studies" / "tiny"
     log = tmp_path / "driver.log"
     driver = start_driver(["sweep", str(spec), "--storage", str(tmp_path / "studies")], log)

@@ -24,11 +24,13 @@ def is_timing(column: str) -> bool:
     return column.endswith("_hours")
 
 
-def reproducible_spec(tmp_path: Path, max_concurrent: int) -> Path:
+def reproducible_spec(tmp_path: Path, max_concurrent: int, teacher: Path | None = None) -> Path:
     raw = searched_spec(["baseline", "kd"], num_samples=4, max_concurrent=max_concurrent, scheduler="asha",
                         reproducible=True, generation_size=2, retrain_seeds=1)
     raw["train"].update(iters=8, eval_every=2)  # 4 evaluations: rungs at 1 and 2
     raw["train"]["lr"] = {"loguniform": [0.0005, 0.2]}  # wide: trials differ, so halving has choices
+    if teacher is not None:
+        raw["teacher"]["checkpoint"] = str(teacher)
     return write_spec(tmp_path, raw)
 
 
@@ -43,13 +45,13 @@ def outcome(study_dir: Path, capsys) -> tuple[list, list]:
 
 
 @pytest.fixture(scope="module")
-def reference(tmp_path_factory, ray_local):
+def reference(tmp_path_factory, ray_local, given_teacher):
     tmp_path = tmp_path_factory.mktemp("reference")
-    return sweep(str(reproducible_spec(tmp_path, max_concurrent=2)), storage=tmp_path / "studies").root
+    return sweep(str(reproducible_spec(tmp_path, 2, given_teacher)), storage=tmp_path / "studies").root
 
 
-def test_two_runs_with_other_concurrency_are_identical(reference, tmp_path, ray_local, capsys):
-    again = sweep(str(reproducible_spec(tmp_path, max_concurrent=1)), storage=tmp_path / "studies").root
+def test_two_runs_with_other_concurrency_are_identical(reference, tmp_path, ray_local, capsys, given_teacher):
+    again = sweep(str(reproducible_spec(tmp_path, 1, given_teacher)), storage=tmp_path / "studies").root
     first, second = outcome(reference, capsys), outcome(again, capsys)
     trials = first[0]
     assert {t["status"] for t in trials if t["phase"] == "search"} == {"COMPLETE", "PRUNED"}, trials
@@ -57,8 +59,8 @@ def test_two_runs_with_other_concurrency_are_identical(reference, tmp_path, ray_
     assert first == second
 
 
-def test_a_killed_and_resumed_run_is_identical(reference, tmp_path, ray_local, capsys):
-    spec = reproducible_spec(tmp_path, max_concurrent=2)
+def test_a_killed_and_resumed_run_is_identical(reference, tmp_path, ray_local, capsys, given_teacher):
+    spec = reproducible_spec(tmp_path, 2, given_teacher)
     study_dir = tmp_path / "studies" / "tiny"
     log = open(tmp_path / "driver.log", "w")
     driver = subprocess.Popen(

@@ -44,7 +44,7 @@ def slurm_env():
 @pytest.mark.driver
 @pytest.mark.slow
 def test_a_study_runs_to_its_end_through_the_time_limit_signal_and_a_requeue(slurm_env, tmp_path, monkeypatch,
-                                                                             capsys):
+                                                                             capsys, given_teacher):
     """The job's batch shell gets the time-limit signal in the middle of the search (`scancel --batch
     --signal=TERM`, as `--signal=B:TERM@grace` sends it): the driver stops as on Ctrl-C, the job requeues itself,
     its second run resumes the study, and the study finishes with every trial run once, none from scratch."""
@@ -52,6 +52,7 @@ def test_a_study_runs_to_its_end_through_the_time_limit_signal_and_a_requeue(slu
         monkeypatch.setenv(name, value)
     raw = searched_spec(["baseline", "kd"], num_samples=2, max_concurrent=1, scheduler="none", retrain_seeds=1)
     raw["train"].update(iters=ITERS, eval_every=EVAL_EVERY)
+    raw["teacher"]["checkpoint"] = str(given_teacher)
     spec = write_spec(tmp_path, raw)
     storage = tmp_path / "studies"
     study_dir = storage / "tiny"

@@ -65,10 +65,16 @@ def tree_digest(root: Path) -> str:
     return digest.hexdigest()
 
 
-def study_spec(tmp_path: Path, **search) -> Path:
+def study_raw(teacher: Path, **search) -> dict:
+    """Two arms, three trials each, one at a time, long enough to be seen mid-run; the given `teacher`."""
     raw = searched_spec(["baseline", "kd"], **{"num_samples": 3, "max_concurrent": 1, "scheduler": "none", **search})
     raw["train"].update(iters=ITERS, eval_every=EVAL_EVERY)
-    return write_spec(tmp_path, raw)
+    raw["teacher"]["checkpoint"] = str(teacher)
+    return raw
+
+
+def study_spec(tmp_path: Path, teacher: Path, **search) -> Path:
+    return write_spec(tmp_path, study_raw(teacher, **search))
 
 
 def assert_exact_budget(study_dir: Path, per_arm: int = 3) -> None:
@@ -84,10 +90,10 @@ def assert_exact_budget(study_dir: Path, per_arm: int = 3) -> None:
 
 
 @pytest.fixture(scope="module")
-def interrupted(tmp_path_factory):
+def interrupted(tmp_path_factory, given_teacher):
     """A study stopped by Ctrl-C (SIGINT to the driver's process group) in the middle of its search."""
     tmp_path = tmp_path_factory.mktemp("interrupted")
-    spec = study_spec(tmp_path)
+    spec = study_spec(tmp_path, given_teacher)
     study_dir = tmp_path / "studies" / "tiny"
     log = tmp_path / "driver.log"
     driver = start_driver(["sweep", str(spec), "--storage", str(tmp_path / "studies")], log)
@@ -207,10 +213,9 @@ def test_a_second_driver_is_refused_naming_the_first(interrupted, tmp_path, caps
     assert not (study_dir / ".lock").read_text().strip(), "the lock file still names a holder"
 
 
-def test_sigterm_and_sigkill_then_resume_reruns_no_finished_trial(tmp_path, ray_local):
-    raw = searched_spec(["baseline", "kd"], num_samples=3, max_concurrent=1, scheduler="none")
+def test_sigterm_and_sigkill_then_resume_reruns_no_finished_trial(tmp_path, ray_local, given_teacher):
+    raw = study_raw(given_teacher)
     raw["tracking"] = {"wandb": True, "project": "fakd-test"}
-    raw["train"].update(iters=ITERS, eval_every=EVAL_EVERY)
     spec = write_spec(tmp_path, raw)
     study_dir = tmp_path / "studies" / "tiny"
     finished_in_first_driver: set[str] = set()
