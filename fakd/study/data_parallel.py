@@ -76,7 +76,7 @@ class DataParallelTrial(tune.Trainable):
         task = trial_task(config)
         results, replies = Queue(actor_options={"num_cpus": 0}), Queue(actor_options={"num_cpus": 0})
         loop_config = {"run": task.run, "study_root": str(root), "work": str(task.work_dir(root)),
-                       "teacher": self.context.teacher,
+                       "teacher": self.context.teacher_artifact(),
                        "gpu": self.scaling.gpu > 0, "results": results, "replies": replies}
         trainer = _trainer(_trial_worker, loop_config, self.scaling, str(root / "tune"),
                            task.key.replace("/", "-"))
@@ -210,9 +210,7 @@ def _trial_worker(config: dict[str, Any]) -> None:
     dist = _setup_worker(config["gpu"])
     channel = ReportChannel(config["results"], config["replies"], dist)
     cfg: RunConfig = config["run"]  # validated once, by the driver
-    study_teacher = config["teacher"]  # a StudyTeacher, relative to the study root
-    teacher = None if study_teacher is None else TeacherArtifact(
-        Path(config["study_root"]) / study_teacher.path, study_teacher.key, study_teacher.metrics)
+    teacher: TeacherArtifact | None = config["teacher"]
     with training_in(config["study_root"]):
         try:
             train_student(cfg, teacher, Path(config["work"]), report=channel.report, resume_from="latest",

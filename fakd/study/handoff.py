@@ -9,9 +9,12 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from fakd.config import RunConfig
+
+if TYPE_CHECKING:
+    from fakd.train import TeacherArtifact
 
 TASK = "task"
 """The key of a trial's `TrialTask` in its Tune config."""
@@ -49,10 +52,13 @@ class TrialContext:
     study_root: str  # the study's location now, as the driver and every worker see it
     teacher: StudyTeacher | None  # None: the trials do not distill (benchmarks, tests)
 
-    @property
-    def teacher_path(self) -> Path | None:
-        """The teacher's checkpoint where this process sees the study."""
-        return None if self.teacher is None else Path(self.study_root) / self.teacher.path
+    def teacher_artifact(self) -> TeacherArtifact | None:
+        """The teacher as a trial loads it: its checkpoint where this process sees the study, its key and metrics."""
+        from fakd.train import TeacherArtifact  # torch and timm: not loaded by the driver's readers of a study
+
+        if self.teacher is None:
+            return None
+        return TeacherArtifact(Path(self.study_root) / self.teacher.path, self.teacher.key, self.teacher.metrics)
 
 
 @dataclass(frozen=True)

@@ -22,7 +22,7 @@ from fakd.errors import UserError
 from fakd.faults import CPU_ALLOCATOR_FAILED, machine_fault
 from fakd.study.handoff import TrialContext, trial_task
 from fakd.study.lock import training_in
-from fakd.train import NonFiniteLossError, TeacherArtifact, train_student
+from fakd.train import NonFiniteLossError, train_student
 from fakd.train.checkpoint import latest_checkpoint
 
 MEMORY_ERRORS = (MemoryError, torch.OutOfMemoryError)
@@ -53,9 +53,7 @@ def run_trial(config: Mapping[str, Any], context: TrialContext) -> None:
     cfg = task.run
     root = Path(context.study_root)
     work = task.work_dir(root)
-    study_teacher = context.teacher
-    teacher = None if study_teacher is None else TeacherArtifact(context.teacher_path, study_teacher.key,
-                                                                 study_teacher.metrics)
+    teacher = context.teacher_artifact()
     with training_in(root):
         resume = "latest" if latest_checkpoint(work / "checkpoints") else None
         try:

@@ -273,7 +273,7 @@ def test_study_copies_and_evaluates_a_zoo_teacher_once(tmp_path: Path, ray_local
     monkeypatch.setattr("fakd.train.evaluate_teacher", lambda *a, **k: pytest.fail("evaluated twice"))
     assert study_teacher(study, spec, logs.append) == StudyTeacher.from_json(study.metadata()["teacher"]) == record
     # a trial loads the teacher from the study's copy
-    artifact = TeacherArtifact(TrialContext(str(study.root), record).teacher_path, record.key, record.metrics)
+    artifact = TrialContext(str(study.root), record).teacher_artifact()
     assert isinstance(load_teacher(artifact, cfg, NUM_CLASSES), ZooTeacher)
 
 

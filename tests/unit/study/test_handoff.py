@@ -8,6 +8,7 @@ from conftest import TINY_SPEC
 
 from fakd.spec import validate_spec
 from fakd.study.handoff import StudyTeacher, TrialContext, TrialTask, trial_task
+from fakd.train import TeacherArtifact
 
 
 def test_the_teacher_round_trips_through_study_json_and_a_damaged_record_is_none():
@@ -26,8 +27,9 @@ def test_the_teacher_round_trips_through_study_json_and_a_damaged_record_is_none
 def test_a_trial_finds_the_teacher_where_the_study_lies_now(tmp_path):
     teacher = StudyTeacher("k", "teachers/k/teacher.pt", {"val_miou": 0.5})
     moved = TrialContext(str(tmp_path / "moved"), teacher)
-    assert moved.teacher_path == tmp_path / "moved" / "teachers" / "k" / "teacher.pt"
-    assert TrialContext(str(tmp_path), None).teacher_path is None
+    assert moved.teacher_artifact() == TeacherArtifact(tmp_path / "moved" / "teachers" / "k" / "teacher.pt", "k",
+                                                       {"val_miou": 0.5})
+    assert TrialContext(str(tmp_path), None).teacher_artifact() is None
     run = validate_spec(TINY_SPEC, "tiny.yaml").run_config("kd")
     task = trial_task(pickle.loads(pickle.dumps(TrialTask("search/kd-003", "kd", run).as_config())))
     assert (task.name, task.run, task.work_dir(Path("/s"))) == ("kd-003", run, Path("/s/trials/search/kd-003"))
