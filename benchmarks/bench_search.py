@@ -16,8 +16,10 @@ grid pass (27 runs at one seed). Compute is the training + evaluation seconds of
 kd selection (its 3 values, each once); their compute is the add-on's own (the kd search is the kd arm's, paid by a
 study anyway), with the kd stage's compute beside it.
 
-`FAKD_SEARCH_CURVES=FILE` keeps the grids' recorded evaluations in FILE (JSON) and reuses them when it exists, so the
-replays can be run again without training.
+`FAKD_SEARCH_CURVES=FILE` keeps the grids' recorded evaluations in FILE (JSON Lines, one run per line, appended as
+each run finishes) and reuses them: a stopped grid resumes where it stopped, and the replays can be run again without
+training. Runs are trained seed by seed, so a grid stopped early still has whole seeds. `FAKD_SEARCH_TRAIN_SEEDS=N`
+(default 4) sets the seeds per grid point, `FAKD_SEARCH_SEEDS=N` (default 6) the search seeds.
 """
 
 from __future__ import annotations
@@ -44,9 +46,10 @@ ARM, BASE = "kd+fakd", "kd"
 GRID = {"train.lr": [0.02, 0.05, 0.1], "loss.kd.temperature": [1.0, 2.0, 4.0],
         "loss.fakd.max_strength": [0.5, 2.0, 5.0]}
 TRIALS, SLOTS = 9, 2
-SEARCH_SEEDS = (0, 1, 2, 3, 4, 5)
+SEARCH_SEEDS = tuple(range(int(os.environ.get("FAKD_SEARCH_SEEDS", "6"))))
 CONFIRM = {"top": 2, "seeds": 2}
-TRAIN_SEEDS = 4  # per grid point: the search's seed and the first three confirmation seeds
+# per grid point: the search's seed, then the confirmation seeds
+TRAIN_SEEDS = int(os.environ.get("FAKD_SEARCH_TRAIN_SEEDS", "4"))
 WITHIN = 0.01  # "within 1 mIoU of the best true mean"
 SAMPLERS = ("random", "tpe", "gp", "qmc")
 
@@ -307,44 +310,64 @@ def protocols() -> list[dict[str, Any]]:
     return found
 
 
-def train_grids(root: Path) -> tuple[Curves, dict[str, float]]:
-    """Every grid point of both arms at every training seed, trained for real two at a time."""
+def _read_cache(cache: Path | None) -> Curves:
+    """The runs recorded in `cache` (JSON Lines); a line cut short by a stop is skipped."""
+    curves: Curves = {}
+    if cache is None or not cache.is_file():
+        return curves
+    for line in cache.read_text().splitlines():
+        try:
+            item = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        curves[(item["arm"], _point(item["values"]), item["seed"])] = item["rows"]
+    return curves
+
+
+def train_grids(root: Path, cache: Path | None) -> tuple[Curves, dict[str, float]]:
+    """Every grid point of both arms at every training seed, trained for real two at a time, seed by seed; runs
+    already in `cache` are read, new ones appended to it as they finish."""
     from fakd.spec import validate_spec
     from fakd.train import ensure_teacher
 
     raw = _raw_spec([BASE, ARM])
     spec = validate_spec(copy.deepcopy(raw), str(SPEC))
     seeds = [spec.defaults.train.seed] + [confirm_seed(spec, i) for i in range(TRAIN_SEEDS - 1)]
+    curves = _read_cache(cache)
+    jobs = []
+    for seed in seeds:
+        for arm in (ARM, BASE):
+            keys = list(GRID) if arm == ARM else ["train.lr", "loss.kd.temperature"]
+            for combo in itertools.product(*(GRID[k] for k in keys)):
+                values = dict(zip(keys, combo, strict=True))
+                if (arm, _point(values), seed) not in curves:
+                    jobs.append((copy.deepcopy(raw), arm, values, seed))
+    timing: dict[str, float] = {"teacher_seconds": 0.0, "grid_seconds": 0.0, "runs_trained": len(jobs)}
+    if not jobs:
+        return {key: rows for key, rows in curves.items() if key[2] in seeds}, timing
+    print(f"training {len(jobs)} grid runs ({len(curves)} read from {cache})", flush=True)
     started = time.perf_counter()
     teacher = ensure_teacher(spec.run_config(ARM), root / "teachers", progress=False)
-    timing = {"teacher_seconds": time.perf_counter() - started}
-    jobs = []
-    for arm in (ARM, BASE):
-        keys = list(GRID) if arm == ARM else ["train.lr", "loss.kd.temperature"]
-        for combo in itertools.product(*(GRID[k] for k in keys)):
-            jobs += [(copy.deepcopy(raw), arm, dict(zip(keys, combo, strict=True)), seed, teacher) for seed in seeds]
+    timing["teacher_seconds"] = time.perf_counter() - started
     started = time.perf_counter()
     with multiprocessing.get_context("spawn").Pool(SLOTS) as pool:
-        curves = dict(pool.map(_grid_run, jobs))
+        for done, (key, rows) in enumerate(pool.imap(_grid_run, [(*job, teacher) for job in jobs]), start=1):
+            curves[key] = rows
+            if cache is not None:
+                arm, point, seed = key
+                with cache.open("a") as out:
+                    out.write(json.dumps({"arm": arm, "values": dict(point), "seed": seed, "rows": rows}) + "\n")
+            if done % 9 == 0:
+                print(f"  {done}/{len(jobs)} runs, {time.perf_counter() - started:.0f} s", flush=True)
     timing["grid_seconds"] = time.perf_counter() - started
-    return curves, timing
+    return {key: rows for key, rows in curves.items() if key[2] in seeds}, timing
 
 
 def main() -> list[dict[str, Any]]:
     cache = Path(os.environ["FAKD_SEARCH_CURVES"]) if os.environ.get("FAKD_SEARCH_CURVES") else None
     with tempfile.TemporaryDirectory() as scratch:
         root = Path(scratch)
-        if cache is not None and cache.is_file():
-            saved = json.loads(cache.read_text())
-            curves = {(item["arm"], _point(item["values"]), item["seed"]): item["rows"] for item in saved["curves"]}
-            timing = saved["timing"]
-            print(f"(grid evaluations read from {cache}, recorded {saved['recorded']})\n")
-        else:
-            curves, timing = train_grids(root)
-            if cache is not None:
-                cache.write_text(json.dumps({"recorded": time.strftime("%Y-%m-%d %H:%M"), "timing": timing, "curves": [
-                    {"arm": arm, "values": dict(point), "seed": seed, "rows": rows}
-                    for (arm, point, seed), rows in curves.items()]}))
+        curves, timing = train_grids(root, cache)
         seeds = sorted({seed for _, _, seed in curves})
         finals = {(arm, point): [curves[(arm, point, s)][-1]["val_miou"] for s in seeds]
                   for arm, point, _ in curves}
@@ -360,8 +383,9 @@ def main() -> list[dict[str, Any]]:
     single = {point: finals[(ARM, point)][0] for point in points}  # the one-seed score a search sees
     seed_sd = statistics.fmean(statistics.stdev(finals[(ARM, p)]) for p in points)
     print(f"Grid: {len(points)} kd+fakd points ({', '.join(f'{k} {v}' for k, v in GRID.items())}) and 9 kd points, "
-          f"each trained with seeds {seeds}: {timing['grid_seconds']:.0f} s, {SLOTS} at a time (teacher "
-          f"{timing['teacher_seconds']:.0f} s). Best true mean {100 * best:.2f} mIoU at {dict(ranked[0])}; next "
+          f"each trained with seeds {seeds} ({timing['runs_trained']:.0f} runs trained now: "
+          f"{timing['grid_seconds']:.0f} s, {SLOTS} at a time, teacher {timing['teacher_seconds']:.0f} s). "
+          f"Best true mean {100 * best:.2f} mIoU at {dict(ranked[0])}; next "
           f"{', '.join(f'{100 * truth[p]:.2f}' for p in ranked[1:5])}; "
           f"{sum(v >= best - WITHIN for v in truth.values())} points within 1 mIoU of it. Mean per-point seed SD "
           f"{100 * seed_sd:.2f} mIoU. The best single-seed "
