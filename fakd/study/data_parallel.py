@@ -19,18 +19,17 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from ray import tune
 
+from fakd.config import RunConfig
 from fakd.errors import UserError
 from fakd.results import StudyDir
 from fakd.study.handoff import TrialContext, trial_task
 from fakd.study.lock import training_in
-
-if TYPE_CHECKING:  # the trainer (torch, timm) is imported in the Train workers, not by the driver
-    from fakd.config import RunConfig
-    from fakd.train import DistContext, TeacherArtifact
+from fakd.train import DistContext, NonFiniteLossError, TeacherArtifact, ensure_teacher, teacher_key, train_student
+from fakd.train.teacher import TEACHER_FILE, read_teacher_file
 
 # What the Tune trial driving a data-parallel run reserves: nothing its workers need (a trial's placement group may
 # not be empty, so one byte of memory). `search.max_concurrent` bounds the trials in flight.
@@ -197,8 +196,6 @@ class ReportChannel:
 
 def _setup_worker(gpu: bool) -> DistContext:
     """This Train worker's process group (initialised by the TorchTrainer) and, on GPUs, its own device."""
-    from fakd.train import DistContext
-
     if gpu:
         import ray.train.torch
         import torch
@@ -210,8 +207,6 @@ def _setup_worker(gpu: bool) -> DistContext:
 
 def _trial_worker(config: dict[str, Any]) -> None:
     """One process of a data-parallel trial: the student's training, resumed from the trial's latest checkpoint."""
-    from fakd.train import NonFiniteLossError, train_student
-
     dist = _setup_worker(config["gpu"])
     channel = ReportChannel(config["results"], config["replies"], dist)
     cfg: RunConfig = config["run"]  # validated once, by the driver
@@ -235,9 +230,6 @@ def ensure_teacher_data_parallel(cfg: RunConfig, study: StudyDir, scaling: Scali
     """`fakd.train.ensure_teacher` into the study's teacher cache, with the teacher trained by `scaling.workers`
     processes (a Ray Train run logging under the study's `tune/`) when it is not cached yet; a model-zoo or given
     teacher is never trained."""
-    from fakd.train import TeacherArtifact, ensure_teacher, teacher_key
-    from fakd.train.teacher import TEACHER_FILE, read_teacher_file
-
     if cfg.teacher.is_zoo or cfg.teacher.checkpoint or scaling.workers == 1:
         with training_in(study.root):
             return ensure_teacher(cfg, study.teachers, progress=False)
@@ -279,8 +271,6 @@ def user_error_in(exc: BaseException) -> UserError | None:
 
 
 def _teacher_worker(config: dict[str, Any]) -> None:
-    from fakd.train import ensure_teacher
-
     dist = _setup_worker(config["gpu"])
     with training_in(config["study_root"]):
         ensure_teacher(config["run"], Path(config["cache"]), progress=False,

@@ -15,23 +15,23 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+import torch
 from ray import tune
 
 from fakd.errors import UserError
 from fakd.faults import CPU_ALLOCATOR_FAILED, machine_fault
 from fakd.study.handoff import TrialContext, trial_task
 from fakd.study.lock import training_in
+from fakd.train import NonFiniteLossError, train_student
+from fakd.train.checkpoint import latest_checkpoint
 
-# torch and the trainer are imported where a trial runs, not where the driver hands `run_trial` to Tune.
+MEMORY_ERRORS = (MemoryError, torch.OutOfMemoryError)
+"""Host and device memory exhausted inside the trial (the kernel's OOM killer ends the process instead)."""
 
 
 def is_out_of_memory(exc: BaseException) -> bool:
-    """Whether `exc` says the trial's memory is exhausted, on the host or the device (the kernel's OOM killer
-    ends the process instead)."""
-    import torch
-
-    memory_errors = (MemoryError, torch.OutOfMemoryError)
-    return isinstance(exc, memory_errors) or (isinstance(exc, RuntimeError) and CPU_ALLOCATOR_FAILED in str(exc))
+    """Whether `exc` says the trial's memory is exhausted, on the host or the device."""
+    return isinstance(exc, MEMORY_ERRORS) or (isinstance(exc, RuntimeError) and CPU_ALLOCATOR_FAILED in str(exc))
 
 
 def _report(metrics: dict[str, Any], checkpoint_dir: str | None) -> None:
@@ -48,9 +48,6 @@ def _memory_error(exc: BaseException) -> str:
 
 def run_trial(config: Mapping[str, Any], context: TrialContext) -> None:
     """Train one trial (its `TrialTask` in `config`), continuing from its latest checkpoint when there is one."""
-    from fakd.train import NonFiniteLossError, train_student
-    from fakd.train.checkpoint import latest_checkpoint
-
     logging.getLogger("ray.train").setLevel(logging.WARNING)
     task = trial_task(config)
     cfg = task.run

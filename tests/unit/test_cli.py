@@ -40,14 +40,3 @@ def test_reading_commands_help_and_refusals_import_no_torch_ray_or_timm(tmp_path
     for name, (args, expected) in cases.items():
         code, heavy = loaded_heavy_modules(args)
         assert (code, heavy) == (expected, []), name
-
-
-@pytest.mark.driver
-def test_a_study_driver_hands_trials_to_tune_without_loading_the_trainer():
-    """The trainer (torch, timm, torchvision: about 5 s of imports) loads in the trial processes only, so `sweep`,
-    `resume`, `retrain` and `extend` start their Ray runtime without that wait."""
-    probe = ("import sys; import fakd.study.runner, fakd.study.tune_glue, fakd.study.teacher; "
-             "print([m for m in ('torch', 'timm', 'torchvision', 'ray.tune') if m in sys.modules])")
-    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
-    assert result.returncode == 0, result.stderr[-2000:]
-    assert ast.literal_eval(result.stdout.strip().splitlines()[-1]) == ["ray.tune"]

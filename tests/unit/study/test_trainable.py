@@ -10,7 +10,6 @@ import pytest
 import torch
 from conftest import TINY_SPEC
 
-import fakd.train
 from fakd.errors import UserError
 from fakd.spec import validate_spec
 from fakd.study import trainable
@@ -33,7 +32,7 @@ def test_a_failure_the_same_configuration_would_repeat_is_reported_not_raised(tm
     def train_student(*args, **kwargs):
         raise raised
 
-    monkeypatch.setattr(fakd.train, "train_student", train_student)  # what run_trial imports when it runs
+    monkeypatch.setattr(trainable, "train_student", train_student)
     monkeypatch.setattr(trainable.tune, "report", reports.append)
     run = validate_spec(TINY_SPEC, "tiny.yaml").run_config("kd", split="holdout")
     run_trial(TrialTask("search/kd-000", "kd", run).as_config(), TrialContext(str(tmp_path), None))
@@ -43,7 +42,6 @@ def test_a_failure_the_same_configuration_would_repeat_is_reported_not_raised(tm
 LIMITED_TRIAL = """
 import copy, json, resource, sys
 from conftest import TINY_SPEC
-import fakd.train  # the trainer (torch, timm) is mapped before the limit is set
 from fakd.spec import validate_spec
 from fakd.study import trainable
 from fakd.study.handoff import TrialContext, TrialTask
