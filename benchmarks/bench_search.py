@@ -29,6 +29,7 @@ import itertools
 import json
 import multiprocessing
 import os
+import random
 import statistics
 import tempfile
 import time
@@ -363,6 +364,40 @@ def train_grids(root: Path, cache: Path | None) -> tuple[Curves, dict[str, float
     return {key: rows for key, rows in curves.items() if key[2] in seeds}, timing
 
 
+def regret_uncertainty(scores: dict[Point, list[float]], picks: dict[str, list[Point]], draws: int = 2000,
+                       seed: int = 0) -> dict[str, dict[str, float]]:
+    """How sure the protocols' mean regrets are, by a bootstrap over both of their sources of noise: each draw
+    resamples the training seeds (the same resample for every point, as the points share their seeds) and so
+    the truth, and the search seeds (the same for every protocol). `scores[point]`: the point's final mIoU per
+    training seed; `picks[protocol]`: its selected point per search seed. Per protocol: the 5th and 95th
+    percentiles of its mean regret (mIoU) and the share of draws in which its mean regret is the lowest (ties
+    shared)."""
+    rng = random.Random(seed)
+    n_seeds = len(next(iter(scores.values())))
+    n_searches = len(next(iter(picks.values())))
+    regrets: dict[str, list[float]] = {name: [] for name in picks}
+    lowest = dict.fromkeys(picks, 0.0)
+    for _ in range(draws):
+        train = [rng.randrange(n_seeds) for _ in range(n_seeds)]
+        search = [rng.randrange(n_searches) for _ in range(n_searches)]
+        truth = {point: statistics.fmean(values[i] for i in train) for point, values in scores.items()}
+        best = max(truth.values())
+        means = {name: 100 * statistics.fmean(best - truth[chosen[i]] for i in search)
+                 for name, chosen in picks.items()}
+        floor = min(means.values())
+        winners = [name for name, mean in means.items() if mean <= floor + 1e-12]
+        for name, mean in means.items():
+            regrets[name].append(mean)
+        for name in winners:
+            lowest[name] += 1 / len(winners)
+    out = {}
+    for name, values in regrets.items():
+        values.sort()
+        out[name] = {"low": values[int(0.05 * (draws - 1))], "high": values[int(0.95 * (draws - 1))],
+                     "lowest": lowest[name] / draws}
+    return out
+
+
 def main() -> list[dict[str, Any]]:
     cache = Path(os.environ["FAKD_SEARCH_CURVES"]) if os.environ.get("FAKD_SEARCH_CURVES") else None
     with tempfile.TemporaryDirectory() as scratch:
@@ -393,11 +428,15 @@ def main() -> list[dict[str, Any]]:
           f"{ranked.index(max(single, key=single.get)) + 1} of {len(points)}). One grid pass (27 runs, one seed): "
           f"{grid.compute:.0f} s of compute.\n")
     rows = []
+    sure = regret_uncertainty({point: finals[(ARM, point)] for point in points},
+                              {p["name"]: [results[(p["name"], s)].point for s in SEARCH_SEEDS] for p in protocols()})
     for protocol in protocols():
         picks = [results[(protocol["name"], s)] for s in SEARCH_SEEDS]
         regrets = [100 * (best - truth[pick.point]) for pick in picks]
+        spread = sure[protocol["name"]]
         rows.append({
             "protocol": protocol["name"], "mean regret, mIoU": statistics.fmean(regrets),
+            "90% interval": f"[{spread['low']:.2f}, {spread['high']:.2f}]", "P(lowest)": spread["lowest"],
             "max regret": max(regrets), "within 1 mIoU": f"{sum(r <= 100 * WITHIN for r in regrets)}/{len(picks)}",
             "compute / grid": statistics.fmean(p.compute for p in picks) / grid.compute,
             "base stage / grid": statistics.fmean(p.base_compute for p in picks) / grid.compute,
@@ -407,6 +446,8 @@ def main() -> list[dict[str, Any]]:
     print(f"\nregret: best true mean − the selected point's true mean (means over {len(seeds)} seeds), over search "
           f"seeds {SEARCH_SEEDS}; compute: the kd+fakd arm's search (+ confirmation) windows, as a fraction of one "
           f"grid pass ({grid.compute:.0f} s); base stage: an inheriting protocol's kd search, paid by the kd arm. "
+          f"90% interval and P(lowest): a bootstrap over the training seeds (the truth) and the search seeds "
+          f"(`regret_uncertainty`). "
           f"{TRIALS} trials per arm, confirm = top {CONFIRM['top']} × {CONFIRM['seeds']} seeds.")
     return rows
 

@@ -1,6 +1,6 @@
 """The search benchmark's replay: a simulated clock with two slots, compute counted window by window."""
 
-from benchmarks.bench_search import GridPhase, _point, replay
+from benchmarks.bench_search import GridPhase, _point, regret_uncertainty, replay
 
 
 def curve(seconds: list[float], mious: list[float]) -> list[dict]:
@@ -20,3 +20,19 @@ def test_replay_runs_two_trials_at_a_time_and_counts_every_window():
     # finishes: point 1 at t=15 (compute 15 + 15 of point 0's windows), point 2 at t=21, point 0 at t=30
     assert result.found == [(30.0, 15.0, 0.40), (6 + 15 + 21, 21.0, 0.40), (51.0, 30.0, 0.40)]
     assert result.reached(0.40) == (30.0, 15.0) and result.reached(0.46) is None
+
+
+def test_regret_uncertainty_bootstraps_the_truth_and_the_search_seeds():
+    high, low, mid = (_point({"train.lr": lr}) for lr in (0.1, 0.2, 0.3))
+    # `high` is best under every resample of the training seeds; `mid` beats `low` on average but not on seed 0
+    scores = {high: [0.50, 0.52, 0.51], mid: [0.30, 0.45, 0.45], low: [0.40, 0.30, 0.30]}
+    picks = {"always best": [high, high], "always mid": [mid, mid], "mixed": [high, low]}
+    sure = regret_uncertainty(scores, picks, draws=400)
+    assert (sure["always best"]["low"], sure["always best"]["high"]) == (0.0, 0.0)
+    # "mixed" ties with it (shared) where both resampled search seeds are the first: a quarter of the draws
+    assert sure["always mid"]["lowest"] == 0.0
+    assert abs(sure["always best"]["lowest"] + sure["mixed"]["lowest"] - 1.0) < 1e-9
+    assert 0.08 < sure["mixed"]["lowest"] < 0.17
+    # resampling the search seeds alone can give "mixed" all `high` (regret 0) or all `low` (its whole gap)
+    assert sure["mixed"]["low"] < sure["mixed"]["high"]
+    assert 5.0 <= sure["always mid"]["low"] <= sure["always mid"]["high"] <= 20.0
