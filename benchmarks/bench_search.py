@@ -6,11 +6,14 @@ quickstart's teacher and schedule), each point with the search's own seed and th
 - `kd+fakd`: `train.lr` 0.02/0.05/0.1 × `loss.kd.temperature` 1/2/4 × `loss.fakd.max_strength` 0.5/2/5 (27 points);
 - `kd`: `train.lr` × `loss.kd.temperature` (9 points), the base an inheriting `kd+fakd` takes its values from.
 A point's truth is its mean over those seeds. Each protocol then searches the same points with the study engine's own
-phases (`SearchPhase` with the arm's Optuna study and halving, `ConfirmPhase`, `select_best`), two trials at a time
-on a simulated clock, each run's evaluations replayed from the grid run of its configuration and seed, over several
-search seeds. Reported per protocol: the true-mean regret of the selection (best true mean − the selected point's
-true mean), how often the selection is within 1 mIoU of the best true mean, and its compute as a fraction of one
-grid pass (27 runs at one seed). Compute is the training + evaluation seconds of the windows run, one CPU per trial.
+phases (`SearchPhase` with the arm's Optuna study and halving, `ConfirmPhase`, `select_best`), two trials at a time on a
+simulated clock, each run's evaluations replayed from the grid run of its configuration and seed, over several search
+seeds. Search seed s replays the search's own seed and the confirmation seeds from the grid's seed layers rotated by s
+(`seen_layers`), so that each search sees another draw of the training noise, and each search's regret is also measured
+against the truth over the layers it never saw. Reported per protocol: the true-mean regret of the selection (best true
+mean − the selected point's true mean), how often the selection is within 1 mIoU of the best true mean, and its compute
+as a fraction of one grid pass (27 runs at one seed). Compute is the training + evaluation seconds of the windows run,
+one CPU per trial.
 
 `inherit` protocols search `kd` (9 points) with the protocol, then `kd+fakd` in `loss.fakd.max_strength` alone on the
 kd selection (its 3 values, each once); their compute is the add-on's own (the kd search is the kd arm's, paid by a
@@ -275,16 +278,27 @@ def _stage(study: Any, raw: dict[str, Any], arms: list[str], curve_of: Callable[
     return compute, runs, pruned
 
 
-def select(protocol: dict[str, Any], seed: int, curves: Curves, root: Path) -> Selection:
-    """Run one protocol with one search seed; the kd+fakd point it selects."""
+def seen_layers(seed: int, layers: int) -> list[int]:
+    """The grid's seed layers (indices into its training seeds) that the search with search seed `seed` trains on:
+    the search's own seed and the confirmation seeds, rotated by the search seed, so that each search sees another
+    draw of the training noise."""
+    return [(i + seed) % layers for i in range(1 + CONFIRM["seeds"])]
+
+
+def select(protocol: dict[str, Any], seed: int, curves: Curves, root: Path, seeds: list[int]) -> Selection:
+    """Run one protocol with one search seed; the kd+fakd point it selects. `seeds`: the grid's training seeds,
+    the search's own first, then the confirmation seeds; a run of `seeds[i]` is replayed from the grid's layer
+    `seen_layers(seed, ...)[i]`."""
     from fakd.results import read_trials
     from fakd.results.selection import select_best
+
+    layer_of = {seeds[i]: seeds[layer] for i, layer in enumerate(seen_layers(seed, len(seeds)))}
 
     def curve_of(record: Any) -> list[dict[str, Any]]:
         values = {k: v for k, v in record.values.items() if k in GRID}
         if record.arm == BASE:
             values.pop("loss.fakd.max_strength", None)
-        return curves[(record.arm, _point(values), record.seed)]
+        return curves[(record.arm, _point(values), layer_of[record.seed])]
 
     settings = {k: protocol[k] for k in ("sampler", "scheduler", "confirm")}
     study = _study(root, f"{protocol['name']}-{seed}".replace(" ", "_").replace("+", "p"))
@@ -411,7 +425,8 @@ def main() -> list[dict[str, Any]]:
         search_seed = seeds[0]
         grid = replay(GridPhase(points, curves[(ARM, points[0], search_seed)][-1]["iteration"], search_seed),
                       lambda record: curves[(ARM, _point(record.values), record.seed)])
-        results = {(p["name"], s): select(p, s, curves, root / "replays") for p in protocols() for s in SEARCH_SEEDS}
+        results = {(p["name"], s): select(p, s, curves, root / "replays", seeds)
+                   for p in protocols() for s in SEARCH_SEEDS}
 
     best = max(truth.values())
     ranked = sorted(truth, key=truth.get, reverse=True)
@@ -427,6 +442,14 @@ def main() -> list[dict[str, Any]]:
           f"(search-seed) point has true mean {100 * truth[max(single, key=single.get)]:.2f} (rank "
           f"{ranked.index(max(single, key=single.get)) + 1} of {len(points)}). One grid pass (27 runs, one seed): "
           f"{grid.compute:.0f} s of compute.\n")
+    # per search seed, the truth over the seed layers that search never trained on: free of its luck on those it saw
+    unseen_truth = {}
+    for s in SEARCH_SEEDS:
+        unseen = [i for i in range(len(seeds)) if i not in seen_layers(s, len(seeds))]
+        unseen_truth[s] = {p: statistics.fmean(finals[(ARM, p)][i] for i in unseen) for p in points} if unseen else {}
+
+    def unseen_regret(s: int, point: Point) -> float:
+        return 100 * (max(unseen_truth[s].values()) - unseen_truth[s][point])
     rows = []
     sure = regret_uncertainty({point: finals[(ARM, point)] for point in points},
                               {p["name"]: [results[(p["name"], s)].point for s in SEARCH_SEEDS] for p in protocols()})
@@ -437,6 +460,8 @@ def main() -> list[dict[str, Any]]:
         rows.append({
             "protocol": protocol["name"], "mean regret, mIoU": statistics.fmean(regrets),
             "90% interval": f"[{spread['low']:.2f}, {spread['high']:.2f}]", "P(lowest)": spread["lowest"],
+            **({"regret, unseen seeds": statistics.fmean(unseen_regret(s, results[(protocol["name"], s)].point)
+                                                          for s in SEARCH_SEEDS)} if unseen_truth[0] else {}),
             "max regret": max(regrets), "within 1 mIoU": f"{sum(r <= 100 * WITHIN for r in regrets)}/{len(picks)}",
             "compute / grid": statistics.fmean(p.compute for p in picks) / grid.compute,
             "base stage / grid": statistics.fmean(p.base_compute for p in picks) / grid.compute,
@@ -447,7 +472,8 @@ def main() -> list[dict[str, Any]]:
           f"seeds {SEARCH_SEEDS}; compute: the kd+fakd arm's search (+ confirmation) windows, as a fraction of one "
           f"grid pass ({grid.compute:.0f} s); base stage: an inheriting protocol's kd search, paid by the kd arm. "
           f"90% interval and P(lowest): a bootstrap over the training seeds (the truth) and the search seeds "
-          f"(`regret_uncertainty`). "
+          f"(`regret_uncertainty`). Search seed s trains on the grid's seed layers `seen_layers(s)` (its own seed "
+          f"and the confirmation seeds, rotated by s); regret, unseen seeds: against the means over the other layers. "
           f"{TRIALS} trials per arm, confirm = top {CONFIRM['top']} × {CONFIRM['seeds']} seeds.")
     return rows
 

@@ -1,6 +1,6 @@
 """The search benchmark's replay: a simulated clock with two slots, compute counted window by window."""
 
-from benchmarks.bench_search import GridPhase, _point, regret_uncertainty, replay
+from benchmarks.bench_search import CONFIRM, GridPhase, _point, regret_uncertainty, replay, seen_layers
 
 
 def curve(seconds: list[float], mious: list[float]) -> list[dict]:
@@ -36,3 +36,8 @@ def test_regret_uncertainty_bootstraps_the_truth_and_the_search_seeds():
     # resampling the search seeds alone can give "mixed" all `high` (regret 0) or all `low` (its whole gap)
     assert sure["mixed"]["low"] < sure["mixed"]["high"]
     assert 5.0 <= sure["always mid"]["low"] <= sure["always mid"]["high"] <= 20.0
+
+
+def test_each_search_seed_trains_on_its_own_rotation_of_the_seed_layers():
+    assert CONFIRM["seeds"] == 2 and seen_layers(0, 8) == [0, 1, 2] and seen_layers(7, 8) == [7, 0, 1]
+    assert seen_layers(8, 8) == seen_layers(0, 8)
