@@ -33,6 +33,7 @@ FIXED_KEYS = ("data.name", "data.root", "methods.*.loss")  # `*`: any one key
 STORAGE_FILES = {"sqlite": "optuna.db", "journal": "optuna.journal"}  # kept inside the study directory
 NAME_PATTERN = r"^[A-Za-z0-9_+-][A-Za-z0-9_.+-]*$"  # a study name is one directory: no separators, no ..
 SAMPLERS = ("tpe", "gp", "qmc", "random")
+DEFAULT_SAMPLER = "gp"  # benchmarks/bench_search.py: lower true regret than tpe under halving, with or without confirm
 MODEL_SAMPLERS = ("tpe", "gp")  # fit a model to the finished trials after `startup_trials` random ones
 REMOVED_KEYS = {
     "search.metric": "search.metric was removed: studies select, stop early and rank by validation mIoU "
@@ -63,8 +64,9 @@ class SearchConfig(Strict):
     max_concurrent: int = Field(2, ge=1, description="trials running at once, all arms together")
     seed: int = 0
     sampler: Literal[SAMPLERS] = Field(  # type: ignore[valid-type]
-        "tpe", description="tpe (Optuna's TPE, constant liar for concurrent suggestions), gp (Optuna's Gaussian-"
-        "process sampler), qmc (a scrambled Sobol sequence per arm) or random (a baseline for the search itself)")
+        DEFAULT_SAMPLER, description="gp (Optuna's Gaussian-process sampler; the default, the best measured in "
+        "docs/benchmarks.md), tpe (Optuna's TPE, constant liar for concurrent suggestions), qmc (a scrambled Sobol "
+        "sequence per arm) or random (a baseline for the search itself)")
     startup_trials: int | None = Field(
         None, ge=0, description="tpe and gp: finished trials of an arm drawn at random before the model is fitted "
         "(default: a third of num_samples, at most 10; Optuna's own default of 10 would leave a budget of 10 or fewer "
@@ -212,7 +214,7 @@ class StudySpec:
         return _validate_run(self.path, {**tree, "arm": arm, **updates})
 
 
-STUDY_DEFAULTS_BEFORE_PINNING = {"add_on": "joint"}
+STUDY_DEFAULTS_BEFORE_PINNING = {"add_on": "joint", "sampler": "tpe"}
 """search.* defaults of the studies made before `sweep` wrote them into the study's spec.yaml: a study's spec
 without them is read with the defaults it was made with, so no later default changes a study's protocol."""
 
@@ -283,6 +285,8 @@ def validate_spec(raw: dict[str, Any], file: str, overrides: tuple[str, ...] = (
         add_on = default_add_on(settings.arms, space)
         settings = settings.model_copy(update={"search": settings.search.model_copy(update={"add_on": add_on})})
         raw = {**raw, "search": {**(raw.get("search") or {}), "add_on": add_on}}
+    if "sampler" not in (raw.get("search") or {}):  # pinned as add_on is: a later default changes no study
+        raw = {**raw, "search": {**(raw.get("search") or {}), "sampler": settings.search.sampler}}
     run_tree = {k: v for k, v in raw.items() if k in RunConfig.model_fields}
     for section in ("teacher", "student"):
         if section not in run_tree:

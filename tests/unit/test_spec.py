@@ -147,3 +147,15 @@ def test_add_on_defaults_to_inherit_where_an_add_on_arm_has_its_base_and_the_stu
     assert load_spec(old, study=True).settings.search.add_on == "joint"
     raw["search"]["add_on"] = "inherit"
     assert load_spec(write_spec(tmp_path, raw, "spec.yaml"), study=True).settings.search.add_on == "inherit"
+
+
+def test_the_sampler_defaults_to_gp_and_the_study_pins_it(tmp_path):
+    raw = copy.deepcopy(TINY_SPEC)
+    spec = validate_spec(copy.deepcopy(raw), "tiny.yaml")
+    assert spec.settings.search.sampler == "gp" and spec.raw["search"]["sampler"] == "gp"  # what sweep writes
+    # a study's spec.yaml written before sweep pinned the sampler keeps the TPE it was made with
+    old = write_spec(tmp_path, raw, "spec.yaml")
+    assert load_spec(old).settings.search.sampler == "gp"
+    assert load_spec(old, study=True).settings.search.sampler == "tpe"
+    raw["search"]["sampler"] = "qmc"
+    assert load_spec(write_spec(tmp_path, raw, "spec.yaml"), study=True).settings.search.sampler == "qmc"

@@ -463,13 +463,15 @@ def test_random_search_is_a_sampler_of_its_own(tmp_path):
     spec = make_spec(scheduler="asha", grace_period=1, sampler="random")
     link = OptunaLink(spec, open_storage(spec, make_study(tmp_path / "link")), "tiny")
     assert isinstance(link._sampler(0, "kd", 0), optuna.samplers.RandomSampler)
-    tpe = OptunaLink(make_spec(num_samples=9), link.storage, "tiny")._sampler(0, "kd", 0)
+    tpe = OptunaLink(make_spec(num_samples=9, sampler="tpe"), link.storage, "tiny")._sampler(0, "kd", 0)
     assert isinstance(tpe, optuna.samplers.TPESampler)
     # TPE models an arm after a third of its budget: with Optuna's default of 10 random start-up trials a budget of
     # 9 would be random search throughout
     assert tpe._n_startup_trials == 3
-    assert OptunaLink(make_spec(startup_trials=0), link.storage, "tiny")._sampler(0, "kd", 0)._n_startup_trials == 0
-    assert OptunaLink(make_spec(num_samples=60), link.storage, "tiny")._sampler(0, "kd", 0)._n_startup_trials == 10
+    for sampler in ("tpe", "gp"):  # gp: the default
+        for changes, startup in (({"startup_trials": 0}, 0), ({"num_samples": 60}, 10)):
+            made = OptunaLink(make_spec(sampler=sampler, **changes), link.storage, "tiny")._sampler(0, "kd", 0)
+            assert made._n_startup_trials == startup, (sampler, changes)
     gp = OptunaLink(make_spec(num_samples=9, sampler="gp"), link.storage, "tiny")._sampler(0, "kd", 0)
     assert isinstance(gp, optuna.samplers.GPSampler) and gp._n_startup_trials == 3
     qmc = OptunaLink(make_spec(sampler="qmc"), link.storage, "tiny")._sampler(0, "kd", 0)
