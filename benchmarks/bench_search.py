@@ -358,23 +358,22 @@ def train_grids(root: Path, cache: Path | None) -> tuple[Curves, dict[str, float
                 if (arm, _point(values), seed) not in curves:
                     jobs.append((copy.deepcopy(raw), arm, values, seed))
     timing: dict[str, float] = {"teacher_seconds": 0.0, "grid_seconds": 0.0, "runs_trained": len(jobs)}
-    if not jobs:
-        return {key: rows for key, rows in curves.items() if key[2] in seeds}, timing
-    print(f"training {len(jobs)} grid runs ({len(curves)} read from {cache})", flush=True)
-    started = time.perf_counter()
-    teacher = ensure_teacher(spec.run_config(ARM), root / "teachers", progress=False)
-    timing["teacher_seconds"] = time.perf_counter() - started
-    started = time.perf_counter()
-    with multiprocessing.get_context("spawn").Pool(SLOTS) as pool:
-        for done, (key, rows) in enumerate(pool.imap(_grid_run, [(*job, teacher) for job in jobs]), start=1):
-            curves[key] = rows
-            if cache is not None:
-                arm, point, seed = key
-                with cache.open("a") as out:
-                    out.write(json.dumps({"arm": arm, "values": dict(point), "seed": seed, "rows": rows}) + "\n")
-            if done % 9 == 0:
-                print(f"  {done}/{len(jobs)} runs, {time.perf_counter() - started:.0f} s", flush=True)
-    timing["grid_seconds"] = time.perf_counter() - started
+    if jobs:
+        print(f"training {len(jobs)} grid runs ({len(curves)} read from {cache})", flush=True)
+        started = time.perf_counter()
+        teacher = ensure_teacher(spec.run_config(ARM), root / "teachers", progress=False)
+        timing["teacher_seconds"] = time.perf_counter() - started
+        started = time.perf_counter()
+        with multiprocessing.get_context("spawn").Pool(SLOTS) as pool:
+            for done, (key, rows) in enumerate(pool.imap(_grid_run, [(*job, teacher) for job in jobs]), start=1):
+                curves[key] = rows
+                if cache is not None:
+                    arm, point, seed = key
+                    with cache.open("a") as out:
+                        out.write(json.dumps({"arm": arm, "values": dict(point), "seed": seed, "rows": rows}) + "\n")
+                if done % 9 == 0:
+                    print(f"  {done}/{len(jobs)} runs, {time.perf_counter() - started:.0f} s", flush=True)
+        timing["grid_seconds"] = time.perf_counter() - started
     return {key: rows for key, rows in curves.items() if key[2] in seeds}, timing
 
 
@@ -442,14 +441,12 @@ def main() -> list[dict[str, Any]]:
           f"(search-seed) point has true mean {100 * truth[max(single, key=single.get)]:.2f} (rank "
           f"{ranked.index(max(single, key=single.get)) + 1} of {len(points)}). One grid pass (27 runs, one seed): "
           f"{grid.compute:.0f} s of compute.\n")
-    # per search seed, the truth over the seed layers that search never trained on: free of its luck on those it saw
-    unseen_truth = {}
-    for s in SEARCH_SEEDS:
-        unseen = [i for i in range(len(seeds)) if i not in seen_layers(s, len(seeds))]
-        unseen_truth[s] = {p: statistics.fmean(finals[(ARM, p)][i] for i in unseen) for p in points} if unseen else {}
-
     def unseen_regret(s: int, point: Point) -> float:
-        return 100 * (max(unseen_truth[s].values()) - unseen_truth[s][point])
+        """Regret against the truth over the seed layers search seed `s` never trained on (free of its luck there)."""
+        unseen = [i for i in range(len(seeds)) if i not in seen_layers(s, len(seeds))]
+        truth_there = {p: statistics.fmean(finals[(ARM, p)][i] for i in unseen) for p in points}
+        return 100 * (max(truth_there.values()) - truth_there[point])
+
     rows = []
     sure = regret_uncertainty({point: finals[(ARM, point)] for point in points},
                               {p["name"]: [results[(p["name"], s)].point for s in SEARCH_SEEDS] for p in protocols()})
@@ -460,8 +457,9 @@ def main() -> list[dict[str, Any]]:
         rows.append({
             "protocol": protocol["name"], "mean regret, mIoU": statistics.fmean(regrets),
             "90% interval": f"[{spread['low']:.2f}, {spread['high']:.2f}]", "P(lowest)": spread["lowest"],
-            **({"regret, unseen seeds": statistics.fmean(unseen_regret(s, results[(protocol["name"], s)].point)
-                                                          for s in SEARCH_SEEDS)} if unseen_truth[0] else {}),
+            **({"regret, unseen seeds": statistics.fmean(unseen_regret(s, pick.point)
+                                                          for s, pick in zip(SEARCH_SEEDS, picks, strict=True))}
+               if len(seeds) > len(seen_layers(0, len(seeds))) else {}),
             "max regret": max(regrets), "within 1 mIoU": f"{sum(r <= 100 * WITHIN for r in regrets)}/{len(picks)}",
             "compute / grid": statistics.fmean(p.compute for p in picks) / grid.compute,
             "base stage / grid": statistics.fmean(p.base_compute for p in picks) / grid.compute,

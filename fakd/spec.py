@@ -281,12 +281,13 @@ def validate_spec(raw: dict[str, Any], file: str, overrides: tuple[str, ...] = (
             raise UserError(f"unknown section; accepted: {', '.join(sorted(known))}", file=file, key=str(key))
     space = _extract_space(raw, file)
     settings = _validate(StudySettings, {k: v for k, v in raw.items() if k in StudySettings.model_fields}, file)
-    if settings.search.add_on is None:  # resolved here and written into the spec: a study records what it used
+    if settings.search.add_on is None:  # resolved here, then pinned below
         add_on = default_add_on(settings.arms, space)
         settings = settings.model_copy(update={"search": settings.search.model_copy(update={"add_on": add_on})})
-        raw = {**raw, "search": {**(raw.get("search") or {}), "add_on": add_on}}
-    if "sampler" not in (raw.get("search") or {}):  # pinned as add_on is: a later default changes no study
-        raw = {**raw, "search": {**(raw.get("search") or {}), "sampler": settings.search.sampler}}
+    search = raw.get("search") or {}
+    pins = {key: getattr(settings.search, key) for key in STUDY_DEFAULTS_BEFORE_PINNING if search.get(key) is None}
+    if pins:  # written into the study's spec.yaml: a study records the protocol it used
+        raw = {**raw, "search": {**search, **pins}}
     run_tree = {k: v for k, v in raw.items() if k in RunConfig.model_fields}
     for section in ("teacher", "student"):
         if section not in run_tree:
