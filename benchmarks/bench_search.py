@@ -80,8 +80,7 @@ def _raw_spec(arms: list[str], sampler: str = "random", scheduler: str = "none",
     search.update(num_samples=trials, max_concurrent=SLOTS, seed=seed, sampler=sampler, scheduler=scheduler,
                   add_on=add_on)
     search.pop("decide", None)
-    if confirm:
-        search["confirm"] = dict(confirm)
+    search["confirm"] = dict(confirm) if confirm else False
     if scheduler == "none":
         search.pop("grace_period", None)
         search.pop("reduction_factor", None)
@@ -271,7 +270,7 @@ def _stage(study: Any, raw: dict[str, Any], arms: list[str], curve_of: Callable[
     link = OptunaLink(spec, open_storage(spec, study), "bench")
     search = replay(SearchPhase(study, spec, lambda line: None, link, read_trials(study, "search"), arms), curve_of)
     compute, runs, pruned = search.compute, search.trials, search.pruned
-    if spec.settings.search.confirm is not None:
+    if spec.settings.search.confirmation is not None:
         plan = [r for r in plan_confirm(spec, read_trials(study)) if r.arm in arms]
         confirmed = replay(ConfirmPhase(study, spec, lambda line: None, plan), curve_of)
         compute, runs = compute + confirmed.compute, runs + confirmed.trials

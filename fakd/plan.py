@@ -177,7 +177,7 @@ def planned_work(spec: StudySpec, retrain_runs: int | None = None) -> PlannedWor
     if retrain_runs is not None:
         seeds, note = retrain_runs, f"retrain: {retrain_runs} seeds per arm"
     repeats = settings.search.selection_repeats
-    confirm = settings.search.confirm
+    confirm = settings.search.confirmation
     trials = settings.search.num_samples * repeats
     confirm_runs = confirm.top * confirm.seeds * repeats if confirm is not None else 0
     full = Work(train.iters, evaluations)

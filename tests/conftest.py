@@ -156,18 +156,21 @@ def searched_spec(arms: list[str] | None = None, **search: Any) -> dict[str, Any
         spec["loss"]["fakd"]["max_strength"] = {"uniform": [0.5, 2.0]}
     spec["arms"] = list(arms)
     # one trial at a time unless a test needs more: Tune then reuses one trial process for the phase, where each
-    # further concurrent trial costs a process start (importing torch and timm takes seconds of CPU)
-    spec["search"] = {"num_samples": 2, "max_concurrent": 1, "seed": 0, "add_on": "joint", **search}
+    # further concurrent trial costs a process start (importing torch and timm takes seconds of CPU); no
+    # confirmation (on by default) unless a test asks for it, as `searched_study` does
+    spec["search"] = {"num_samples": 2, "max_concurrent": 1, "seed": 0, "add_on": "joint", "confirm": False,
+                      **search}
     return spec
 
 
 @pytest.fixture(scope="session")
 def searched_study(tmp_path_factory, ray_local):
-    """A real tiny study: 3 arms × 2 search trials, then the best of each retrained with 2 seeds."""
+    """A real tiny study: 3 arms × 2 search trials, the default confirmation (both trials of each arm × 2 fresh
+    seeds), then the best of each retrained with 2 seeds."""
     from fakd.study import sweep
 
     tmp_path = tmp_path_factory.mktemp("study")
-    spec = write_spec(tmp_path, searched_spec(retrain_seeds=2))
+    spec = write_spec(tmp_path, searched_spec(retrain_seeds=2, confirm=None))
     return spec, sweep(str(spec), storage=tmp_path / "studies")
 
 

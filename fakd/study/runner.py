@@ -275,7 +275,7 @@ def _drive(study: StudyDir, spec: StudySpec, signals: StopSignals, log: Log, *, 
             inherit = f"; {', '.join(arms)} on their base arms' selections" if stage > 0 else ""
             log(f"{search_line}), {done} done{inherit}")
             _run(search, study, spec, context, signals, log)
-        if spec.settings.search.confirm is not None:
+        if spec.settings.search.confirmation is not None:
             _confirm(study, spec, context, signals, log, arms)
     if not study.metadata().get("search_finished"):
         study.update_metadata(search_finished=now())
@@ -325,7 +325,7 @@ def _confirm(study: StudyDir, spec: StudySpec, context: TrialContext, signals: S
     plan = [r for r in plan_confirm(spec, read_trials(study)) if r.arm in arms]
     phase = ConfirmPhase(study, spec, log, plan)
     if not phase.is_finished():
-        confirm = spec.settings.search.confirm
+        confirm = spec.settings.search.confirmation
         log(f"confirm: {phase.budget()} runs (each arm's {confirm.top} best search trials × {confirm.seeds} fresh "
             "seeds, held-out split)")
         _run(phase, study, spec, context, signals, log)

@@ -43,7 +43,7 @@ def confirm_seeds(spec: StudySpec, count: int) -> list[int]:
 def plan_confirm(spec: StudySpec, records: list[TrialRecord]) -> list[TrialRecord]:
     """Every confirmation run: each arm's `search.confirm.top` best search trials, each with
     `search.confirm.seeds` fresh seeds, at the search's iterations on its held-out split."""
-    confirm = spec.settings.search.confirm
+    confirm = spec.settings.search.confirmation
     if confirm is None:
         return []
     plan = []

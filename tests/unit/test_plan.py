@@ -29,10 +29,11 @@ def test_the_quickstart_bill_counts_every_iteration_and_evaluation_the_spec_asks
     for arm in ("baseline", "kd", "kd+fakd"):
         step, evaluation = costs[arm].iteration, costs[arm].evaluation
         search_s = 10 * (50 * step + evaluation)  # the 10 evaluation windows of the arm's 4 trials
+        confirm_s = 2 * 2 * (150 * step + 3 * evaluation)  # the default confirmation: the best 2 × 2 fresh seeds
         retrain_s = 6 * (150 * step + 3 * evaluation)  # search.decide: at most 6 seeds
         assert bill.arms[arm].search == pytest.approx(search_s / 3600)
-        assert bill.arms[arm].retrain == pytest.approx(retrain_s / 3600)
-        assert bill.arms[arm].confirm == 0 and bill.arms[arm].retrain_runs == 6
+        assert bill.arms[arm].confirm == pytest.approx(confirm_s / 3600)
+        assert bill.arms[arm].retrain == pytest.approx(retrain_s / 3600) and bill.arms[arm].retrain_runs == 6
     assert bill.teacher == pytest.approx((400 * 0.3 + 8 * 2.0) / 3600)  # 400 iterations, 8 evaluations
     others = sum(arm.total for arm in bill.arms.values())
     assert bill.total == pytest.approx(bill.teacher + others)

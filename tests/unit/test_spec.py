@@ -10,7 +10,7 @@ from conftest import TINY_SPEC, write_spec
 
 from fakd.cli import main
 from fakd.errors import UserError
-from fakd.spec import apply_override, load_spec, validate_spec
+from fakd.spec import ConfirmConfig, apply_override, load_spec, validate_spec
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -73,6 +73,7 @@ BAD = [
     ("search.confirm={top: 2, seeds: 1}", "search.confirm.top", "above search.num_samples (1)"),
     ("search.confirm={top: 1, seeds: 0}", "search.confirm.seeds", "greater than or equal to 1"),
     ("search.confirm={top: 1}", "search.confirm.seeds", "required key is missing"),
+    ("search.confirm=yes", "search.confirm", "takes {top: K, seeds: S}, or false"),
     ("search.add_on=inherit", "search.add_on", "kd+fakd adds FAKD to kd, which is not one of the arms"),
     ("search.add_on=always", "search.add_on", "'joint' or 'inherit'"),
     ("search.sampler=bayes", "search.sampler", "'tpe', 'gp', 'qmc' or 'random'"),
@@ -159,3 +160,20 @@ def test_the_sampler_defaults_to_gp_and_the_study_pins_it(tmp_path):
     assert load_spec(old, study=True).settings.search.sampler == "tpe"
     raw["search"]["sampler"] = "qmc"
     assert load_spec(write_spec(tmp_path, raw, "spec.yaml"), study=True).settings.search.sampler == "qmc"
+
+
+def test_confirmation_is_on_by_default_where_an_arm_has_trials_to_choose_between_and_the_study_pins_it(tmp_path):
+    raw = copy.deepcopy(TINY_SPEC)
+    raw["search"] = {"num_samples": 3}
+    spec = validate_spec(copy.deepcopy(raw), "tiny.yaml")
+    assert spec.settings.search.confirmation == ConfirmConfig(top=2, seeds=2)
+    assert spec.raw["search"]["confirm"] == {"top": 2, "seeds": 2}  # what sweep writes into the study's spec.yaml
+    one = validate_spec({**copy.deepcopy(raw), "search": {"num_samples": 1}}, "tiny.yaml")
+    assert one.settings.search.confirmation is None and one.raw["search"]["confirm"] is False  # nothing to choose
+    off = validate_spec({**copy.deepcopy(raw), "search": {"num_samples": 3, "confirm": False}}, "tiny.yaml")
+    assert off.settings.search.confirmation is None and off.raw["search"]["confirm"] is False
+    # a study's spec.yaml written before confirmation was the default keeps selecting on its search scores
+    old = write_spec(tmp_path, raw, "spec.yaml")
+    assert load_spec(old, study=True).settings.search.confirmation is None
+    pinned = write_spec(tmp_path, spec.raw, "pinned.yaml")
+    assert load_spec(pinned, study=True).settings.search.confirmation == ConfirmConfig(top=2, seeds=2)
