@@ -262,7 +262,7 @@ def compact(table: AblationTable) -> Compact:
     runs = f"{table.repeats} selection repeats × seeds" if table.repeats > 1 else "seeds"
     shared = "repeat and seed" if table.repeats > 1 else "seed"
     search = " (search shared by its budgets)" if several_budgets else ""
-    hours = f"{unit} hours: search and retrain compute of the row's arm{search}."
+    hours = f"{unit} hours: the compute of the row's arm: its search, confirmation and retrain{search}."
     interval = ("its anytime-valid confidence sequence (CS) where the decision was reached, else at the last pair"
                 if sequential else "95% CI")
     footnotes = [

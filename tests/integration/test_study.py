@@ -5,6 +5,7 @@ import json
 import os
 import shutil
 import sqlite3
+import statistics
 import subprocess
 import sys
 from pathlib import Path
@@ -42,9 +43,22 @@ def test_sweep_searches_every_arm_in_one_experiment_with_equal_budget(searched_s
 
     # one Tune experiment held the whole search, and it ran each study trial (no more, no fewer)
     experiments = sorted(p.name for p in (study.root / "tune").iterdir())
-    assert experiments == ["retrain-1", "search-1"]
+    assert experiments == ["confirm-1", "retrain-1", "search-1"]
     tune_trials = {p.name.rsplit("-", 1)[0] for p in (study.root / "tune" / "search-1").iterdir() if p.is_dir()}
     assert tune_trials == {r.key.split("/")[-1] for r in records}
+
+    # the default confirmation: every finished search trial (2 at most per arm) again with 2 fresh seeds, held out,
+    # and each arm retrains the one with the best confirmed mean
+    confirmed = read_trials(study, "confirm")
+    finished = [r.key for r in records if r.final_miou is not None]
+    assert sorted(r.source for r in confirmed) == sorted(finished * 2)
+    assert all(r.state == "COMPLETE" and r.config.split == "holdout" for r in confirmed)
+    means = {key: statistics.fmean(r.final_miou for r in confirmed if r.source == key) for key in finished}
+    arm_of = {r.key: r.arm for r in records}
+    retrained = {r.arm: r.source for r in read_trials(study, "retrain")}
+    assert set(retrained) == {"baseline", "kd", "kd+fakd"}
+    for arm, source in retrained.items():
+        assert means[source] == max(mean for key, mean in means.items() if arm_of[key] == arm)
 
     counts = optuna_counts(study.root / "optuna.db")
     for arm in ("baseline", "kd", "kd+fakd"):
@@ -55,7 +69,9 @@ def test_sweep_searches_every_arm_in_one_experiment_with_equal_budget(searched_s
 
     capsys.readouterr()
     assert main(["status", str(study.root), "--json"]) == 0
-    listed = [item for item in json.loads(capsys.readouterr().out) if item["phase"] == "search"]
+    listed = json.loads(capsys.readouterr().out)
+    assert sum(item["phase"] == "confirm" for item in listed) == len(confirmed)
+    listed = [item for item in listed if item["phase"] == "search"]
     assert len(listed) == 6
     assert {"trial", "arm", "status", "config", "metric", "iterations"} <= set(listed[0])
     assert all(item["iterations"] == 4 for item in listed if item["status"] == "COMPLETE")
