@@ -290,15 +290,9 @@ def _check_strength(strength: float) -> None:
         raise ValueError(f"strength must be non-negative, got {strength}")
 
 
-def _prepare(
-    student_logits: Tensor,
-    teacher_logits: Tensor,
-    labels: Tensor,
-    classifier_weight: Tensor,
-    class_covariance: Tensor,
-    strength: float,
-    temperature: float,
-) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+def _prepare(student_logits: Tensor, teacher_logits: Tensor, labels: Tensor, classifier_weight: Tensor,
+             class_covariance: Tensor, strength: float, temperature: float
+             ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
     """Validate, resize teacher and labels, cast to the working dtype; return (s, t, labels, W, Σ)."""
     check_logits(student_logits, teacher_logits)
     check_temperature(temperature)
@@ -316,18 +310,9 @@ def _prepare(
     return student_logits.to(dtype), teacher, labels, weight, covariance
 
 
-def exact_pixel_bounds(
-    student_logits: Tensor,
-    teacher_logits: Tensor,
-    labels: Tensor,
-    classifier_weight: Tensor,
-    class_covariance: Tensor,
-    strength: float,
-    temperature: float = 1.0,
-    ignore_index: int = IGNORE_INDEX,
-    *,
-    chunk_size: int | None = None,
-) -> Tensor:
+def exact_pixel_bounds(student_logits: Tensor, teacher_logits: Tensor, labels: Tensor, classifier_weight: Tensor,
+                       class_covariance: Tensor, strength: float, temperature: float = 1.0,
+                       ignore_index: int = IGNORE_INDEX, *, chunk_size: int | None = None) -> Tensor:
     """Per-pixel exact bound B (N×h×w, without the T² factor); see ``feature_augmented_kd``."""
     student, teacher, labels, weight, covariance = _prepare(
         student_logits, teacher_logits, labels, classifier_weight, class_covariance, strength, temperature
@@ -338,29 +323,13 @@ def exact_pixel_bounds(
     flat_labels = labels.reshape(-1).to(student.device)
     layout = _layout(flat_labels, num_classes, ignore_index, strength > 0, block_rows)
     tables = _pair_tables_for(weight, covariance, layout.classes, strength / (2.0 * temperature**2))
-    bounds = _ExactBound.apply(
-        _flatten_pixels(student),
-        _flatten_pixels(teacher),
-        layout.order,
-        layout.groups,
-        tables,
-        layout.blocks,
-        temperature,
-        piece_rows,
-    )
+    bounds = _ExactBound.apply(_flatten_pixels(student), _flatten_pixels(teacher), layout.order, layout.groups, tables,
+                               layout.blocks, temperature, piece_rows)
     return bounds.view(batch, height, width)
 
 
-def _label_row_kd(
-    student_logits: Tensor,
-    teacher_logits: Tensor,
-    labels: Tensor,
-    classifier_weight: Tensor,
-    class_covariance: Tensor,
-    strength: float,
-    temperature: float,
-    ignore_index: int,
-) -> Tensor:
+def _label_row_kd(student_logits: Tensor, teacher_logits: Tensor, labels: Tensor, classifier_weight: Tensor,
+                  class_covariance: Tensor, strength: float, temperature: float, ignore_index: int) -> Tensor:
     """ISDA-style form: plain KD on logits shifted by λ/(2T) · Q_y[y, k] at non-ignore pixels."""
     student, teacher, labels, weight, covariance = _prepare(
         student_logits, teacher_logits, labels, classifier_weight, class_covariance, strength, temperature
@@ -377,19 +346,10 @@ def _rows_at_pixels(table: Tensor, labels: Tensor, ignore_index: int) -> Tensor:
     return padded[index.masked_fill(index == ignore_index, table.shape[0])].movedim(-1, 1)
 
 
-def feature_augmented_kd(
-    student_logits: Tensor,
-    teacher_logits: Tensor,
-    labels: Tensor,
-    classifier_weight: Tensor,
-    class_covariance: Tensor,
-    strength: float,
-    temperature: float = 1.0,
-    ignore_index: int = IGNORE_INDEX,
-    *,
-    chunk_size: int | None = None,
-    form: str = "exact",
-) -> Tensor:
+def feature_augmented_kd(student_logits: Tensor, teacher_logits: Tensor, labels: Tensor, classifier_weight: Tensor,
+                         class_covariance: Tensor, strength: float, temperature: float = 1.0,
+                         ignore_index: int = IGNORE_INDEX, *, chunk_size: int | None = None,
+                         form: str = "exact") -> Tensor:
     """FAKD pixel KD: T² · mean over the N·h·w pixels of the bound B (a scalar).
 
     ``labels`` N×h×w (nearest-resized when larger), ``classifier_weight`` C×D, ``class_covariance`` C×D
@@ -397,46 +357,19 @@ def feature_augmented_kd(
     ``form="label_row"`` selects the cheaper ISDA-style shift of the labelled row. ``chunk_size`` bounds
     the number of pixels evaluated at once (same result).
     """
+    inputs = (student_logits, teacher_logits, labels, classifier_weight, class_covariance, strength, temperature,
+              ignore_index)
     if form == "label_row":
-        return _label_row_kd(
-            student_logits,
-            teacher_logits,
-            labels,
-            classifier_weight,
-            class_covariance,
-            strength,
-            temperature,
-            ignore_index,
-        )
+        return _label_row_kd(*inputs)
     if form != "exact":
         raise ValueError(f"unknown FAKD form {form!r}; accepted: {', '.join(FORMS)}")
-    bounds = exact_pixel_bounds(
-        student_logits,
-        teacher_logits,
-        labels,
-        classifier_weight,
-        class_covariance,
-        strength,
-        temperature,
-        ignore_index,
-        chunk_size=chunk_size,
-    )
-    return temperature**2 * bounds.mean()
+    return temperature**2 * exact_pixel_bounds(*inputs, chunk_size=chunk_size).mean()
 
 
-def feature_augmented_cwd(
-    student_logits: Tensor,
-    teacher_logits: Tensor,
-    labels: Tensor,
-    classifier_weight: Tensor,
-    class_covariance: Tensor,
-    strength: float,
-    temperature: float = 1.0,
-    ignore_index: int = IGNORE_INDEX,
-    *,
-    chunk_size: int | None = None,
-    form: str = "exact",
-) -> Tensor:
+def feature_augmented_cwd(student_logits: Tensor, teacher_logits: Tensor, labels: Tensor, classifier_weight: Tensor,
+                          class_covariance: Tensor, strength: float, temperature: float = 1.0,
+                          ignore_index: int = IGNORE_INDEX, *, chunk_size: int | None = None,
+                          form: str = "exact") -> Tensor:
     """FAKD channel-wise distillation: T² · mean over the N·C channel maps of B_cwd (a scalar).
 
     B_cwd = Σ_x q log q − Σ_x q s_c/T + logsumexp_x(s_c/T + λ/(2T²) · v_{y(x)}[c]) with q = softmax_x(t_c/T)

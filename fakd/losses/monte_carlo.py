@@ -74,17 +74,9 @@ def _check_samples(samples: int) -> None:
         raise ValueError(f"samples must be at least 1, got {samples}")
 
 
-def augmented_logits(
-    student_logits: Tensor,
-    labels: Tensor,
-    classifier_weight: Tensor,
-    class_covariance: Tensor,
-    strength: float,
-    samples: int,
-    *,
-    ignore_index: int = IGNORE_INDEX,
-    generator: torch.Generator | None = None,
-) -> Tensor:
+def augmented_logits(student_logits: Tensor, labels: Tensor, classifier_weight: Tensor, class_covariance: Tensor,
+                     strength: float, samples: int, *, ignore_index: int = IGNORE_INDEX,
+                     generator: torch.Generator | None = None) -> Tensor:
     """K×N×C×h×w logits z + W e_k, with e_k ~ N(0, λ Σ_y) drawn independently for every pixel and sample.
 
     ``labels`` N×H×W (nearest-resized to h×w), ``classifier_weight`` W C×D, ``class_covariance`` C×D (diagonal) or
@@ -96,17 +88,9 @@ def augmented_logits(
     return student_logits[None] + augmentation.logit_shift(noise)
 
 
-def augmented_copies(
-    student_logits: Tensor,
-    labels: Tensor,
-    classifier_weight: Tensor,
-    class_covariance: Tensor,
-    strength: float,
-    samples: int,
-    *,
-    ignore_index: int = IGNORE_INDEX,
-    generator: torch.Generator | None = None,
-) -> Iterator[Tensor]:
+def augmented_copies(student_logits: Tensor, labels: Tensor, classifier_weight: Tensor, class_covariance: Tensor,
+                     strength: float, samples: int, *, ignore_index: int = IGNORE_INDEX,
+                     generator: torch.Generator | None = None) -> Iterator[Tensor]:
     """The copies of `augmented_logits` one at a time (N×C×h×w each, drawn as they are asked for), so that K copies
     never coexist; what they share is computed once."""
     augmentation = _Augmentation(student_logits, labels, classifier_weight, class_covariance, strength, ignore_index)
