@@ -209,7 +209,8 @@ class Phase:
             self.halving.forget((record.arm, record.repeat), record.key)
         done = sum(r.state in TERMINAL for r in self.records.values())
         miou = record.final_miou
-        outcome = f"val mIoU {miou:.4f}" if miou is not None else (reason or "").split("\n")[0]
+        scored_on = "held-out" if record.config.split == "holdout" else "val"
+        outcome = f"{scored_on} mIoU {miou:.4f}" if miou is not None else (reason or "").split("\n")[0]
         label = f"[{self.name} {done}/{self.budget()}] {record.arm} {record.key.split('/')[-1]}"
         self.log(f"{label} {state}: {outcome}" + (f" ({short_values(record.values)})" if record.values else ""))
 

@@ -299,11 +299,13 @@ def test_confirmation_selects_the_best_mean_of_fresh_seeds(tmp_path):
     study, _ = search(tmp_path, spec, score=noisy_curve)
     plan = plan_confirm(spec, read_trials(study))
     assert len(plan) == 2 * 3 * 2  # arms × top × seeds, counted alike for every arm
-    phase = ConfirmPhase(study, spec, lambda line: None, plan)
+    lines: list[str] = []
+    phase = ConfirmPhase(study, spec, lines.append, plan)
     Executor(phase, 2, 0, score=noisy_curve).run()
     records = read_trials(study)
     confirm = [r for r in records if r.phase == "confirm"]
     assert len(confirm) == 12 and {r.state for r in confirm} == {COMPLETE}
+    assert sum("COMPLETE: held-out mIoU" in line for line in lines) == 12  # the split each run is scored on
     assert all(r.config.split == "holdout" and r.config.train.iters == 8 for r in confirm)  # held-out, same length
     assert {r.seed for r in confirm} == {10_000, 10_001}  # neither the search's seed nor a retrain seed
     selected = select_best(records)
