@@ -25,8 +25,8 @@ PLUGINS = "tests.plugins.methods"  # a user's own package of distillation method
 @pytest.mark.slow
 def test_an_extended_study_is_the_study_with_every_arm_from_the_start(tmp_path, ray_local, capsys):
     """[baseline, kd] extended with kd+fakd (and its FAKD strength searched) gives exactly the trials, early stops,
-    selections and retrain metrics of a study of [baseline, kd, kd+fakd]; the first study's trials and teacher are
-    not touched, and the extension trains no teacher."""
+    confirmations, selections and retrain metrics of a study of [baseline, kd, kd+fakd]; the first study's trials
+    and teacher are not touched, and the extension trains no teacher."""
     grown = tmp_path / "grown"
     grown.mkdir()
     study = sweep(str(write_spec(grown, study_spec(["baseline", "kd"]))), storage=grown / "studies").root
@@ -49,6 +49,7 @@ def test_an_extended_study_is_the_study_with_every_arm_from_the_start(tmp_path, 
     assert extended.settings == fresh.settings and extended.space == fresh.space  # add_on: inherit in both
     first, second = outcome(study, capsys), outcome(reference, capsys)
     assert {t["arm"] for t in first[0]} == {"baseline", "kd", "kd+fakd"}
+    assert {t["arm"] for t in first[0] if t["phase"] == "confirm"} == {"baseline", "kd", "kd+fakd"}  # the default
     assert first == second
     meta = json.loads((study / "study.json").read_text())
     assert [e["arms"] for e in meta["extensions"]] == [["kd+fakd"]]

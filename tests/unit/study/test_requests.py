@@ -26,11 +26,11 @@ def digest(paths: list[Path]) -> str:
 
 
 def study_spec(arms: list[str]) -> dict:
-    """A reproducible tiny study; `search.add_on` left to its default, as a user would."""
+    """A reproducible tiny study; `search.add_on` and `search.confirm` left to their defaults, as a user would."""
     raw = searched_spec(arms, num_samples=2, scheduler="asha", reproducible=True, generation_size=2,
                         retrain_seeds=1)
     raw["train"].update(iters=4, eval_every=2)
-    del raw["search"]["add_on"]
+    del raw["search"]["add_on"], raw["search"]["confirm"]
     return raw
 
 
