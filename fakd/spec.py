@@ -296,9 +296,11 @@ def validate_spec(raw: dict[str, Any], file: str, overrides: tuple[str, ...] = (
             raise UserError(f"unknown section; accepted: {', '.join(sorted(known))}", file=file, key=str(key))
     space = _extract_space(raw, file)
     settings = _validate(StudySettings, {k: v for k, v in raw.items() if k in StudySettings.model_fields}, file)
-    resolved = {"add_on": default_add_on(settings.arms, space) if settings.search.add_on is None else None,
-                "confirm": default_confirm(settings.search.num_samples) if settings.search.confirm is None else None}
-    resolved = {key: value for key, value in resolved.items() if value is not None}  # resolved here, pinned below
+    resolved: dict[str, Any] = {}  # defaults that depend on the rest of the spec: resolved here, pinned below
+    if settings.search.add_on is None:
+        resolved["add_on"] = default_add_on(settings.arms, space)
+    if settings.search.confirm is None:
+        resolved["confirm"] = default_confirm(settings.search.num_samples)
     settings = settings.model_copy(update={"search": settings.search.model_copy(update=resolved)})
     search = raw.get("search") or {}
     pins = {key: _plain(getattr(settings.search, key)) for key in STUDY_DEFAULTS_BEFORE_PINNING
@@ -517,7 +519,8 @@ def _user_error(model: type[BaseModel], exc: ValidationError, file: str) -> User
     """The first validation problem as one line: file, dotted key, what is accepted."""
     problem = exc.errors()[0]
     location = [str(p) for p in problem["loc"] if not str(p).startswith(("function-", "union", "literal["))]
-    location = [p for p in location if p not in ("int", "str", "bool", "float", "tuple[int,int]", *_model_names())]
+    sections = {section.__name__ for section in Strict.__subclasses__()}  # a union's model member tags the location
+    location = [p for p in location if p not in ("int", "str", "bool", "float", "tuple[int,int]", *sections)]
     key = ".".join(location)
     if problem["type"] == "extra_forbidden":
         parent = _model_at(model, location[:-1])
@@ -529,12 +532,6 @@ def _user_error(model: type[BaseModel], exc: ValidationError, file: str) -> User
     value = problem.get("input")
     got = "" if isinstance(value, dict) else f" (got {spec_yaml.short(value)})"
     return UserError(f"{message}{got}", file=file, key=key or None)
-
-
-def _model_names(classes: Iterable[type] = (BaseModel,)) -> set[str]:
-    """The names of every pydantic model: where a field is a union of a model and a value (`confirm: {...} |
-    false`), the model's name tags the error's location."""
-    return {name for cls in classes for sub in cls.__subclasses__() for name in (sub.__name__, *_model_names([sub]))}
 
 
 def _model_at(model: type[BaseModel], path: list[str]) -> type[BaseModel] | None:

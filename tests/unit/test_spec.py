@@ -10,7 +10,7 @@ from conftest import TINY_SPEC, write_spec
 
 from fakd.cli import main
 from fakd.errors import UserError
-from fakd.spec import ConfirmConfig, apply_override, load_spec, validate_spec
+from fakd.spec import ConfirmConfig, SearchConfig, apply_override, load_spec, validate_spec
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -123,6 +123,11 @@ def test_user_error_located_prefixes_key():
     assert error.format() == "s.yaml: teacher.output_stride: bad"
 
 
+def as_study(tmp_path: Path, raw: dict) -> SearchConfig:
+    """The search settings of `raw` read back as a study's spec.yaml (the defaults it was made with apply)."""
+    return load_spec(write_spec(tmp_path, raw, "spec.yaml"), study=True).settings.search
+
+
 def test_add_on_defaults_to_inherit_where_an_add_on_arm_has_its_base_and_the_study_pins_it(tmp_path):
     def add_on(arms: list[str], **changes) -> str:
         raw = copy.deepcopy(TINY_SPEC)
@@ -143,11 +148,10 @@ def test_add_on_defaults_to_inherit_where_an_add_on_arm_has_its_base_and_the_stu
     # a study's spec.yaml written before sweep pinned the value keeps the default it was made with
     raw = copy.deepcopy(TINY_SPEC)
     raw["search"].pop("add_on")
-    old = write_spec(tmp_path, raw, "spec.yaml")
-    assert load_spec(old).settings.search.add_on == "inherit"
-    assert load_spec(old, study=True).settings.search.add_on == "joint"
+    assert load_spec(write_spec(tmp_path, raw, "spec.yaml")).settings.search.add_on == "inherit"
+    assert as_study(tmp_path, raw).add_on == "joint"
     raw["search"]["add_on"] = "inherit"
-    assert load_spec(write_spec(tmp_path, raw, "spec.yaml"), study=True).settings.search.add_on == "inherit"
+    assert as_study(tmp_path, raw).add_on == "inherit"
 
 
 def test_the_sampler_defaults_to_gp_and_the_study_pins_it(tmp_path):
@@ -155,11 +159,10 @@ def test_the_sampler_defaults_to_gp_and_the_study_pins_it(tmp_path):
     spec = validate_spec(copy.deepcopy(raw), "tiny.yaml")
     assert spec.settings.search.sampler == "gp" and spec.raw["search"]["sampler"] == "gp"  # what sweep writes
     # a study's spec.yaml written before sweep pinned the sampler keeps the TPE it was made with
-    old = write_spec(tmp_path, raw, "spec.yaml")
-    assert load_spec(old).settings.search.sampler == "gp"
-    assert load_spec(old, study=True).settings.search.sampler == "tpe"
+    assert load_spec(write_spec(tmp_path, raw, "spec.yaml")).settings.search.sampler == "gp"
+    assert as_study(tmp_path, raw).sampler == "tpe"
     raw["search"]["sampler"] = "qmc"
-    assert load_spec(write_spec(tmp_path, raw, "spec.yaml"), study=True).settings.search.sampler == "qmc"
+    assert as_study(tmp_path, raw).sampler == "qmc"
 
 
 def test_confirmation_is_on_by_default_where_an_arm_has_trials_to_choose_between_and_the_study_pins_it(tmp_path):
@@ -173,7 +176,5 @@ def test_confirmation_is_on_by_default_where_an_arm_has_trials_to_choose_between
     off = validate_spec({**copy.deepcopy(raw), "search": {"num_samples": 3, "confirm": False}}, "tiny.yaml")
     assert off.settings.search.confirmation is None and off.raw["search"]["confirm"] is False
     # a study's spec.yaml written before confirmation was the default keeps selecting on its search scores
-    old = write_spec(tmp_path, raw, "spec.yaml")
-    assert load_spec(old, study=True).settings.search.confirmation is None
-    pinned = write_spec(tmp_path, spec.raw, "pinned.yaml")
-    assert load_spec(pinned, study=True).settings.search.confirmation == ConfirmConfig(top=2, seeds=2)
+    assert as_study(tmp_path, raw).confirmation is None
+    assert as_study(tmp_path, spec.raw).confirmation == ConfirmConfig(top=2, seeds=2)
